@@ -1,0 +1,1 @@
+"""The leader: owns all state, hands out tasks under leases, never calls an LLM."""

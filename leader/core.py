@@ -1,0 +1,200 @@
+"""`DecompositionLeader`: the leader's state machine without any transport.
+
+It owns the store and the task lifecycle and answers in protobuf messages; the gRPC services
+(`service.py`) and the sequential fallback (`paradecom run --runners 0`) both drive it. It never
+calls an LLM: `generate_work_queue` queues a project's top-level tasks and `process_results` files
+what runners found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from paradecom import limits
+from paradecom.project import ProjectDefinition
+from paradecom.v1 import project_pb2, task_pb2
+
+from .consolidate import build_tree
+from .lifecycle import MAX_SIBLING_TITLES, STATUS, Accepted, LeaseConfig, TaskLifecycle
+from .store import CANCELLED, DEAD, DONE, LEASED, P_CANCELLED, P_DONE, P_FAILED, QUEUED, RUNNING, ProjectRow, Store, TaskRow
+
+PROJECT_STATE = {
+    RUNNING: project_pb2.PROJECT_STATE_RUNNING,
+    P_DONE: project_pb2.PROJECT_STATE_DONE,
+    P_CANCELLED: project_pb2.PROJECT_STATE_CANCELLED,
+    P_FAILED: project_pb2.PROJECT_STATE_FAILED,
+}
+
+
+class ChangeFeed:
+    """Wakes whoever waits on a project (WatchProject streams) or on any change (the dispatcher)."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.any_change = asyncio.Event()
+
+    def notify(self, project_id: str) -> None:
+        self.any_change.set()
+        for event in self._watchers.get(project_id, ()):
+            event.set()
+
+    def watch(self, project_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._watchers[project_id].add(event)
+        return event
+
+    def unwatch(self, project_id: str, event: asyncio.Event) -> None:
+        self._watchers[project_id].discard(event)
+        if not self._watchers[project_id]:
+            del self._watchers[project_id]
+
+
+class DecompositionLeader:
+    """Projects in, leases out, results in, trees out; every change durable before it returns."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: LeaseConfig | None = None,
+        *,
+        default_max_depth: int = limits.DEFAULT_MAX_DEPTH,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config or LeaseConfig()
+        self.default_max_depth = default_max_depth
+        self.clock = clock
+        self.feed = ChangeFeed()
+        self.lifecycle = TaskLifecycle(store, self.config, clock=clock, on_change=self.feed.notify)
+        # Definitions never change after submission; parsing them once per project, not per lease.
+        self._definitions: dict[str, project_pb2.ProjectDefinition] = {}
+
+    # Projects.
+
+    def generate_work_queue(self, project: ProjectDefinition | project_pb2.ProjectDefinition) -> str:
+        """Store a project and queue its top-level tasks: the seed tasks, or one root task made
+        from the project itself. Raises ProjectFileError for an invalid definition."""
+        definition = project if isinstance(project, ProjectDefinition) else ProjectDefinition.from_proto(project)
+        definition.validate(source="project")
+        msg = definition.to_proto()
+        msg.max_depth = definition.max_depth or self.default_max_depth
+        project_id = uuid.uuid4().hex[:16]
+        now_ms = int(self.clock() * 1000)
+        seeds = list(msg.tasks) or [
+            project_pb2.TaskSpec(title=msg.name, description=msg.description, acceptance_criteria=msg.goals)
+        ]
+        rows = [
+            TaskRow(
+                id=0, project_id=project_id, parent_id=None, path=str(i), position=i, depth=0, key=str(i),
+                title=s.title, description=s.description, acceptance_criteria=list(s.acceptance_criteria),
+                depends_on=[], atomic=False, atomic_reason="", estimate_hours=0.0, state=QUEUED,
+            )  # fmt: skip
+            for i, s in enumerate(seeds, start=1)
+        ]
+        with self.store.transaction():
+            self.store.insert_project(
+                ProjectRow(
+                    id=project_id, seq=self.store.next_project_seq(), name=msg.name,
+                    definition=msg.SerializeToString(), max_depth=msg.max_depth, state=RUNNING, error="",
+                    created_ms=now_ms, finished_ms=0, counts={QUEUED: len(rows)},
+                )  # fmt: skip
+            )
+            self.store.insert_tasks(rows)
+        self.feed.notify(project_id)
+        return project_id
+
+    def definition(self, project_id: str) -> project_pb2.ProjectDefinition:
+        if project_id not in self._definitions:
+            row = self.store.get_project(project_id)
+            assert row is not None
+            self._definitions[project_id] = project_pb2.ProjectDefinition.FromString(row.definition)
+        return self._definitions[project_id]
+
+    def summary(self, project_id: str) -> project_pb2.ProjectSummary | None:
+        row = self.store.get_project(project_id)
+        return None if row is None else self._summary(row)
+
+    def _summary(self, row: ProjectRow) -> project_pb2.ProjectSummary:
+        c = row.counts
+        return project_pb2.ProjectSummary(
+            project_id=row.id, name=row.name, state=PROJECT_STATE[row.state],
+            queued=c.get(QUEUED, 0), leased=c.get(LEASED, 0), done=c.get(DONE, 0), dead=c.get(DEAD, 0),
+            cancelled=c.get(CANCELLED, 0), total=sum(c.values()), created_at_unix_ms=row.created_ms,
+            finished_at_unix_ms=row.finished_ms, error=row.error, max_depth=row.max_depth,
+            late_results_refused=row.late_results_refused, leases_expired=row.leases_expired,
+        )  # fmt: skip
+
+    def list_projects(self, page_size: int, before_seq: int | None) -> tuple[list[project_pb2.ProjectSummary], int | None]:
+        """A page of projects, newest first, and the seq to continue from (None on the last page)."""
+        rows = self.store.list_projects(page_size + 1, before_seq)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return [self._summary(r) for r in rows], (rows[-1].seq if more and rows else None)
+
+    def task_tree(self, project_id: str) -> list[project_pb2.TaskNode]:
+        return build_tree(self.store.project_tasks(project_id), STATUS)
+
+    def cancel_project(self, project_id: str) -> bool:
+        return self.lifecycle.cancel_project(project_id)
+
+    # Leases.
+
+    def lease_tasks(self, runner_id: str, limit: int) -> list[task_pb2.TaskAssignment]:
+        """Lease up to `limit` ready tasks to a runner, each with the context to decompose it."""
+        return [self._assignment(t) for t in self.lifecycle.grant(runner_id, limit)]
+
+    def _assignment(self, task: TaskRow) -> task_pb2.TaskAssignment:
+        assert task.lease_token is not None and task.lease_expires_ms is not None
+        ancestors: list[project_pb2.TaskSpec] = []
+        parent_id = task.parent_id
+        while parent_id is not None:
+            parent = self.store.get_task(parent_id)
+            assert parent is not None
+            ancestors.append(
+                project_pb2.TaskSpec(
+                    title=parent.title, description=parent.description, acceptance_criteria=parent.acceptance_criteria
+                )
+            )
+            parent_id = parent.parent_id
+        ancestors.reverse()
+        siblings = self.store.children_titles(task.project_id, task.parent_id, MAX_SIBLING_TITLES + 1)
+        definition = self.definition(task.project_id)
+        return task_pb2.TaskAssignment(
+            lease=task_pb2.Lease(
+                task_id=str(task.id), attempt=task.attempts, token=task.lease_token,
+                expires_at_unix_ms=task.lease_expires_ms, timeout_ms=int(self.config.lease_timeout_s * 1000),
+            ),
+            project_id=task.project_id,
+            project=definition,
+            task=project_pb2.TaskSpec(
+                title=task.title, description=task.description, acceptance_criteria=task.acceptance_criteria
+            ),
+            ancestors=ancestors,
+            sibling_titles=[title for sid, title in siblings if sid != task.id][:MAX_SIBLING_TITLES],
+            depth=task.depth,
+            max_depth=definition.max_depth,
+        )  # fmt: skip
+
+    def process_results(
+        self, task_id: str, lease_token: str, subtasks: Sequence[task_pb2.Subtask], usage: task_pb2.Usage | None = None
+    ) -> Accepted:
+        """File a task's subtasks under its lease; queue the children that need decomposing."""
+        return self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage())
+
+    def extend_lease(self, task_id: str, lease_token: str) -> tuple[int, bool]:
+        return self.lifecycle.extend(task_id, lease_token)
+
+    def fail_task(
+        self, task_id: str, lease_token: str, error: str, retryable: bool, usage: task_pb2.Usage | None = None
+    ) -> "project_pb2.TaskStatus.ValueType":
+        return STATUS[self.lifecycle.fail(task_id, lease_token, error, retryable, usage or task_pb2.Usage())]
+
+    def release_task(self, task_id: str, lease_token: str, reason: str) -> None:
+        self.lifecycle.release(task_id, lease_token, reason)
+
+    def seconds_until(self, due_ms: int | None) -> float | None:
+        return None if due_ms is None else max(0.0, due_ms / 1000 - self.clock())

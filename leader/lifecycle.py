@@ -1,0 +1,378 @@
+"""Every state transition of a task, one function each: the lease rules in one sitting.
+
+    queued --grant--> leased --accept--> done            (children queued or stored as leaves)
+                        |----fail/expire--> queued        (attempts < max_attempts, after a backoff)
+                        |----fail/expire--> dead          (attempts = max_attempts, or not retryable)
+                        |----release-----> queued         (no attempt charged)
+    queued/leased --cancel--> cancelled
+
+Rules kept here:
+- The attempt count rises when a lease is granted, so a task that kills its runner every time
+  still reaches max_attempts.
+- Fencing: only the task's current lease token is accepted; anything else is refused and counted
+  (`late_results_refused`). After acceptance the token is kept, so the same result sent again is
+  answered OK without a change (idempotent) and a different one is refused.
+- Each transition is one store transaction, committed before the caller acknowledges it, and it
+  keeps the project's counters in step; when a project has nothing queued or leased it is
+  consolidated in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from paradecom import limits
+from paradecom.subtasks import SubtaskShape, subtask_errors
+from paradecom.v1 import project_pb2, task_pb2
+
+from .consolidate import consolidation_error
+from .store import CANCELLED, DEAD, DONE, LEASED, P_CANCELLED, P_DONE, P_FAILED, QUEUED, RUNNING, Store, TaskRow
+
+STATUS = {
+    QUEUED: project_pb2.TASK_STATUS_QUEUED,
+    LEASED: project_pb2.TASK_STATUS_LEASED,
+    DONE: project_pb2.TASK_STATUS_DONE,
+    DEAD: project_pb2.TASK_STATUS_DEAD,
+    CANCELLED: project_pb2.TASK_STATUS_CANCELLED,
+}
+
+MAX_SIBLING_TITLES = 30
+
+
+class LeaseError(Exception):
+    """A request about a task that the lease rules refuse; `code` names the gRPC status to answer."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class UnknownTask(LeaseError):
+    code = "NOT_FOUND"
+
+
+class StaleLease(LeaseError):
+    """The token is not the task's current lease: expired, reassigned, released or never issued."""
+
+    code = "ABORTED"
+    # The refusal is counted, and an expired lease found here is requeued on the spot: those
+    # changes are committed although the request is refused (see Store.transaction).
+    keep_changes = True
+
+
+class ProjectClosed(LeaseError):
+    code = "FAILED_PRECONDITION"
+
+
+class InvalidResult(LeaseError):
+    code = "INVALID_ARGUMENT"
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    """The knobs of the lease rules (the leader's CLI flags)."""
+
+    lease_timeout_s: float = 30.0
+    max_attempts: int = 3
+    retry_backoff_s: float = 1.0  # first retry's delay; doubles per attempt
+    max_retry_backoff_s: float = 30.0
+    disconnect_grace_s: float = 5.0  # how long a runner's leases live after its stream drops
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What `accept_result` did."""
+
+    duplicate: bool
+    children_queued: int
+
+
+def _digest(subtasks: Sequence[task_pb2.Subtask]) -> str:
+    h = hashlib.sha256()
+    for s in subtasks:
+        h.update(s.SerializeToString(deterministic=True))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class TaskLifecycle:
+    """The transitions. `on_change(project_id)` is called after each commit that changed a project."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: LeaseConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[str], None] = lambda _project_id: None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.on_change = on_change
+        # Derived from the store (rebuilt at start, kept in step by every transition): how many
+        # live leases each runner holds, so dispatch needs no query to find a free slot.
+        self.leases_by_runner: Counter[str] = Counter()
+        for task_id in store.leased_task_ids():
+            task = store.get_task(task_id)
+            if task and task.runner_id:
+                self.leases_by_runner[task.runner_id] += 1
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _timeout_ms(self) -> int:
+        return int(self.config.lease_timeout_s * 1000)
+
+    def _move(self, task: TaskRow, state: str) -> None:
+        """Change a task's state, keep its project's counters and the runner index in step."""
+        project = self.store.get_project(task.project_id)
+        assert project is not None
+        project.counts[task.state] = project.counts.get(task.state, 0) - 1
+        project.counts[state] = project.counts.get(state, 0) + 1
+        if task.state == LEASED and task.runner_id:
+            self.leases_by_runner[task.runner_id] -= 1
+            if self.leases_by_runner[task.runner_id] <= 0:
+                del self.leases_by_runner[task.runner_id]
+        task.state = state
+        if state != LEASED:
+            task.lease_expires_ms = None
+            task.runner_id = None
+        self.store.update_task(task)
+        self.store.update_project(project)
+
+    def _finish_if_drained(self, project_id: str) -> None:
+        """Consolidate the project once nothing is queued or leased."""
+        project = self.store.get_project(project_id)
+        assert project is not None
+        if project.state != RUNNING or project.counts.get(QUEUED, 0) or project.counts.get(LEASED, 0):
+            return
+        error = consolidation_error(self.store.project_tasks(project_id))
+        project.state = P_FAILED if error else P_DONE
+        project.error = error
+        project.finished_ms = self._now_ms()
+        self.store.update_project(project)
+
+    def _leased(self, task_id: str, token: str) -> TaskRow:
+        """The task if `token` is its current, unexpired lease; else the refusal to answer."""
+        task = self._task(task_id)
+        if task.state == CANCELLED:
+            raise ProjectClosed(f"task {task_id}: its project was cancelled")
+        if task.state != LEASED or task.lease_token != token:
+            self._count_refusal(task)
+            raise StaleLease(f"task {task_id}: lease {token[:8]}… is not the task's current lease")
+        assert task.lease_expires_ms is not None
+        if task.lease_expires_ms <= self._now_ms():
+            # Expired but not reaped yet: the reaper would requeue it this instant; do it now so
+            # the answer and the store agree.
+            self._retry_or_bury(task, f"lease expired (runner {task.runner_id})", retryable=True, expired=True)
+            self._count_refusal(task)
+            self._finish_if_drained(task.project_id)
+            self.on_change(task.project_id)
+            raise StaleLease(f"task {task_id}: lease {token[:8]}… expired")
+        return task
+
+    def _task(self, task_id: str) -> TaskRow:
+        task = self.store.get_task(int(task_id)) if task_id.isdigit() and len(task_id) < 19 else None
+        if task is None:
+            raise UnknownTask(f"no task {task_id!r}")
+        return task
+
+    def _count_refusal(self, task: TaskRow) -> None:
+        project = self.store.get_project(task.project_id)
+        assert project is not None
+        project.late_results_refused += 1
+        self.store.update_project(project)
+
+    def _retry_or_bury(self, task: TaskRow, error: str, *, retryable: bool, expired: bool = False) -> str:
+        """After a failed or expired attempt: back to the queue after a backoff, or dead-lettered."""
+        task.last_error = error[: limits.MAX_ERROR_CHARS]
+        if expired:
+            project = self.store.get_project(task.project_id)
+            assert project is not None
+            project.leases_expired += 1
+            self.store.update_project(project)
+        if retryable and task.attempts < self.config.max_attempts:
+            delay = min(self.config.retry_backoff_s * 2 ** (task.attempts - 1), self.config.max_retry_backoff_s)
+            # Jitter spreads retries of tasks that failed together (an endpoint outage).
+            task.not_before_ms = self._now_ms() + int(delay * 1000 * random.uniform(0.8, 1.2))
+            self._move(task, QUEUED)
+            return QUEUED
+        self._move(task, DEAD)
+        return DEAD
+
+    # The transitions.
+
+    def grant(self, runner_id: str, limit: int) -> list[TaskRow]:
+        """Lease up to `limit` ready tasks to `runner_id`: attempt + 1, a fresh token, an expiry."""
+        now = self._now_ms()
+        granted: list[TaskRow] = []
+        with self.store.transaction():
+            for task_id in self.store.ready_task_ids(now, limit):
+                task = self.store.get_task(task_id)
+                assert task is not None and task.state == QUEUED
+                task.attempts += 1
+                task.lease_token = secrets.token_hex(16)
+                task.lease_expires_ms = now + self._timeout_ms()
+                task.runner_id = runner_id
+                task.not_before_ms = 0
+                self._move(task, LEASED)
+                self.leases_by_runner[runner_id] += 1
+                granted.append(task)
+        for project_id in {t.project_id for t in granted}:
+            self.on_change(project_id)
+        return granted
+
+    def extend(self, task_id: str, token: str) -> tuple[int, bool]:
+        """Heartbeat: push the expiry out by the lease timeout. Returns (expiry ms, cancelled)."""
+        with self.store.transaction():
+            task = self._task(task_id)
+            if task.state == CANCELLED and task.lease_token == token:
+                return 0, True
+            task = self._leased(task_id, token)
+            task.lease_expires_ms = self._now_ms() + self._timeout_ms()
+            self.store.update_task(task)
+            return task.lease_expires_ms, False
+
+    def accept(self, task_id: str, token: str, subtasks: Sequence[task_pb2.Subtask], usage: task_pb2.Usage) -> Accepted:
+        """The result of a task: store its children, queue those that need decomposing."""
+        digest = _digest(subtasks)
+        with self.store.transaction():
+            task = self._task(task_id)
+            if task.state == DONE and task.lease_token == token and task.result_digest is not None:
+                if task.result_digest == digest:
+                    return Accepted(duplicate=True, children_queued=0)
+                raise LeaseError(f"task {task_id}: a different result was already accepted under this lease")
+            task = self._leased(task_id, token)
+            errors = subtask_errors(
+                [SubtaskShape(s.key, s.title, list(s.depends_on)) for s in subtasks], parent_title=task.title
+            )
+            if errors:
+                raise InvalidResult(f"task {task_id}: " + "; ".join(errors[:10]))
+            project = self.store.get_project(task.project_id)
+            assert project is not None
+            room = limits.MAX_TASKS_PER_PROJECT - sum(project.counts.values())
+            children = []
+            for position, s in enumerate(subtasks, start=1):
+                depth = task.depth + 1
+                at_limit = depth >= project.max_depth
+                full = room <= len(subtasks)
+                leaf = s.atomic or at_limit or full
+                reason = s.atomic_reason
+                if not s.atomic:
+                    reason = "max depth reached" if at_limit else ("project task limit reached" if full else "")
+                children.append(
+                    TaskRow(
+                        id=0, project_id=task.project_id, parent_id=task.id, path=f"{task.path}.{position}",
+                        position=position, depth=depth, key=s.key, title=s.title.strip(),
+                        description=s.description, acceptance_criteria=list(s.acceptance_criteria),
+                        depends_on=list(s.depends_on), atomic=s.atomic, atomic_reason=reason,
+                        estimate_hours=max(0.0, s.estimate_hours), state=DONE if leaf else QUEUED,
+                    )  # fmt: skip
+                )
+            self.store.insert_tasks(children)
+            project.counts[DONE] = project.counts.get(DONE, 0) + sum(c.state == DONE for c in children)
+            queued = sum(c.state == QUEUED for c in children)
+            project.counts[QUEUED] = project.counts.get(QUEUED, 0) + queued
+            project.prompt_tokens += usage.prompt_tokens
+            project.completion_tokens += usage.completion_tokens
+            project.llm_calls += usage.calls
+            self.store.update_project(project)
+            task.result_digest = digest
+            task.last_error = ""
+            self._move(task, DONE)
+            self._finish_if_drained(task.project_id)
+        self.on_change(task.project_id)
+        return Accepted(duplicate=False, children_queued=queued)
+
+    def fail(self, task_id: str, token: str, error: str, retryable: bool, usage: task_pb2.Usage) -> str:
+        """A runner could not decompose the task: retry after a backoff, or dead-letter it."""
+        with self.store.transaction():
+            task = self._leased(task_id, token)
+            project = self.store.get_project(task.project_id)
+            assert project is not None
+            project.prompt_tokens += usage.prompt_tokens
+            project.completion_tokens += usage.completion_tokens
+            project.llm_calls += usage.calls
+            self.store.update_project(project)
+            state = self._retry_or_bury(task, error or "runner reported a failure", retryable=retryable)
+            self._finish_if_drained(task.project_id)
+        self.on_change(task.project_id)
+        return state
+
+    def release(self, task_id: str, token: str, reason: str) -> None:
+        """Give a task back unworked: queued again at once, the attempt not charged."""
+        with self.store.transaction():
+            task = self._leased(task_id, token)
+            task.attempts = max(0, task.attempts - 1)
+            task.not_before_ms = 0
+            task.last_error = f"released: {reason}"[: limits.MAX_ERROR_CHARS] if reason else task.last_error
+            self._move(task, QUEUED)
+        self.on_change(task.project_id)
+
+    def expire_due(self) -> int:
+        """Requeue (or dead-letter) every task whose lease has passed its expiry."""
+        now = self._now_ms()
+        changed: set[str] = set()
+        with self.store.transaction():
+            for task_id in self.store.due_lease_ids(now):
+                task = self.store.get_task(task_id)
+                assert task is not None
+                self._retry_or_bury(task, f"lease expired (runner {task.runner_id})", retryable=True, expired=True)
+                changed.add(task.project_id)
+            for project_id in changed:
+                self._finish_if_drained(project_id)
+        for project_id in changed:
+            self.on_change(project_id)
+        return len(changed)
+
+    def shorten_leases(self, runner_id: str) -> int:
+        """The runner's stream dropped: its leases now end within the disconnect grace unless it
+        keeps heartbeating them (a draining runner does; a dead one cannot)."""
+        deadline = self._now_ms() + int(self.config.disconnect_grace_s * 1000)
+        count = 0
+        with self.store.transaction():
+            for task_id in self.store.leased_task_ids(runner_id=runner_id):
+                task = self.store.get_task(task_id)
+                assert task is not None and task.lease_expires_ms is not None
+                if task.lease_expires_ms > deadline:
+                    task.lease_expires_ms = deadline
+                    self.store.update_task(task)
+                    count += 1
+        return count
+
+    def renew_all_leases(self) -> int:
+        """At start-up: the runners could not heartbeat while the leader was down, so every lease
+        handed out before the restart gets a full lease timeout from now; tokens are unchanged."""
+        deadline = self._now_ms() + self._timeout_ms()
+        count = 0
+        with self.store.transaction():
+            for task_id in self.store.leased_task_ids():
+                task = self.store.get_task(task_id)
+                assert task is not None and task.lease_expires_ms is not None
+                task.lease_expires_ms = max(task.lease_expires_ms, deadline)
+                self.store.update_task(task)
+                count += 1
+        return count
+
+    def cancel_project(self, project_id: str) -> bool:
+        """Drop the project's queued and leased tasks; leased runners learn it at their next heartbeat."""
+        with self.store.transaction():
+            project = self.store.get_project(project_id)
+            if project is None or project.state != RUNNING:
+                return False
+            for task_id in self.store.open_task_ids(project_id):
+                task = self.store.get_task(task_id)
+                assert task is not None
+                self._move(task, CANCELLED)
+            project = self.store.get_project(project_id)
+            assert project is not None
+            project.state = P_CANCELLED
+            project.finished_ms = self._now_ms()
+            self.store.update_project(project)
+        self.on_change(project_id)
+        return True

@@ -1,0 +1,55 @@
+"""`paradecom-leader`: run a leader."""
+
+from __future__ import annotations
+
+import asyncio
+
+from paradecom import limits
+from paradecom.cliargs import Parser, add_logging_flags, address, fail, float_range, int_range
+from paradecom.errors import ConfigError
+from paradecom.logs import configure_logging
+
+from .lifecycle import LeaseConfig
+from .server import LeaderSettings, serve
+
+PROG = "paradecom-leader"
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="ParaDecom leader: owns all state, hands tasks to runners under leases.")
+    parser.add_argument("--listen", type=address, default="127.0.0.1:50051",
+                        help="HOST:PORT to serve gRPC on (port 0 picks a free one; default 127.0.0.1:50051)")
+    parser.add_argument("--db", default="paradecom.db",
+                        help="SQLite file holding every project and task (default ./paradecom.db); "
+                             "restart on the same file to resume")
+    parser.add_argument("--lease-timeout", type=float_range(limits.MIN_LEASE_TIMEOUT_S, limits.MAX_LEASE_TIMEOUT_S),
+                        default=30.0, metavar="S",
+                        help="seconds a lease lives without a heartbeat (default 30)")
+    parser.add_argument("--max-attempts", type=int_range(1, limits.MAX_ATTEMPTS_LIMIT), default=3, metavar="N",
+                        help="leases granted per task before it is dead-lettered (default 3)")
+    parser.add_argument("--max-depth", type=int_range(1, limits.MAX_DEPTH_LIMIT), default=limits.DEFAULT_MAX_DEPTH,
+                        metavar="N", help="default depth limit for projects that set none (default 3)")
+    add_logging_flags(parser)
+    return parser  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    lease = LeaseConfig(
+        lease_timeout_s=args.lease_timeout,
+        max_attempts=args.max_attempts,
+        # A dead runner's leases come back within half a lease; a live one heartbeats every third.
+        disconnect_grace_s=args.lease_timeout / 2,
+    )
+    try:
+        asyncio.run(serve(LeaderSettings(listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth)))
+    except ConfigError as exc:
+        return fail(PROG, str(exc))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The scheduler: who is connected, how many free slots each runner has, and the dispatch of
+ready tasks into those slots over the runners' PullTask streams (pushed, never polled)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+
+from paradecom.v1 import task_service_pb2
+
+from .core import DecompositionLeader
+from .lifecycle import LeaseError
+
+log = structlog.get_logger("paradecom.leader.scheduler")
+
+# A dispatcher wakes at least this often, so a missed notification costs at most this delay.
+MAX_IDLE_S = 1.0
+
+
+@dataclass(eq=False)
+class RunnerSession:
+    """One open PullTask stream. `None` in the outbox ends the stream."""
+
+    runner_id: str
+    max_in_flight: int
+    peer: str = ""
+    outbox: asyncio.Queue[task_service_pb2.PullTaskResponse | None] = field(default_factory=asyncio.Queue)
+
+
+class Scheduler:
+    """Matches ready tasks with free runner slots."""
+
+    def __init__(self, leader: DecompositionLeader) -> None:
+        self.leader = leader
+        self.sessions: dict[str, RunnerSession] = {}
+        self.draining = False
+        self._turn = 0
+
+    def connect(self, runner_id: str, max_in_flight: int, peer: str = "") -> RunnerSession:
+        """Register a runner's stream; a new stream with the same runner id replaces the old one."""
+        old = self.sessions.get(runner_id)
+        if old is not None:
+            self._close(old)
+        session = RunnerSession(runner_id, max_in_flight, peer)
+        self.sessions[runner_id] = session
+        log.info("runner connected", runner_id=runner_id, max_in_flight=max_in_flight, peer=peer)
+        self.leader.feed.any_change.set()
+        return session
+
+    def disconnect(self, session: RunnerSession) -> None:
+        """The stream ended: give back what never left the outbox, shorten the runner's leases."""
+        self._close(session)
+        if self.sessions.get(session.runner_id) is session:
+            del self.sessions[session.runner_id]
+            shortened = self.leader.lifecycle.shorten_leases(session.runner_id)
+            log.info("runner disconnected", runner_id=session.runner_id, leases_in_grace=shortened)
+            self.leader.feed.any_change.set()
+
+    def _close(self, session: RunnerSession) -> None:
+        while not session.outbox.empty():
+            item = session.outbox.get_nowait()
+            if item is not None and item.HasField("assignment"):
+                lease = item.assignment.lease
+                with contextlib.suppress(LeaseError):
+                    self.leader.release_task(lease.task_id, lease.token, "assignment not delivered")
+        session.outbox.put_nowait(None)
+
+    def drain(self, reason: str) -> None:
+        """Stop dispatching and tell every runner to stop taking work from this leader."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.outbox.put_nowait(
+                task_service_pb2.PullTaskResponse(drain=task_service_pb2.DrainNotice(reason=reason))
+            )
+
+    def dispatch(self) -> int:
+        """Fill every free slot with a ready task; returns how many were handed out."""
+        if self.draining:
+            return 0
+        sessions = list(self.sessions.values())
+        if not sessions:
+            return 0
+        # Start at a different runner each round, so a short queue is spread over all of them.
+        self._turn = (self._turn + 1) % len(sessions)
+        handed = 0
+        for session in sessions[self._turn :] + sessions[: self._turn]:
+            free = session.max_in_flight - self.leader.lifecycle.leases_by_runner.get(session.runner_id, 0)
+            if free <= 0:
+                continue
+            assignments = self.leader.lease_tasks(session.runner_id, free)
+            for assignment in assignments:
+                session.outbox.put_nowait(task_service_pb2.PullTaskResponse(assignment=assignment))
+            handed += len(assignments)
+            if len(assignments) < free:
+                break  # the queue is empty
+        return handed
+
+    async def run(self) -> None:
+        """Dispatch whenever something changed, or when the next retry backoff ends."""
+        feed = self.leader.feed
+        while True:
+            feed.any_change.clear()
+            self.dispatch()
+            now_ms = int(self.leader.clock() * 1000)
+            wait = self.leader.seconds_until(self.leader.store.next_backoff_ms(now_ms))
+            timeout = MAX_IDLE_S if wait is None else min(wait, MAX_IDLE_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(feed.any_change.wait(), timeout)

@@ -1,0 +1,128 @@
+"""The leader process: store, lifecycle, scheduler and lease clock behind one grpc.aio server,
+with health checking and reflection beside ParaDecom's own services, and an ordered drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from paradecom.errors import ConfigError
+from paradecom.grpc_options import SERVER_OPTIONS, parse_address
+from paradecom.v1 import project_service_pb2, project_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+
+from .core import DecompositionLeader
+from .lease_clock import LeaseClock
+from .lifecycle import LeaseConfig
+from .scheduler import Scheduler
+from .service import ProjectService, TaskService
+from .store import SqliteStore
+
+log = structlog.get_logger("paradecom.leader")
+
+SERVICE_NAMES = (
+    task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+    project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
+)
+# How long in-flight RPCs may finish after a stop signal before the server cancels them.
+STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    listen: str
+    db: str
+    lease: LeaseConfig
+    max_depth: int
+
+
+class LeaderServer:
+    """A running leader. `start()` binds and serves; `stop()` drains and closes the store."""
+
+    def __init__(self, settings: LeaderSettings) -> None:
+        self.settings = settings
+        try:
+            self.store = SqliteStore(settings.db)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"cannot open the store {settings.db}: {exc}") from None
+        self.leader = DecompositionLeader(self.store, settings.lease, default_max_depth=settings.max_depth)
+        self.scheduler = Scheduler(self.leader)
+        self.clock = LeaseClock(self.leader)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.port = 0
+        self._background: list[asyncio.Task[None]] = []
+
+    async def start(self) -> str:
+        renewed = self.leader.lifecycle.renew_all_leases()
+        running = self.store.running_project_ids()
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(self.leader, self.scheduler), self.server)
+        project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectService(self.leader), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        host, _ = parse_address(self.settings.listen)
+        try:
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        except RuntimeError:
+            self.port = 0
+        if not self.port:
+            raise ConfigError(f"cannot listen on {self.settings.listen}: address in use or not available")
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._background = [
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
+            asyncio.create_task(self.clock.run(), name="lease-clock"),
+        ]
+        address = f"{'[' + host + ']' if ':' in host else host}:{self.port}"
+        log.info(
+            "leader serving", address=address, db=self.settings.db, running_projects=len(running),
+            leases_renewed=renewed, lease_timeout_s=self.settings.lease.lease_timeout_s,
+            max_attempts=self.settings.lease.max_attempts, max_depth=self.settings.max_depth,
+        )  # fmt: skip
+        return address
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING for probes, runners told to stop taking work, in-flight calls given
+        STOP_GRACE_S to finish (their writes are committed before they answer), then close."""
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.scheduler.drain("leader shutting down")
+        for session in list(self.scheduler.sessions.values()):
+            session.outbox.put_nowait(None)
+        await self.server.stop(STOP_GRACE_S)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.store.close()
+        log.info("leader stopped")
+
+
+async def serve(settings: LeaderSettings) -> None:
+    """Run a leader until SIGTERM or SIGINT, printing `listening HOST:PORT` on stdout once bound."""
+    server = LeaderServer(settings)
+    stop = asyncio.Event()
+    started = False
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        address = await server.start()
+        started = True
+        print(f"listening {address}", flush=True)
+        await stop.wait()
+        log.info("stop signal received; draining")
+    finally:
+        if started:
+            await server.stop()
+        else:
+            server.store.close()

@@ -1,0 +1,269 @@
+"""The leader's gRPC services: request checks, the call into `DecompositionLeader`, and the one
+place where errors become gRPC status codes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+import structlog
+
+from paradecom import limits
+from paradecom.errors import ProjectFileError
+from paradecom.v1 import (
+    project_pb2,
+    project_service_pb2,
+    project_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2,
+    task_service_pb2_grpc,
+)
+
+from .core import DecompositionLeader
+from .lifecycle import LeaseError
+from .scheduler import Scheduler
+
+log = structlog.get_logger("paradecom.leader.service")
+
+T = TypeVar("T")
+
+_TERMINAL = {
+    project_pb2.PROJECT_STATE_DONE,
+    project_pb2.PROJECT_STATE_CANCELLED,
+    project_pb2.PROJECT_STATE_FAILED,
+}
+MAX_PAGE_SIZE = 1_000
+DEFAULT_PAGE_SIZE = 100
+MAX_ID_CHARS = 100
+
+
+class BadRequest(Exception):
+    """A request field is missing or out of range: INVALID_ARGUMENT with this message."""
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """Map an expected error to its status code. Unexpected errors are logged and become INTERNAL."""
+    if isinstance(exc, LeaseError):
+        code = getattr(grpc.StatusCode, exc.code)
+    elif isinstance(exc, (BadRequest, ProjectFileError)):
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    elif isinstance(exc, KeyError):
+        code = grpc.StatusCode.NOT_FOUND
+    else:
+        log.exception("unexpected error", error=str(exc))
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the leader; see its log")
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    await context.abort(code, message)
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except (LeaseError, BadRequest, ProjectFileError, KeyError) as exc:
+        await _abort(context, exc)
+    except Exception as exc:
+        await _abort(context, exc)
+
+
+def _require_id(name: str, value: str) -> str:
+    if not value:
+        raise BadRequest(f"{name} is required")
+    if len(value) > MAX_ID_CHARS:
+        raise BadRequest(f"{name} is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def _check_usage(usage: task_pb2.Usage) -> None:
+    if usage.prompt_tokens < 0 or usage.completion_tokens < 0 or usage.calls < 0:
+        raise BadRequest("usage counts must not be negative")
+
+
+def _check_subtasks(subtasks: list[task_pb2.Subtask]) -> None:
+    """Sizes only; the structural rules (keys, titles, dependencies) are the lifecycle's."""
+    if not subtasks:
+        raise BadRequest("subtasks: at least one is required")
+    if len(subtasks) > limits.MAX_SUBTASKS:
+        raise BadRequest(f"subtasks: {len(subtasks)} is more than the limit of {limits.MAX_SUBTASKS}")
+    for i, s in enumerate(subtasks, start=1):
+        if len(s.description) > limits.MAX_DESCRIPTION_CHARS:
+            raise BadRequest(f"subtask {i}: description longer than {limits.MAX_DESCRIPTION_CHARS} characters")
+        if len(s.acceptance_criteria) > limits.MAX_LIST_ITEMS or len(s.depends_on) > limits.MAX_SUBTASKS:
+            raise BadRequest(f"subtask {i}: too many acceptance criteria or dependencies")
+        if any(len(c) > limits.MAX_ITEM_CHARS for c in s.acceptance_criteria) or len(s.atomic_reason) > limits.MAX_ITEM_CHARS:
+            raise BadRequest(f"subtask {i}: an acceptance criterion or reason is longer than {limits.MAX_ITEM_CHARS}")
+        if not 0 <= s.estimate_hours < 1e6:
+            raise BadRequest(f"subtask {i}: estimate_hours must be from 0 to 1,000,000")
+
+
+class TaskService(task_service_pb2_grpc.TaskServiceServicer):
+    """What runners call."""
+
+    def __init__(self, leader: DecompositionLeader, scheduler: Scheduler) -> None:
+        self.leader = leader
+        self.scheduler = scheduler
+
+    async def PullTask(  # noqa: N802 (gRPC method names)
+        self, request: task_service_pb2.PullTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[task_service_pb2.PullTaskResponse]:
+        if not request.runner_id or len(request.runner_id) > limits.MAX_RUNNER_ID_CHARS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"runner_id: 1 to {limits.MAX_RUNNER_ID_CHARS} characters required"
+            )
+        if not 1 <= request.max_in_flight <= limits.MAX_CONCURRENCY:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"max_in_flight must be from 1 to {limits.MAX_CONCURRENCY}"
+            )
+        if self.scheduler.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "leader is shutting down")
+        session = self.scheduler.connect(request.runner_id, request.max_in_flight, context.peer())
+        try:
+            while True:
+                item = await session.outbox.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            self.scheduler.disconnect(session)
+
+    async def SubmitResult(  # noqa: N802
+        self, request: task_service_pb2.SubmitResultRequest, context: grpc.aio.ServicerContext
+    ) -> task_service_pb2.SubmitResultResponse:
+        def call() -> task_service_pb2.SubmitResultResponse:
+            _require_id("task_id", request.task_id)
+            _require_id("lease_token", request.lease_token)
+            _check_subtasks(list(request.subtasks))
+            _check_usage(request.usage)
+            done = self.leader.process_results(request.task_id, request.lease_token, request.subtasks, request.usage)
+            return task_service_pb2.SubmitResultResponse(duplicate=done.duplicate, children_queued=done.children_queued)
+
+        return await _guard(context, call)
+
+    async def ExtendLease(  # noqa: N802
+        self, request: task_service_pb2.ExtendLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> task_service_pb2.ExtendLeaseResponse:
+        def call() -> task_service_pb2.ExtendLeaseResponse:
+            _require_id("task_id", request.task_id)
+            _require_id("lease_token", request.lease_token)
+            expires, cancelled = self.leader.extend_lease(request.task_id, request.lease_token)
+            return task_service_pb2.ExtendLeaseResponse(expires_at_unix_ms=expires, cancelled=cancelled)
+
+        return await _guard(context, call)
+
+    async def ReleaseTask(  # noqa: N802
+        self, request: task_service_pb2.ReleaseTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_service_pb2.ReleaseTaskResponse:
+        def call() -> task_service_pb2.ReleaseTaskResponse:
+            _require_id("task_id", request.task_id)
+            _require_id("lease_token", request.lease_token)
+            self.leader.release_task(request.task_id, request.lease_token, request.reason[: limits.MAX_ERROR_CHARS])
+            return task_service_pb2.ReleaseTaskResponse()
+
+        return await _guard(context, call)
+
+    async def FailTask(  # noqa: N802
+        self, request: task_service_pb2.FailTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_service_pb2.FailTaskResponse:
+        def call() -> task_service_pb2.FailTaskResponse:
+            _require_id("task_id", request.task_id)
+            _require_id("lease_token", request.lease_token)
+            _check_usage(request.usage)
+            status = self.leader.fail_task(
+                request.task_id, request.lease_token, request.error[: limits.MAX_ERROR_CHARS], request.retryable,
+                request.usage,
+            )  # fmt: skip
+            return task_service_pb2.FailTaskResponse(status=status)
+
+        return await _guard(context, call)
+
+
+class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
+    """What clients call."""
+
+    def __init__(self, leader: DecompositionLeader) -> None:
+        self.leader = leader
+
+    def _summary(self, project_id: str) -> project_pb2.ProjectSummary:
+        _require_id("project_id", project_id)
+        summary = self.leader.summary(project_id)
+        if summary is None:
+            raise KeyError(f"no project {project_id!r}")
+        return summary
+
+    async def SubmitProject(  # noqa: N802
+        self, request: project_service_pb2.SubmitProjectRequest, context: grpc.aio.ServicerContext
+    ) -> project_service_pb2.SubmitProjectResponse:
+        def call() -> project_service_pb2.SubmitProjectResponse:
+            if not request.HasField("project"):
+                raise BadRequest("project is required")
+            project_id = self.leader.generate_work_queue(request.project)
+            log.info("project submitted", project_id=project_id, name=request.project.name[:80])
+            return project_service_pb2.SubmitProjectResponse(project_id=project_id)
+
+        return await _guard(context, call)
+
+    async def GetProject(  # noqa: N802
+        self, request: project_service_pb2.GetProjectRequest, context: grpc.aio.ServicerContext
+    ) -> project_service_pb2.GetProjectResponse:
+        return await _guard(
+            context, lambda: project_service_pb2.GetProjectResponse(project=self._summary(request.project_id))
+        )
+
+    async def ListProjects(  # noqa: N802
+        self, request: project_service_pb2.ListProjectsRequest, context: grpc.aio.ServicerContext
+    ) -> project_service_pb2.ListProjectsResponse:
+        def call() -> project_service_pb2.ListProjectsResponse:
+            if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+                raise BadRequest(f"page_size must be from 0 to {MAX_PAGE_SIZE}")
+            before: int | None = None
+            if request.page_token:
+                if not request.page_token.isdigit() or len(request.page_token) > 18:
+                    raise BadRequest("page_token is not one this leader gave")
+                before = int(request.page_token)
+            projects, next_seq = self.leader.list_projects(request.page_size or DEFAULT_PAGE_SIZE, before)
+            return project_service_pb2.ListProjectsResponse(
+                projects=projects, next_page_token="" if next_seq is None else str(next_seq)
+            )
+
+        return await _guard(context, call)
+
+    async def WatchProject(  # noqa: N802
+        self, request: project_service_pb2.WatchProjectRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[project_service_pb2.WatchProjectResponse]:
+        summary = await _guard(context, lambda: self._summary(request.project_id))
+        event = self.leader.feed.watch(request.project_id)
+        try:
+            while True:
+                yield project_service_pb2.WatchProjectResponse(project=summary)
+                if summary.state in _TERMINAL:
+                    return
+                await event.wait()
+                event.clear()
+                summary = self._summary(request.project_id)
+        finally:
+            self.leader.feed.unwatch(request.project_id, event)
+
+    async def GetTaskTree(  # noqa: N802
+        self, request: project_service_pb2.GetTaskTreeRequest, context: grpc.aio.ServicerContext
+    ) -> project_service_pb2.GetTaskTreeResponse:
+        def call() -> project_service_pb2.GetTaskTreeResponse:
+            summary = self._summary(request.project_id)
+            return project_service_pb2.GetTaskTreeResponse(
+                project=summary,
+                definition=self.leader.definition(request.project_id),
+                tasks=self.leader.task_tree(request.project_id),
+            )
+
+        return await _guard(context, call)
+
+    async def CancelProject(  # noqa: N802
+        self, request: project_service_pb2.CancelProjectRequest, context: grpc.aio.ServicerContext
+    ) -> project_service_pb2.CancelProjectResponse:
+        def call() -> project_service_pb2.CancelProjectResponse:
+            self._summary(request.project_id)
+            if self.leader.cancel_project(request.project_id):
+                log.info("project cancelled", project_id=request.project_id)
+            return project_service_pb2.CancelProjectResponse(project=self._summary(request.project_id))
+
+        return await _guard(context, call)
+

@@ -1,0 +1,186 @@
+"""`paradecom`: the client CLI (submit, watch, result, run) and the fake LLM server (fake-llm).
+
+Exit status: 0 success; 1 the work did not succeed (project failed or cancelled, leader refused);
+2 bad input (flags, project file, configuration) or the leader cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from paradecom import limits
+from paradecom.cliargs import Parser, add_logging_flags, address, fail, int_range
+from paradecom.errors import (
+    ConfigError,
+    LeaderRefusedError,
+    LeaderUnavailableError,
+    ParaDecomError,
+    ProjectFileError,
+)
+from paradecom.logs import configure_logging
+from paradecom.v1 import project_pb2
+
+PROG = "paradecom"
+FORMATS = ("json", "markdown")
+DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
+# LLM calls wait on the network, not the CPU: one runner process with --concurrency calls in flight
+# already keeps a CPU busy only a little, and two give a spare when one is restarting. Raise it for
+# endpoints that take many parallel requests.
+DEFAULT_RUNNERS = 2
+
+
+def _add_leader(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--leader", type=address, default=DEFAULT_LEADER,
+                        help=f"leader HOST:PORT (default $PARADECOM_LEADER or {DEFAULT_LEADER})")  # fmt: skip
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="json", help="output format (default json)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="ParaDecom: decompose software projects into task trees with LLMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
+
+    p = sub.add_parser("submit", help="submit a project file; prints the project id")
+    _add_leader(p)
+    p.add_argument("file", help="project file (YAML or JSON; - for stdin)")
+
+    p = sub.add_parser("watch", help="follow a project's progress until it ends")
+    _add_leader(p)
+    p.add_argument("project_id")
+
+    p = sub.add_parser("result", help="print a project's task tree")
+    _add_leader(p)
+    p.add_argument("project_id")
+    p.add_argument("--wait", action="store_true", help="wait for the project to end first")
+    _add_format(p)
+
+    p = sub.add_parser("run", help="decompose a project on this machine: a leader and N runners")
+    p.add_argument("file", help="project file (YAML or JSON; - for stdin)")
+    p.add_argument("--runners", type=int_range(0, limits.MAX_RUNNERS), default=DEFAULT_RUNNERS, metavar="N",
+                   help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {DEFAULT_RUNNERS}); "
+                        "0 runs the sequential fallback in one process")
+    p.add_argument("--concurrency", type=int_range(1, limits.MAX_CONCURRENCY), default=8, metavar="N",
+                   help="LLM calls in flight per runner (default 8)")
+    p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
+    _add_format(p)
+
+    p = sub.add_parser("fake-llm", help="serve the fake OpenAI-compatible LLM (tests, demos, load)")
+    from paradecom import fakellm
+
+    fakellm.add_arguments(p)
+
+    for name in ("submit", "watch", "result", "run"):
+        add_logging_flags(sub.choices[name])
+    return parser  # fmt: skip
+
+
+def _progress_printer(stream: object = sys.stderr, every_s: float = 1.0) -> Callable[[project_pb2.ProjectSummary], None]:
+    """Prints a progress line when the project ends, or at most once per `every_s`."""
+    from paradecom.client import TERMINAL_STATES, progress_line
+
+    last = [0.0]
+
+    def show(summary: project_pb2.ProjectSummary) -> None:
+        now = time.monotonic()
+        if summary.state in TERMINAL_STATES or now - last[0] >= every_s:
+            last[0] = now
+            print(progress_line(summary), file=stream, flush=True)  # type: ignore[call-overload]
+
+    return show
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from paradecom.client import LeaderClient
+    from paradecom.project import load_project
+
+    project = load_project(args.file)
+    async with LeaderClient(args.leader) as client:
+        print(await client.submit(project))
+    return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from paradecom.client import LeaderClient, progress_line
+
+    async with LeaderClient(args.leader) as client:
+        summary = await client.wait(args.project_id, lambda s: print(progress_line(s), flush=True))
+    return 0 if summary.state == project_pb2.PROJECT_STATE_DONE else 1
+
+
+async def _result(args: argparse.Namespace) -> int:
+    from paradecom.client import LeaderClient, state_name
+    from paradecom.tree import TaskTree
+
+    async with LeaderClient(args.leader) as client:
+        summary = await client.wait(args.project_id) if args.wait else await client.get(args.project_id)
+        if summary.state == project_pb2.PROJECT_STATE_RUNNING:
+            print(
+                f"{PROG}: project {args.project_id} is still running ({summary.done} of {summary.total} tasks "
+                "done); add --wait to wait for it",
+                file=sys.stderr,
+            )
+            return 1
+        tree = TaskTree.from_proto(await client.tree(args.project_id))
+    print(tree.render(args.format))
+    if summary.state != project_pb2.PROJECT_STATE_DONE:
+        print(f"{PROG}: project {args.project_id} ended {state_name(summary.state)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from paradecom.local_cluster import RunOptions, run_cluster
+    from paradecom.project import load_project
+    from paradecom.runner.llm import check_endpoint_configured
+
+    project = load_project(args.file)
+    check_endpoint_configured()
+    if args.runners == 0:
+        from paradecom.runner.loop import DecompositionRunner
+        from paradecom.sequential import decompose_sequentially
+
+        runner = DecompositionRunner("", concurrency=1, **({"model": args.model} if args.model else {}))
+        tree = await decompose_sequentially(project, runner, on_progress=_progress_printer())
+    else:
+        options = RunOptions(runners=args.runners, concurrency=args.concurrency, model=args.model)
+        tree = await run_cluster(project, options, on_progress=_progress_printer())
+    print(tree.render(args.format))
+    return 0
+
+
+COMMANDS = {"submit": _submit, "watch": _watch, "result": _result, "run": _run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "fake-llm":
+        from paradecom import fakellm
+
+        return fakellm.main_from_args(args)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except (ConfigError, LeaderUnavailableError) as exc:
+        return fail(PROG, str(exc))
+    except LeaderRefusedError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except ProjectFileError as exc:
+        return fail(PROG, str(exc))
+    except ParaDecomError as exc:
+        # A run that started and failed is a failed result, not bad input.
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""argparse pieces shared by every ParaDecom command: one-line errors (exit 2, no usage dump, no
+traceback) and typed flag values whose ranges are checked where they are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from paradecom.grpc_options import parse_address
+from paradecom.logs import LOG_FORMATS
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: `PROG: error: MESSAGE`, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """A flag type: a whole number from low to high inclusive."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: a whole number from {low} to {high}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def float_range(low: float, high: float) -> Callable[[str], float]:
+    """A flag type: a finite number of seconds (or other unit) from low to high inclusive."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: a number from {low:g} to {high:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def address(text: str) -> str:
+    """A flag type: HOST:PORT."""
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="console",
+        help="console: readable lines (default); json: one JSON object per line, for machines",
+    )  # fmt: skip
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def fail(prog: str, message: str) -> int:
+    """Print a one-line error for a problem found after parsing; returns exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2

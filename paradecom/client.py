@@ -1,0 +1,126 @@
+"""A small asyncio client for the leader's ProjectService, used by the CLI and the Python API.
+
+gRPC errors become `LeaderUnavailableError` (try later) or `LeaderRefusedError` (the request is
+wrong), each with a message a person can act on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+
+import grpc
+
+from paradecom.errors import LeaderError, LeaderRefusedError, LeaderUnavailableError
+from paradecom.grpc_options import insecure_channel
+from paradecom.project import ProjectDefinition
+from paradecom.v1 import project_pb2, project_service_pb2, project_service_pb2_grpc
+
+TERMINAL_STATES = frozenset(
+    {project_pb2.PROJECT_STATE_DONE, project_pb2.PROJECT_STATE_CANCELLED, project_pb2.PROJECT_STATE_FAILED}
+)
+CALL_TIMEOUT_S = 30.0
+
+
+def state_name(state: "project_pb2.ProjectState.ValueType") -> str:
+    """`PROJECT_STATE_DONE` -> `done`."""
+    return project_pb2.ProjectState.Name(state).removeprefix("PROJECT_STATE_").lower()
+
+
+def progress_line(p: project_pb2.ProjectSummary) -> str:
+    return (
+        f"{p.project_id} {state_name(p.state)}: {p.done} done, {p.leased} leased, {p.queued} queued, "
+        f"{p.dead} dead of {p.total} tasks"
+    )
+
+
+class LeaderClient:
+    """`async with LeaderClient("host:port") as c: ...`"""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel = insecure_channel(address)
+        self._stub = project_service_pb2_grpc.ProjectServiceStub(self._channel)
+
+    async def __aenter__(self) -> LeaderClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._channel.close()
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> LeaderError:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return LeaderUnavailableError(f"cannot reach the leader at {self.address} ({code.name.lower()})")
+        return LeaderRefusedError(f"leader at {self.address}: {exc.details()}")
+
+    async def submit(self, project: ProjectDefinition) -> str:
+        try:
+            resp = await self._stub.SubmitProject(
+                project_service_pb2.SubmitProjectRequest(project=project.to_proto()),
+                timeout=CALL_TIMEOUT_S, wait_for_ready=False,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return resp.project_id
+
+    async def get(self, project_id: str) -> project_pb2.ProjectSummary:
+        try:
+            resp = await self._stub.GetProject(
+                project_service_pb2.GetProjectRequest(project_id=project_id), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return resp.project
+
+    async def watch(self, project_id: str) -> AsyncIterator[project_pb2.ProjectSummary]:
+        """Progress snapshots until the project leaves RUNNING."""
+        try:
+            async for event in self._stub.WatchProject(project_service_pb2.WatchProjectRequest(project_id=project_id)):
+                yield event.project
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+
+    async def wait(
+        self,
+        project_id: str,
+        on_progress: Callable[[project_pb2.ProjectSummary], None] | None = None,
+        reconnect_for_s: float = 60.0,
+    ) -> project_pb2.ProjectSummary:
+        """Follow the project until it ends. A leader restart in between is ridden out: the watch
+        is reopened with backoff for up to `reconnect_for_s` seconds of unavailability."""
+        delay, down_since = 0.2, None
+        while True:
+            try:
+                async for summary in self.watch(project_id):
+                    down_since = None
+                    if on_progress:
+                        on_progress(summary)
+                    if summary.state in TERMINAL_STATES:
+                        return summary
+            except LeaderUnavailableError:
+                loop = asyncio.get_running_loop()
+                down_since = down_since or loop.time()
+                if loop.time() - down_since > reconnect_for_s:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def tree(self, project_id: str) -> project_service_pb2.GetTaskTreeResponse:
+        try:
+            return await self._stub.GetTaskTree(
+                project_service_pb2.GetTaskTreeRequest(project_id=project_id), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+
+    async def cancel(self, project_id: str) -> project_pb2.ProjectSummary:
+        try:
+            resp = await self._stub.CancelProject(
+                project_service_pb2.CancelProjectRequest(project_id=project_id), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return resp.project

@@ -1,0 +1,638 @@
+"""fake-llm: an OpenAI-compatible chat server that answers every prompt with a valid decomposition.
+
+It stands in for a real model in tests, demos and load runs: answers are deterministic, cost nothing,
+arrive after a chosen latency, and faults (malformed answers, 429s, 500s, slow answers, a real
+requests-per-minute limit) can be injected at chosen rates.
+
+    python -m paradecom.fakellm --listen 127.0.0.1:0 --fanout 3 --atomic-depth 2
+
+Once bound it prints one line, `listening HOST:PORT`, on stdout; logs go to stderr.
+
+Prompt contract
+---------------
+The answer is derived from the last user message (the last message if none has role "user"). Two
+lines in it are read, each on a line of its own (the first of each counts):
+
+    Task to decompose: <title of the task being decomposed>
+    Task depth: <integer depth of that task; 0 for a top-level task>
+
+The title seeds every child (titles, keys, dependencies, estimates), so the same prompt always gets
+the same answer and different titles get different ones. The depth decides atomicity: a child sits
+at depth d + 1 and is atomic when d + 1 >= --atomic-depth. Without a `Task to decompose:` line a
+hash of the whole message is the seed; without a `Task depth:` line the depth is 0.
+
+The answer's `content` is a JSON object string:
+
+    {"subtasks": [{"key": "1", "title": "...", "description": "...",
+                   "acceptance_criteria": ["...", "..."], "depends_on": [],
+                   "atomic": false, "atomic_reason": "...", "estimate_hours": 12.0}, ...]}
+
+with --fanout children whose titles start with a verb, are unique among siblings and differ from
+the parent's title, and whose dependencies point only at earlier siblings (so there is no cycle).
+
+Endpoints: POST /v1/chat/completions, GET /v1/models, GET /stats, POST /stats/reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import structlog
+from aiohttp import web
+
+from paradecom import limits
+from paradecom.logs import LOG_FORMATS, LogFormat, configure_logging
+
+PROG = "paradecom fake-llm"
+DEFAULT_MODEL = "fake-llm"
+RPM_WINDOW_S = 60.0
+MAX_LATENCY_S = 3_600.0
+MAX_RPM = 10_000_000
+MAX_ATOMIC_DEPTH = 100
+MAX_SEED = 2**31 - 1
+# Runner prompts carry a whole project definition (up to 20 000 characters of description plus
+# goals, ancestors and siblings); aiohttp's 1 MiB default would turn a large one into a bare 413.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+# The kernel caps this at net.core.somaxconn; asking for more lets a burst of thousands of
+# connections queue instead of being refused.
+LISTEN_BACKLOG = 4_096
+# In-flight answers of a fake server are not worth waiting for at shutdown.
+SHUTDOWN_TIMEOUT_S = 1.0
+
+_TITLE_RE = re.compile(r"^[ \t]*Task to decompose:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+_DEPTH_RE = re.compile(r"^[ \t]*Task depth:[ \t]*(-?\d{1,9})[ \t]*$", re.MULTILINE)
+
+_VERBS = (
+    "Design", "Build", "Implement", "Define", "Test", "Document", "Integrate", "Review",
+    "Deploy", "Measure", "Secure", "Refactor", "Prototype", "Validate", "Automate", "Configure",
+)  # fmt: skip
+_NOUNS = (
+    "data model", "API", "storage layer", "user interface", "job scheduler", "auth flow",
+    "config loader", "metrics pipeline", "error handling", "search index", "cache", "CLI",
+    "release process", "audit log", "import tool", "notification service", "test harness",
+    "access control", "backup routine", "admin console",
+)  # fmt: skip
+
+log = structlog.get_logger("paradecom.fakellm")
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """The server's behaviour, taken from the command line."""
+
+    fanout: int = 3
+    atomic_depth: int = 2
+    latency: float = 0.0
+    seed: int = 0
+    malformed_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    error_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_latency: float = 10.0
+    rpm: int = 0
+
+
+class _OneLineArgumentParser(argparse.ArgumentParser):
+    """Reports a bad flag as one line, `paradecom fake-llm: error: ...`, and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {low} to {high}, got {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a number from {low:g} to {high:g}, got {text!r}"
+            ) from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT) as (host, port); ValueError with a readable message if invalid."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"must be HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port must be an integer from 0 to 65535, got {port_text!r}") from None
+    if not 0 <= port <= 65_535:
+        raise ValueError(f"port must be from 0 to 65535, got {port}")
+    return host, port
+
+
+def _listen_address(text: str) -> str:
+    try:
+        split_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add fake-llm's options to `parser`; every range is checked while parsing (exit 2)."""
+    rate = _float_in(0.0, 1.0)
+    seconds = _float_in(0.0, MAX_LATENCY_S)
+    parser.add_argument(
+        "--listen",
+        required=True,
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="address to serve on; port 0 picks a free port (printed as `listening HOST:PORT`)",
+    )
+    parser.add_argument(
+        "--fanout",
+        type=_int_in(1, limits.MAX_SUBTASKS),
+        default=3,
+        metavar="N",
+        help=f"children in every answer, 1..{limits.MAX_SUBTASKS} (default 3)",
+    )
+    parser.add_argument(
+        "--atomic-depth",
+        type=_int_in(1, MAX_ATOMIC_DEPTH),
+        default=2,
+        metavar="D",
+        help="children at this depth or deeper are atomic (default 2)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=seconds,
+        default=0.0,
+        metavar="S",
+        help="seconds added before every answer (default 0)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_int_in(0, MAX_SEED),
+        default=0,
+        metavar="N",
+        help="seed of the fault draws; the same seed gives the same faults in the same order (default 0)",
+    )
+    parser.add_argument(
+        "--malformed-rate",
+        type=rate,
+        default=0.0,
+        metavar="P",
+        help="share of answers whose content is truncated, invalid JSON (default 0)",
+    )
+    parser.add_argument(
+        "--rate-limit-rate",
+        type=rate,
+        default=0.0,
+        metavar="P",
+        help="share of requests answered 429 with Retry-After: 1 (default 0)",
+    )
+    parser.add_argument(
+        "--error-rate",
+        type=rate,
+        default=0.0,
+        metavar="P",
+        help="share of requests answered 500 (default 0)",
+    )
+    parser.add_argument(
+        "--slow-rate",
+        type=rate,
+        default=0.0,
+        metavar="P",
+        help="share of answers delayed by --slow-latency more (default 0)",
+    )
+    parser.add_argument(
+        "--slow-latency",
+        type=seconds,
+        default=10.0,
+        metavar="S",
+        help="extra seconds of a slow answer (default 10)",
+    )
+    parser.add_argument(
+        "--rpm",
+        type=_int_in(0, MAX_RPM),
+        default=0,
+        metavar="N",
+        help="requests per minute over a sliding window, beyond which 429; 0 = no limit (default 0)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="console",
+        help="log lines on stderr as readable text or JSON (default console)",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The Options an argparse namespace from `add_arguments` describes."""
+    return Options(
+        fanout=args.fanout,
+        atomic_depth=args.atomic_depth,
+        latency=args.latency,
+        seed=args.seed,
+        malformed_rate=args.malformed_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        error_rate=args.error_rate,
+        slow_rate=args.slow_rate,
+        slow_latency=args.slow_latency,
+        rpm=args.rpm,
+    )
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+
+def _digest(*parts: object) -> int:
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def parse_prompt(prompt: str) -> tuple[str, int]:
+    """(title seed, depth) of a prompt, following the contract in the module docstring."""
+    title_match = _TITLE_RE.search(prompt)
+    title = title_match.group(1) if title_match else ""
+    if not title:
+        title = f"prompt-{_digest(prompt):016x}"
+    depth_match = _DEPTH_RE.search(prompt)
+    depth = max(0, int(depth_match.group(1))) if depth_match else 0
+    return title, depth
+
+
+def _child_title(parent_title: str, index: int) -> str:
+    h = _digest(parent_title, index)
+    verb = _VERBS[h % len(_VERBS)]
+    noun = _NOUNS[(h >> 8) % len(_NOUNS)]
+    # The part number keeps siblings unique; the hash suffix keeps cousins apart and the title
+    # short however deep the tree goes (it never embeds the parent's title).
+    title = f"{verb} the {noun}, part {index} [{h >> 40:06x}]"
+    if title.casefold() == parent_title.strip().casefold():
+        title = f"{_VERBS[(h + 1) % len(_VERBS)]} the {noun}, part {index} [{h >> 40:06x}]"
+    return title
+
+
+def decomposition(parent_title: str, depth: int, fanout: int, atomic_depth: int) -> dict[str, Any]:
+    """The answer object for a task: `fanout` children, deterministic in every field."""
+    child_depth = depth + 1
+    atomic = child_depth >= atomic_depth
+    short_parent = parent_title if len(parent_title) <= 120 else parent_title[:117] + "..."
+    children: list[dict[str, Any]] = []
+    for index in range(1, fanout + 1):
+        h = _digest(parent_title, index, "estimate")
+        title = _child_title(parent_title, index)
+        noun = title.split(" the ", 1)[1].split(",", 1)[0]
+        estimate = float(1 + h % 8) if atomic else float(8 * fanout + h % 40)
+        children.append(
+            {
+                "key": str(index),
+                "title": title,
+                "description": (
+                    f"Part {index} of {fanout} of {short_parent!r}: everything about the {noun} "
+                    f"that the parent task needs, at depth {child_depth}."
+                ),
+                "acceptance_criteria": [
+                    f"The {noun} of part {index} works end to end and automated tests cover it.",
+                    f"A reviewer confirms part {index} delivers what {short_parent!r} asked of the {noun}.",
+                ],
+                "depends_on": [str(index - 1)] if index % 2 == 0 else [],
+                "atomic": atomic,
+                "atomic_reason": (
+                    f"At depth {child_depth} the work fits one person in about {estimate:g} hours."
+                    if atomic
+                    else f"At depth {child_depth} the work still spans several people or days."
+                ),
+                "estimate_hours": estimate,
+            }
+        )
+    return {"subtasks": children}
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        # OpenAI content parts: [{"type": "text", "text": "..."}, ...]
+        return "\n".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _tokens(chars: int) -> int:
+    return (chars + 3) // 4
+
+
+# --- server -------------------------------------------------------------------------------------
+
+
+class Stats:
+    """Counters served at /stats. The event loop is single-threaded, so plain ints are safe."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.ok = 0
+        self.malformed = 0
+        self.rate_limited = 0
+        self.rpm_limited = 0
+        self.errors = 0
+        self.slow = 0
+        self.bad_requests = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.max_in_flight = self.in_flight
+        self.by_model: collections.Counter[str] = collections.Counter()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "malformed": self.malformed,
+            "rate_limited": self.rate_limited,
+            "rpm_limited": self.rpm_limited,
+            "errors": self.errors,
+            "slow": self.slow,
+            "bad_requests": self.bad_requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "by_model": dict(self.by_model),
+        }
+
+
+def _error(
+    status: int, message: str, err_type: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class FakeLLM:
+    """The request handlers and their shared state."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.stats = Stats()
+        self._sequence = 0
+        self._window: collections.deque[float] = collections.deque()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/stats", self.get_stats)
+        app.router.add_post("/stats/reset", self.reset_stats)
+        return app
+
+    def _rpm_retry_after(self) -> float | None:
+        """Seconds until the sliding window has room, or None after admitting this request."""
+        now = time.monotonic()
+        window = self._window
+        while window and window[0] <= now - RPM_WINDOW_S:
+            window.popleft()
+        if len(window) >= self.options.rpm:
+            return window[0] + RPM_WINDOW_S - now
+        window.append(now)
+        return None
+
+    async def chat_completions(self, request: web.Request) -> web.Response:
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            return await self._chat_completions(request)
+        except web.HTTPException:
+            # aiohttp's own answers, such as 413 for a body over MAX_REQUEST_BYTES.
+            raise
+        except Exception:
+            log.exception("fake-llm handler failed")
+            stats.errors += 1
+            return _error(500, "fake-llm failed unexpectedly", "server_error")
+        finally:
+            stats.in_flight -= 1
+
+    async def _chat_completions(self, request: web.Request) -> web.Response:
+        stats, opts = self.stats, self.options
+        try:
+            body = await request.json()
+        except ValueError:
+            stats.bad_requests += 1
+            return _error(400, "request body is not valid JSON", "invalid_request_error")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            stats.bad_requests += 1
+            message = "'messages' must be a non-empty list of message objects"
+            return _error(400, message, "invalid_request_error", "invalid_messages")
+        if body.get("stream"):
+            stats.bad_requests += 1
+            return _error(400, "streaming not supported", "invalid_request_error", "unsupported_parameter")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            model = DEFAULT_MODEL
+        stats.by_model[model] += 1
+
+        if opts.rpm:
+            wait = self._rpm_retry_after()
+            if wait is not None:
+                stats.rate_limited += 1
+                stats.rpm_limited += 1
+                headers = {
+                    "Retry-After": str(max(1, math.ceil(wait))),
+                    "retry-after-ms": str(math.ceil(wait * 1000)),
+                }
+                message = f"rate limit of {opts.rpm} requests per minute reached"
+                return _error(429, message, "requests", "rate_limit_exceeded", headers)
+
+        # One generator per request number, and every draw made whatever the rates: the faults of
+        # request n depend only on the seed and n, not on which other faults are switched on.
+        sequence = self._sequence
+        self._sequence += 1
+        rng = random.Random((opts.seed << 32) | (sequence & 0xFFFFFFFF))
+        rate_limited = rng.random() < opts.rate_limit_rate
+        failed = rng.random() < opts.error_rate
+        malformed = rng.random() < opts.malformed_rate
+        slow = rng.random() < opts.slow_rate
+
+        # Real rate limiters refuse before doing any work, so an injected 429 skips the latency.
+        if rate_limited:
+            stats.rate_limited += 1
+            return _error(429, "injected rate limit", "requests", "rate_limit_exceeded", {"Retry-After": "1"})
+
+        delay = opts.latency + (opts.slow_latency if slow else 0.0)
+        if slow:
+            stats.slow += 1
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        if failed:
+            stats.errors += 1
+            return _error(500, "injected server error", "server_error")
+
+        texts = [_message_text(m) for m in messages]
+        users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
+        prompt = users[-1] if users else texts[-1]
+        title, depth = parse_prompt(prompt)
+        content = json.dumps(decomposition(title, depth, opts.fanout, opts.atomic_depth))
+        if malformed:
+            # Cut mid-object: looks like a model that ran out of tokens, never parses as JSON.
+            content = content[: len(content) // 2]
+            stats.malformed += 1
+        else:
+            stats.ok += 1
+
+        prompt_tokens = _tokens(sum(len(t) for t in texts))
+        completion_tokens = _tokens(len(content))
+        stats.prompt_tokens += prompt_tokens
+        stats.completion_tokens += completion_tokens
+        log.debug("answered", model=model, title=title, depth=depth, malformed=malformed, slow=slow)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-fake-{sequence:x}-{_digest(title, depth) & 0xFFFFFFFF:08x}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fake-llm",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    async def models(self, request: web.Request) -> web.Response:
+        names = sorted({DEFAULT_MODEL, *self.stats.by_model})
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "paradecom"} for n in names]
+        return web.json_response({"object": "list", "data": data})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.as_json())
+
+    async def reset_stats(self, request: web.Request) -> web.Response:
+        """Zero the counters and restart the fault sequence and the rpm window, so a run after a
+        reset sees the same faults as a run against a fresh server."""
+        self.stats.reset()
+        self._sequence = 0
+        self._window.clear()
+        return web.json_response(self.stats.as_json())
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # One socket bound by hand: aiohttp's TCPSite would bind every address a name resolves to
+    # (e.g. localhost on both ::1 and 127.0.0.1), each on its own port when the port is 0.
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(options: Options, sock: socket.socket) -> None:
+    """Serve on the bound `sock` until SIGTERM or SIGINT, after printing `listening HOST:PORT`."""
+    fake = FakeLLM(options)
+    # No access log: one line per request would dominate the cost of a load run.
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await web.SockSite(runner, sock, backlog=LISTEN_BACKLOG).start()
+        bound_host, bound_port = sock.getsockname()[:2]
+        address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        print(f"listening {address}", flush=True)
+        log.info("fake-llm listening", address=address, **dataclasses.asdict(options))
+        await stop.wait()
+        log.info("fake-llm stopping", requests=fake.stats.requests)
+    finally:
+        await runner.cleanup()
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run the server from options parsed by a parser `add_arguments` set up; the exit code."""
+    log_format: LogFormat = args.log_format
+    configure_logging(log_format)
+    options = options_from_args(args)
+    try:
+        host, port = split_listen(args.listen)
+        sock = _bind(host, port)
+    except (ValueError, OSError) as exc:
+        # An address that does not resolve or is taken is the user's to fix, like a bad flag.
+        print(f"{PROG}: error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(options, sock))
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handlers are installed is still a clean stop.
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m paradecom.fakellm`: parse `argv` (default sys.argv[1:]) and serve."""
+    parser = _OneLineArgumentParser(prog=PROG, description="Fake OpenAI-compatible chat server for tests.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return main_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

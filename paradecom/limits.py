@@ -1,0 +1,33 @@
+"""Every limit ParaDecom enforces, in one place, so the docs and the checks cannot drift apart.
+
+Each is checked where input enters (project file, CLI flag, RPC field, LLM answer) and reported
+with its name and value; README.md's "Limits" table lists the same numbers.
+"""
+
+from __future__ import annotations
+
+# Project definition.
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 20_000
+MAX_LIST_ITEMS = 100  # goals, constraints, acceptance criteria
+MAX_ITEM_CHARS = 2_000  # one goal, constraint or criterion
+MAX_TITLE_CHARS = 300
+MAX_SEED_TASKS = 10_000
+MAX_PROJECT_FILE_BYTES = 10 * 1024 * 1024
+
+# Tree shape.
+DEFAULT_MAX_DEPTH = 3
+MAX_DEPTH_LIMIT = 10
+MAX_SUBTASKS = 20  # children of one task
+MAX_KEY_CHARS = 64
+MAX_TASKS_PER_PROJECT = 200_000
+
+# Cluster.
+MAX_RUNNERS = 64  # `paradecom run --runners`
+MAX_CONCURRENCY = 1_024  # tasks in flight per runner (`--concurrency`, PullTask.max_in_flight)
+MAX_RUNNER_ID_CHARS = 200
+MAX_ERROR_CHARS = 4_000
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC send/receive, both directions
+MAX_ATTEMPTS_LIMIT = 100
+MIN_LEASE_TIMEOUT_S = 1.0
+MAX_LEASE_TIMEOUT_S = 3_600.0

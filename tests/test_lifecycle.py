@@ -1,0 +1,174 @@
+"""The lease rules, one transition at a time, on the real store with a hand-driven clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paradecom.leader.core import DecompositionLeader
+from paradecom.leader.lifecycle import LeaseConfig, LeaseError, StaleLease, UnknownTask
+from paradecom.leader.store import SqliteStore
+from paradecom.project import ProjectDefinition, SeedTask
+from paradecom.v1 import project_pb2, task_pb2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path: Path, **config: float) -> tuple[DecompositionLeader, Clock]:
+    clock = Clock()
+    settings = {"lease_timeout_s": 10.0, "max_attempts": 3, "retry_backoff_s": 1.0, **config}
+    leader = DecompositionLeader(SqliteStore(tmp_path / "t.db"), LeaseConfig(**settings), clock=clock)  # type: ignore[arg-type]
+    return leader, clock
+
+
+def children(*titles: str, atomic: bool = False) -> list[task_pb2.Subtask]:
+    return [task_pb2.Subtask(key=str(i), title=t, atomic=atomic) for i, t in enumerate(titles, start=1)]
+
+
+PROJECT = ProjectDefinition(name="P", description="A project.", max_depth=2)
+
+
+def test_grant_charges_an_attempt_and_fences_old_tokens(tmp_path: Path) -> None:
+    """Each lease raises the attempt count and gets a new token; only the newest token is accepted."""
+    leader, clock = make(tmp_path)
+    pid = leader.generate_work_queue(PROJECT)
+    (first,) = leader.lease_tasks("r1", 5)
+    assert first.lease.attempt == 1 and first.depth == 0 and first.max_depth == 2
+    clock.now += 11
+    assert leader.lifecycle.expire_due() == 1
+    assert leader.lease_tasks("r2", 5) == [], "the retry waits out its backoff"
+    clock.now += 2
+    (second,) = leader.lease_tasks("r2", 5)
+    assert second.lease.attempt == 2 and second.lease.token != first.lease.token
+    with pytest.raises(StaleLease):
+        leader.process_results(first.lease.task_id, first.lease.token, children("Do a", "Do b"))
+    with pytest.raises(StaleLease):
+        leader.extend_lease(first.lease.task_id, first.lease.token)
+    summary = leader.summary(pid)
+    assert summary is not None and summary.late_results_refused == 2 and summary.leases_expired == 1
+
+
+def test_max_attempts_dead_letters_and_the_project_still_finishes(tmp_path: Path) -> None:
+    """After max_attempts expired leases the task is dead with its error; the project is DONE."""
+    leader, clock = make(tmp_path, max_attempts=2)
+    pid = leader.generate_work_queue(PROJECT)
+    for _ in range(2):
+        clock.now += 60
+        assert len(leader.lease_tasks("r", 1)) == 1
+        clock.now += 11
+        leader.lifecycle.expire_due()
+    summary = leader.summary(pid)
+    assert summary is not None
+    assert summary.state == project_pb2.PROJECT_STATE_DONE and summary.dead == 1
+    (root,) = leader.task_tree(pid)
+    assert root.status == project_pb2.TASK_STATUS_DEAD and root.attempts == 2 and "lease expired" in root.last_error
+
+
+def test_release_charges_no_attempt_and_fail_not_retryable_is_final(tmp_path: Path) -> None:
+    """ReleaseTask gives the attempt back; FailTask(retryable=False) dead-letters at once."""
+    leader, _ = make(tmp_path)
+    pid = leader.generate_work_queue(PROJECT)
+    (a,) = leader.lease_tasks("r", 1)
+    leader.release_task(a.lease.task_id, a.lease.token, "shutting down")
+    (b,) = leader.lease_tasks("r", 1)
+    assert b.lease.attempt == 1
+    status = leader.fail_task(b.lease.task_id, b.lease.token, "model refuses", retryable=False)
+    assert status == project_pb2.TASK_STATUS_DEAD
+    (root,) = leader.task_tree(pid)
+    assert root.last_error == "model refuses"
+
+
+def test_children_queue_until_max_depth_and_atomic_ones_are_leaves(tmp_path: Path) -> None:
+    """Non-atomic children below max depth are queued; atomic ones and those at max depth are leaves;
+    ids are hierarchical and dependencies resolve to sibling ids."""
+    leader, _ = make(tmp_path)
+    pid = leader.generate_work_queue(PROJECT)
+    (root,) = leader.lease_tasks("r", 1)
+    subs = children("Plan it", "Build it", "Ship it")
+    subs[1].depends_on.append("1")
+    subs[2].atomic = True
+    done = leader.process_results(root.lease.task_id, root.lease.token, subs)
+    assert done.children_queued == 2
+    batch = leader.lease_tasks("r", 10)
+    assert sorted(a.task.title for a in batch) == ["Build it", "Plan it"]
+    assert batch[0].ancestors[0].title == "P" and set(batch[0].sibling_titles) >= {"Ship it"}
+    for a in batch:
+        leader.process_results(a.lease.task_id, a.lease.token, children("Step one", "Step two"))
+    summary = leader.summary(pid)
+    assert summary is not None and summary.state == project_pb2.PROJECT_STATE_DONE and summary.total == 8
+    (tree,) = leader.task_tree(pid)
+    assert [c.id for c in tree.children] == ["1.1", "1.2", "1.3"]
+    assert list(tree.children[1].depends_on) == ["1.1"]
+    assert [c.atomic_reason for c in tree.children[0].children] == ["max depth reached"] * 2
+
+
+def test_duplicate_result_is_ok_and_a_different_one_is_refused(tmp_path: Path) -> None:
+    """Same result under the accepted lease: OK, nothing added. Another result: refused."""
+    leader, _ = make(tmp_path)
+    pid = leader.generate_work_queue(ProjectDefinition(name="P", description="d", max_depth=1))
+    (a,) = leader.lease_tasks("r", 1)
+    assert not leader.process_results(a.lease.task_id, a.lease.token, children("A x", "B y")).duplicate
+    assert leader.process_results(a.lease.task_id, a.lease.token, children("A x", "B y")).duplicate
+    with pytest.raises(LeaseError):
+        leader.process_results(a.lease.task_id, a.lease.token, children("C z", "D w"))
+    summary = leader.summary(pid)
+    assert summary is not None and summary.total == 3
+
+
+def test_bad_results_and_unknown_tasks_are_refused(tmp_path: Path) -> None:
+    """Cycles, dangling dependencies and unknown task ids are refused without changing state."""
+    leader, _ = make(tmp_path)
+    leader.generate_work_queue(PROJECT)
+    (a,) = leader.lease_tasks("r", 1)
+    cyclic = children("Do a", "Do b")
+    cyclic[0].depends_on.append("2")
+    cyclic[1].depends_on.append("1")
+    with pytest.raises(LeaseError, match="cycle"):
+        leader.process_results(a.lease.task_id, a.lease.token, cyclic)
+    dangling = children("Do a")
+    dangling[0].depends_on.append("9")
+    with pytest.raises(LeaseError, match="not a sibling"):
+        leader.process_results(a.lease.task_id, a.lease.token, dangling)
+    with pytest.raises(UnknownTask):
+        leader.extend_lease("999", a.lease.token)
+    with pytest.raises(UnknownTask):
+        leader.extend_lease("not-a-number", a.lease.token)
+    expires, cancelled = leader.extend_lease(a.lease.task_id, a.lease.token)
+    assert expires > 0 and not cancelled
+
+
+def test_cancel_tells_the_runner_at_its_heartbeat(tmp_path: Path) -> None:
+    """CancelProject drops queued work; the runner's next heartbeat answers cancelled."""
+    leader, _ = make(tmp_path)
+    pid = leader.generate_work_queue(
+        ProjectDefinition(name="P", description="d", tasks=[SeedTask("One"), SeedTask("Two")])
+    )
+    (a,) = leader.lease_tasks("r", 1)
+    assert leader.cancel_project(pid)
+    assert leader.extend_lease(a.lease.task_id, a.lease.token) == (0, True)
+    summary = leader.summary(pid)
+    assert summary is not None and summary.state == project_pb2.PROJECT_STATE_CANCELLED and summary.cancelled == 2
+
+
+def test_restart_keeps_leases_and_counters(tmp_path: Path) -> None:
+    """A new leader on the same db renews outstanding leases and accepts their results."""
+    leader, clock = make(tmp_path)
+    pid = leader.generate_work_queue(PROJECT)
+    (a,) = leader.lease_tasks("r", 1)
+    leader.store.close()
+    clock.now += 9.5  # most of the lease has gone by while the leader was down
+    again = DecompositionLeader(SqliteStore(tmp_path / "t.db"), LeaseConfig(lease_timeout_s=10.0), clock=clock)
+    assert again.lifecycle.renew_all_leases() == 1
+    assert again.lifecycle.leases_by_runner["r"] == 1
+    clock.now += 5  # past the old expiry, inside the renewed one
+    assert again.lifecycle.expire_due() == 0
+    assert again.process_results(a.lease.task_id, a.lease.token, children("Do a", "Do b")).children_queued == 2
+    summary = again.summary(pid)
+    assert summary is not None and summary.queued == 2 and summary.done == 1
