@@ -70,15 +70,12 @@ def test_three_runners_decompose_a_devai_project_to_depth_2(
 ) -> None:
     """leader + 3 runners + fake-llm: submit, watch and result through the CLI give a complete tree."""
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--latency", "0.05")
-    _, leader = start_leader()
+    _, leader = start_leader("--max-depth", "2")
     for _ in range(3):
         start_runner(leader, base_url, "--concurrency", "2")
     project = json.loads(DEVAI_PROJECT.read_text())
-    project["max_depth"] = 2
-    path = tmp_path / "devai.json"
-    path.write_text(json.dumps(project))
 
-    submitted = run_cli([*PARADECOM, "submit", "--leader", leader, str(path)])
+    submitted = run_cli([*PARADECOM, "submit", "--leader", leader, str(DEVAI_PROJECT)])
     assert submitted.returncode == 0, submitted.stderr
     project_id = submitted.stdout.strip()
     assert project_id and "\n" not in project_id

@@ -1,0 +1,255 @@
+"""The result of a decomposition: a project's task tree, as JSON or Markdown.
+
+`TaskTree.from_proto` reads the leader's GetTaskTreeResponse; `to_dict`/`from_dict` give the
+stable JSON shape documented in docs/tree-format.md, so a saved tree can be read back without the
+leader.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from paradecom.v1 import project_pb2, project_service_pb2
+
+FORMATS = ("json", "markdown")
+
+_TASK_STATUS_PREFIX = "TASK_STATUS_"
+_PROJECT_STATE_PREFIX = "PROJECT_STATE_"
+_COUNT_KEYS = ("total", "done", "dead", "queued", "leased", "cancelled")
+
+
+@dataclass
+class TreeTask:
+    """One task of the tree, with its subtasks in order.
+
+    `status` is "done", "dead", "queued", "leased" or "cancelled"; "done" means decomposed (or a
+    leaf that needed no decomposition), not that the work itself is done.
+    """
+
+    id: str
+    parent_id: str | None
+    depth: int
+    title: str
+    description: str = ""
+    acceptance_criteria: list[str] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
+    atomic: bool = False
+    atomic_reason: str = ""
+    estimate_hours: float = 0.0
+    status: str = "queued"
+    attempts: int = 0
+    last_error: str = ""
+    children: list[TreeTask] = field(default_factory=list)
+
+    @classmethod
+    def from_proto(cls, node: project_pb2.TaskNode) -> TreeTask:
+        """Convert one TaskNode and its whole subtree."""
+        return cls(
+            id=node.id,
+            parent_id=node.parent_id or None,
+            depth=node.depth,
+            title=node.title,
+            description=node.description,
+            acceptance_criteria=list(node.acceptance_criteria),
+            depends_on=list(node.depends_on),
+            atomic=node.atomic,
+            atomic_reason=node.atomic_reason,
+            estimate_hours=node.estimate_hours,
+            status=_enum_name(project_pb2.TaskStatus, node.status, _TASK_STATUS_PREFIX),
+            attempts=node.attempts,
+            last_error=node.last_error,
+            children=[cls.from_proto(child) for child in node.children],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """This task and its subtree in the JSON shape of docs/tree-format.md."""
+        return {
+            "id": self.id,
+            "parent_id": self.parent_id,
+            "depth": self.depth,
+            "title": self.title,
+            "description": self.description,
+            "acceptance_criteria": list(self.acceptance_criteria),
+            "depends_on": list(self.depends_on),
+            "atomic": self.atomic,
+            "atomic_reason": self.atomic_reason,
+            "estimate_hours": self.estimate_hours,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "children": [child.to_dict() for child in self.children],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TreeTask:
+        """The inverse of to_dict; keys other than id, depth and title may be left out."""
+        try:
+            return cls(
+                id=str(d["id"]),
+                parent_id=d.get("parent_id"),
+                depth=int(d["depth"]),
+                title=str(d["title"]),
+                description=str(d.get("description", "")),
+                acceptance_criteria=[str(c) for c in d.get("acceptance_criteria", [])],
+                depends_on=[str(x) for x in d.get("depends_on", [])],
+                atomic=bool(d.get("atomic", False)),
+                atomic_reason=str(d.get("atomic_reason", "")),
+                estimate_hours=float(d.get("estimate_hours", 0.0)),
+                status=str(d.get("status", "queued")),
+                attempts=int(d.get("attempts", 0)),
+                last_error=str(d.get("last_error", "")),
+                children=[cls.from_dict(child) for child in d.get("children", [])],
+            )
+        except KeyError as e:
+            raise ValueError(f"task {d.get('id', '?')!s}: missing key {e.args[0]!r}") from None
+
+    def iter_tasks(self) -> Iterator[TreeTask]:
+        """This task, then its descendants, depth first in order."""
+        yield self
+        for child in self.children:
+            yield from child.iter_tasks()
+
+
+@dataclass
+class TaskTree:
+    """A project and its top-level tasks (the root task, or the seed tasks), each with its subtree.
+
+    `project` holds id, name, description, goals, constraints, max_depth, state ("running",
+    "done", "cancelled" or "failed"), error (why it failed, else ""), counts (total, done, dead,
+    queued, leased, cancelled), late_results_refused and leases_expired.
+    """
+
+    project: dict[str, Any]
+    tasks: list[TreeTask] = field(default_factory=list)
+
+    @classmethod
+    def from_proto(cls, resp: project_service_pb2.GetTaskTreeResponse) -> TaskTree:
+        """Convert the leader's answer to GetTaskTree."""
+        summary, definition = resp.project, resp.definition
+        project: dict[str, Any] = {
+            "id": summary.project_id,
+            "name": definition.name or summary.name,
+            "description": definition.description,
+            "goals": list(definition.goals),
+            "constraints": list(definition.constraints),
+            # The summary holds the limit in force; the definition's may be 0 ("leader's default").
+            "max_depth": summary.max_depth or definition.max_depth,
+            "state": _enum_name(project_pb2.ProjectState, summary.state, _PROJECT_STATE_PREFIX),
+            "error": summary.error,
+            "counts": {key: getattr(summary, key) for key in _COUNT_KEYS},
+            "late_results_refused": summary.late_results_refused,
+            "leases_expired": summary.leases_expired,
+        }
+        return cls(project=project, tasks=[TreeTask.from_proto(node) for node in resp.tasks])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tree in the JSON shape of docs/tree-format.md; the result shares nothing with self."""
+        return {"project": copy.deepcopy(self.project), "tasks": [t.to_dict() for t in self.tasks]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TaskTree:
+        """The inverse of to_dict: `TaskTree.from_dict(tree.to_dict()) == tree`."""
+        if "project" not in d or not isinstance(d["project"], Mapping):
+            raise ValueError("tree: expected a 'project' mapping")
+        return cls(
+            project=copy.deepcopy(dict(d["project"])),
+            tasks=[TreeTask.from_dict(t) for t in d.get("tasks", [])],
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """to_dict() as JSON text, without a trailing newline; non-ASCII text is kept as it is."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def to_markdown(self) -> str:
+        """A readable checklist: project heading, counts, then every task nested under its parent.
+
+        The boxes are unchecked because a task's "done" means decomposed: the work is still to do.
+        """
+        p = self.project
+        counts: Mapping[str, Any] = p.get("counts", {})
+        lines = [f"# {_line(str(p.get('name', '')))}", ""]
+        summary = (
+            f"{p.get('state', '')} · {counts.get('total', 0)} tasks: "
+            + ", ".join(f"{counts.get(k, 0)} {k}" for k in _COUNT_KEYS[1:])
+            + f" · max depth {p.get('max_depth', 0)}"
+        )
+        lines.append(summary)
+        leaves = [t for t in self.iter_tasks() if not t.children]
+        estimate = sum(t.estimate_hours for t in leaves)
+        if estimate > 0:
+            lines += ["", f"Estimated effort: {_hours(estimate)} over {len(leaves)} leaf tasks."]
+        if p.get("error"):
+            lines += ["", f"**Failed:** {_line(str(p['error']))}"]
+        description = str(p.get("description", "")).strip()
+        if description:
+            lines += ["", description]
+        for heading, key in (("Goals", "goals"), ("Constraints", "constraints")):
+            items = p.get(key) or []
+            if items:
+                lines += ["", f"## {heading}", ""]
+                lines += [f"- {_line(str(item))}" for item in items]
+        lines += ["", "## Tasks", ""]
+        for task in self.tasks:
+            _task_markdown(task, 0, lines)
+        return "\n".join(lines)
+
+    def render(self, fmt: str) -> str:
+        """The tree as "json" or "markdown"; ValueError for any other format."""
+        if fmt == "json":
+            return self.to_json()
+        if fmt == "markdown":
+            return self.to_markdown()
+        raise ValueError(f"unknown tree format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+    def iter_tasks(self) -> Iterator[TreeTask]:
+        """Every task of the tree, depth first: each task before its children, siblings in order."""
+        for task in self.tasks:
+            yield from task.iter_tasks()
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    # A leader newer than this client may send a value unknown here; show it rather than fail.
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return f"unknown({value})"
+    return name.removeprefix(prefix).lower()
+
+
+def _task_markdown(task: TreeTask, level: int, lines: list[str]) -> None:
+    pad = "  " * level
+    inner = pad + "  "
+    head = f"{pad}- [ ] {task.id} {_line(task.title)}"
+    if task.estimate_hours > 0:
+        head += f" ({_hours(task.estimate_hours)})"
+    if task.status == "dead":
+        head += " **DEAD**"
+    elif task.status != "done":
+        head += f" _({task.status})_"
+    lines.append(head)
+    description = task.description.strip()
+    if description:
+        # A quote, not plain text: plain lines would run on into the title's paragraph when rendered.
+        lines += [f"{inner}> {row}".rstrip() for row in description.splitlines()]
+    if task.depends_on:
+        lines.append(f"{inner}- depends on: {', '.join(task.depends_on)}")
+    if task.status == "dead":
+        attempts = f" after {task.attempts} attempt{'s' if task.attempts != 1 else ''}"
+        lines.append(f"{inner}- dead{attempts}: {_line(task.last_error) or 'no error recorded'}")
+    for criterion in task.acceptance_criteria:
+        lines.append(f"{inner}- {_line(criterion)}")
+    for child in task.children:
+        _task_markdown(child, level + 1, lines)
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:g} h"
+
+
+def _line(text: str) -> str:
+    # Titles, criteria and errors come from an LLM or a runner; a newline would break the list.
+    return " ".join(text.split())
