@@ -54,7 +54,9 @@ def consolidation_error(tasks: Sequence[TaskRow]) -> str:
     return ""
 
 
-def build_tree(tasks: Sequence[TaskRow], status: dict[str, "project_pb2.TaskStatus.ValueType"]) -> list[project_pb2.TaskNode]:
+def build_tree(
+    tasks: Sequence[TaskRow], status: dict[str, project_pb2.TaskStatus.ValueType]
+) -> list[project_pb2.TaskNode]:
     """The top-level TaskNodes, each with its subtree, children in position order."""
     deps = resolved_dependencies(tasks)
     nodes: dict[int, project_pb2.TaskNode] = {}

@@ -20,7 +20,20 @@ from paradecom.v1 import project_pb2, task_pb2
 
 from .consolidate import build_tree
 from .lifecycle import MAX_SIBLING_TITLES, STATUS, Accepted, LeaseConfig, TaskLifecycle
-from .store import CANCELLED, DEAD, DONE, LEASED, P_CANCELLED, P_DONE, P_FAILED, QUEUED, RUNNING, ProjectRow, Store, TaskRow
+from .store import (
+    CANCELLED,
+    DEAD,
+    DONE,
+    LEASED,
+    P_CANCELLED,
+    P_DONE,
+    P_FAILED,
+    QUEUED,
+    RUNNING,
+    ProjectRow,
+    Store,
+    TaskRow,
+)
 
 PROJECT_STATE = {
     RUNNING: project_pb2.PROJECT_STATE_RUNNING,
@@ -89,19 +102,38 @@ class DecompositionLeader:
         ]
         rows = [
             TaskRow(
-                id=0, project_id=project_id, parent_id=None, path=str(i), position=i, depth=0, key=str(i),
-                title=s.title, description=s.description, acceptance_criteria=list(s.acceptance_criteria),
-                depends_on=[], atomic=False, atomic_reason="", estimate_hours=0.0, state=QUEUED,
-            )  # fmt: skip
+                id=0,
+                project_id=project_id,
+                parent_id=None,
+                path=str(i),
+                position=i,
+                depth=0,
+                key=str(i),
+                title=s.title,
+                description=s.description,
+                acceptance_criteria=list(s.acceptance_criteria),
+                depends_on=[],
+                atomic=False,
+                atomic_reason="",
+                estimate_hours=0.0,
+                state=QUEUED,
+            )
             for i, s in enumerate(seeds, start=1)
         ]
         with self.store.transaction():
             self.store.insert_project(
                 ProjectRow(
-                    id=project_id, seq=self.store.next_project_seq(), name=msg.name,
-                    definition=msg.SerializeToString(), max_depth=msg.max_depth, state=RUNNING, error="",
-                    created_ms=now_ms, finished_ms=0, counts={QUEUED: len(rows)},
-                )  # fmt: skip
+                    id=project_id,
+                    seq=self.store.next_project_seq(),
+                    name=msg.name,
+                    definition=msg.SerializeToString(),
+                    max_depth=msg.max_depth,
+                    state=RUNNING,
+                    error="",
+                    created_ms=now_ms,
+                    finished_ms=0,
+                    counts={QUEUED: len(rows)},
+                )
             )
             self.store.insert_tasks(rows)
         self.feed.notify(project_id)
@@ -121,14 +153,26 @@ class DecompositionLeader:
     def _summary(self, row: ProjectRow) -> project_pb2.ProjectSummary:
         c = row.counts
         return project_pb2.ProjectSummary(
-            project_id=row.id, name=row.name, state=PROJECT_STATE[row.state],
-            queued=c.get(QUEUED, 0), leased=c.get(LEASED, 0), done=c.get(DONE, 0), dead=c.get(DEAD, 0),
-            cancelled=c.get(CANCELLED, 0), total=sum(c.values()), created_at_unix_ms=row.created_ms,
-            finished_at_unix_ms=row.finished_ms, error=row.error, max_depth=row.max_depth,
-            late_results_refused=row.late_results_refused, leases_expired=row.leases_expired,
-        )  # fmt: skip
+            project_id=row.id,
+            name=row.name,
+            state=PROJECT_STATE[row.state],
+            queued=c.get(QUEUED, 0),
+            leased=c.get(LEASED, 0),
+            done=c.get(DONE, 0),
+            dead=c.get(DEAD, 0),
+            cancelled=c.get(CANCELLED, 0),
+            total=sum(c.values()),
+            created_at_unix_ms=row.created_ms,
+            finished_at_unix_ms=row.finished_ms,
+            error=row.error,
+            max_depth=row.max_depth,
+            late_results_refused=row.late_results_refused,
+            leases_expired=row.leases_expired,
+        )
 
-    def list_projects(self, page_size: int, before_seq: int | None) -> tuple[list[project_pb2.ProjectSummary], int | None]:
+    def list_projects(
+        self, page_size: int, before_seq: int | None
+    ) -> tuple[list[project_pb2.ProjectSummary], int | None]:
         """A page of projects, newest first, and the seq to continue from (None on the last page)."""
         rows = self.store.list_projects(page_size + 1, before_seq)
         more = len(rows) > page_size
@@ -156,7 +200,9 @@ class DecompositionLeader:
             assert parent is not None
             ancestors.append(
                 project_pb2.TaskSpec(
-                    title=parent.title, description=parent.description, acceptance_criteria=parent.acceptance_criteria
+                    title=parent.title,
+                    description=parent.description,
+                    acceptance_criteria=parent.acceptance_criteria,
                 )
             )
             parent_id = parent.parent_id
@@ -165,8 +211,11 @@ class DecompositionLeader:
         definition = self.definition(task.project_id)
         return task_pb2.TaskAssignment(
             lease=task_pb2.Lease(
-                task_id=str(task.id), attempt=task.attempts, token=task.lease_token,
-                expires_at_unix_ms=task.lease_expires_ms, timeout_ms=int(self.config.lease_timeout_s * 1000),
+                task_id=str(task.id),
+                attempt=task.attempts,
+                token=task.lease_token,
+                expires_at_unix_ms=task.lease_expires_ms,
+                timeout_ms=int(self.config.lease_timeout_s * 1000),
             ),
             project_id=task.project_id,
             project=definition,
@@ -177,10 +226,14 @@ class DecompositionLeader:
             sibling_titles=[title for sid, title in siblings if sid != task.id][:MAX_SIBLING_TITLES],
             depth=task.depth,
             max_depth=definition.max_depth,
-        )  # fmt: skip
+        )
 
     def process_results(
-        self, task_id: str, lease_token: str, subtasks: Sequence[task_pb2.Subtask], usage: task_pb2.Usage | None = None
+        self,
+        task_id: str,
+        lease_token: str,
+        subtasks: Sequence[task_pb2.Subtask],
+        usage: task_pb2.Usage | None = None,
     ) -> Accepted:
         """File a task's subtasks under its lease; queue the children that need decomposing."""
         return self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage())
@@ -190,7 +243,7 @@ class DecompositionLeader:
 
     def fail_task(
         self, task_id: str, lease_token: str, error: str, retryable: bool, usage: task_pb2.Usage | None = None
-    ) -> "project_pb2.TaskStatus.ValueType":
+    ) -> project_pb2.TaskStatus.ValueType:
         return STATUS[self.lifecycle.fail(task_id, lease_token, error, retryable, usage or task_pb2.Usage())]
 
     def release_task(self, task_id: str, lease_token: str, reason: str) -> None:

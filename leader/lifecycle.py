@@ -32,7 +32,19 @@ from paradecom.subtasks import SubtaskShape, subtask_errors
 from paradecom.v1 import project_pb2, task_pb2
 
 from .consolidate import consolidation_error
-from .store import CANCELLED, DEAD, DONE, LEASED, P_CANCELLED, P_DONE, P_FAILED, QUEUED, RUNNING, Store, TaskRow
+from .store import (
+    CANCELLED,
+    DEAD,
+    DONE,
+    LEASED,
+    P_CANCELLED,
+    P_DONE,
+    P_FAILED,
+    QUEUED,
+    RUNNING,
+    Store,
+    TaskRow,
+)
 
 STATUS = {
     QUEUED: project_pb2.TASK_STATUS_QUEUED,
@@ -267,12 +279,22 @@ class TaskLifecycle:
                     reason = "max depth reached" if at_limit else ("project task limit reached" if full else "")
                 children.append(
                     TaskRow(
-                        id=0, project_id=task.project_id, parent_id=task.id, path=f"{task.path}.{position}",
-                        position=position, depth=depth, key=s.key, title=s.title.strip(),
-                        description=s.description, acceptance_criteria=list(s.acceptance_criteria),
-                        depends_on=list(s.depends_on), atomic=s.atomic, atomic_reason=reason,
-                        estimate_hours=max(0.0, s.estimate_hours), state=DONE if leaf else QUEUED,
-                    )  # fmt: skip
+                        id=0,
+                        project_id=task.project_id,
+                        parent_id=task.id,
+                        path=f"{task.path}.{position}",
+                        position=position,
+                        depth=depth,
+                        key=s.key,
+                        title=s.title.strip(),
+                        description=s.description,
+                        acceptance_criteria=list(s.acceptance_criteria),
+                        depends_on=list(s.depends_on),
+                        atomic=s.atomic,
+                        atomic_reason=reason,
+                        estimate_hours=max(0.0, s.estimate_hours),
+                        state=DONE if leaf else QUEUED,
+                    )
                 )
             self.store.insert_tasks(children)
             project.counts[DONE] = project.counts.get(DONE, 0) + sum(c.state == DONE for c in children)

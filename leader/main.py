@@ -17,18 +17,38 @@ PROG = "paradecom-leader"
 
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="ParaDecom leader: owns all state, hands tasks to runners under leases.")
-    parser.add_argument("--listen", type=address, default="127.0.0.1:50051",
-                        help="HOST:PORT to serve gRPC on (port 0 picks a free one; default 127.0.0.1:50051)")
-    parser.add_argument("--db", default="paradecom.db",
-                        help="SQLite file holding every project and task (default ./paradecom.db); "
-                             "restart on the same file to resume")
-    parser.add_argument("--lease-timeout", type=float_range(limits.MIN_LEASE_TIMEOUT_S, limits.MAX_LEASE_TIMEOUT_S),
-                        default=30.0, metavar="S",
-                        help="seconds a lease lives without a heartbeat (default 30)")
-    parser.add_argument("--max-attempts", type=int_range(1, limits.MAX_ATTEMPTS_LIMIT), default=3, metavar="N",
-                        help="leases granted per task before it is dead-lettered (default 3)")
-    parser.add_argument("--max-depth", type=int_range(1, limits.MAX_DEPTH_LIMIT), default=limits.DEFAULT_MAX_DEPTH,
-                        metavar="N", help="default depth limit for projects that set none (default 3)")
+    parser.add_argument(
+        "--listen",
+        type=address,
+        default="127.0.0.1:50051",
+        help="HOST:PORT to serve gRPC on (port 0 picks a free one; default 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--db",
+        default="paradecom.db",
+        help="SQLite file holding every project and task (default ./paradecom.db); restart on the same file to resume",
+    )
+    parser.add_argument(
+        "--lease-timeout",
+        type=float_range(limits.MIN_LEASE_TIMEOUT_S, limits.MAX_LEASE_TIMEOUT_S),
+        default=30.0,
+        metavar="S",
+        help="seconds a lease lives without a heartbeat (default 30)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int_range(1, limits.MAX_ATTEMPTS_LIMIT),
+        default=3,
+        metavar="N",
+        help="leases granted per task before it is dead-lettered (default 3)",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=int_range(1, limits.MAX_DEPTH_LIMIT),
+        default=limits.DEFAULT_MAX_DEPTH,
+        metavar="N",
+        help="default depth limit for projects that set none (default 3)",
+    )
     add_logging_flags(parser)
     return parser  # fmt: skip
 

@@ -16,7 +16,12 @@ from grpc_reflection.v1alpha import reflection
 
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
-from paradecom.v1 import project_service_pb2, project_service_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+from paradecom.v1 import (
+    project_service_pb2,
+    project_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+)
 
 from .core import DecompositionLeader
 from .lease_clock import LeaseClock

@@ -4,7 +4,7 @@ place where errors become gRPC status codes."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -27,6 +27,7 @@ from .scheduler import Scheduler
 log = structlog.get_logger("paradecom.leader.service")
 
 T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _TERMINAL = {
     project_pb2.PROJECT_STATE_DONE,
@@ -42,7 +43,7 @@ class BadRequest(Exception):
     """A request field is missing or out of range: INVALID_ARGUMENT with this message."""
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+async def _abort(context: Context, exc: Exception) -> NoReturn:
     """Map an expected error to its status code. Unexpected errors are logged and become INTERNAL."""
     if isinstance(exc, LeaseError):
         code = getattr(grpc.StatusCode, exc.code)
@@ -57,7 +58,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     await context.abort(code, message)
 
 
-async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], T]) -> T:
+async def _guard(context: Context, call: Callable[[], T]) -> T:
     try:
         return call()
     except (LeaseError, BadRequest, ProjectFileError, KeyError) as exc:
@@ -90,7 +91,10 @@ def _check_subtasks(subtasks: list[task_pb2.Subtask]) -> None:
             raise BadRequest(f"subtask {i}: description longer than {limits.MAX_DESCRIPTION_CHARS} characters")
         if len(s.acceptance_criteria) > limits.MAX_LIST_ITEMS or len(s.depends_on) > limits.MAX_SUBTASKS:
             raise BadRequest(f"subtask {i}: too many acceptance criteria or dependencies")
-        if any(len(c) > limits.MAX_ITEM_CHARS for c in s.acceptance_criteria) or len(s.atomic_reason) > limits.MAX_ITEM_CHARS:
+        if (
+            any(len(c) > limits.MAX_ITEM_CHARS for c in s.acceptance_criteria)
+            or len(s.atomic_reason) > limits.MAX_ITEM_CHARS
+        ):
             raise BadRequest(f"subtask {i}: an acceptance criterion or reason is longer than {limits.MAX_ITEM_CHARS}")
         if not 0 <= s.estimate_hours < 1e6:
             raise BadRequest(f"subtask {i}: estimate_hours must be from 0 to 1,000,000")
@@ -103,12 +107,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self.leader = leader
         self.scheduler = scheduler
 
-    async def PullTask(  # noqa: N802 (gRPC method names)
-        self, request: task_service_pb2.PullTaskRequest, context: grpc.aio.ServicerContext
+    async def PullTask(
+        self, request: task_service_pb2.PullTaskRequest, context: Context
     ) -> AsyncIterator[task_service_pb2.PullTaskResponse]:
         if not request.runner_id or len(request.runner_id) > limits.MAX_RUNNER_ID_CHARS:
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"runner_id: 1 to {limits.MAX_RUNNER_ID_CHARS} characters required"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"runner_id: 1 to {limits.MAX_RUNNER_ID_CHARS} characters required",
             )
         if not 1 <= request.max_in_flight <= limits.MAX_CONCURRENCY:
             await context.abort(
@@ -126,8 +131,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         finally:
             self.scheduler.disconnect(session)
 
-    async def SubmitResult(  # noqa: N802
-        self, request: task_service_pb2.SubmitResultRequest, context: grpc.aio.ServicerContext
+    async def SubmitResult(
+        self, request: task_service_pb2.SubmitResultRequest, context: Context
     ) -> task_service_pb2.SubmitResultResponse:
         def call() -> task_service_pb2.SubmitResultResponse:
             _require_id("task_id", request.task_id)
@@ -139,8 +144,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
 
         return await _guard(context, call)
 
-    async def ExtendLease(  # noqa: N802
-        self, request: task_service_pb2.ExtendLeaseRequest, context: grpc.aio.ServicerContext
+    async def ExtendLease(
+        self, request: task_service_pb2.ExtendLeaseRequest, context: Context
     ) -> task_service_pb2.ExtendLeaseResponse:
         def call() -> task_service_pb2.ExtendLeaseResponse:
             _require_id("task_id", request.task_id)
@@ -150,8 +155,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
 
         return await _guard(context, call)
 
-    async def ReleaseTask(  # noqa: N802
-        self, request: task_service_pb2.ReleaseTaskRequest, context: grpc.aio.ServicerContext
+    async def ReleaseTask(
+        self, request: task_service_pb2.ReleaseTaskRequest, context: Context
     ) -> task_service_pb2.ReleaseTaskResponse:
         def call() -> task_service_pb2.ReleaseTaskResponse:
             _require_id("task_id", request.task_id)
@@ -161,8 +166,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
 
         return await _guard(context, call)
 
-    async def FailTask(  # noqa: N802
-        self, request: task_service_pb2.FailTaskRequest, context: grpc.aio.ServicerContext
+    async def FailTask(
+        self, request: task_service_pb2.FailTaskRequest, context: Context
     ) -> task_service_pb2.FailTaskResponse:
         def call() -> task_service_pb2.FailTaskResponse:
             _require_id("task_id", request.task_id)
@@ -190,8 +195,8 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
             raise KeyError(f"no project {project_id!r}")
         return summary
 
-    async def SubmitProject(  # noqa: N802
-        self, request: project_service_pb2.SubmitProjectRequest, context: grpc.aio.ServicerContext
+    async def SubmitProject(
+        self, request: project_service_pb2.SubmitProjectRequest, context: Context
     ) -> project_service_pb2.SubmitProjectResponse:
         def call() -> project_service_pb2.SubmitProjectResponse:
             if not request.HasField("project"):
@@ -202,15 +207,15 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
 
         return await _guard(context, call)
 
-    async def GetProject(  # noqa: N802
-        self, request: project_service_pb2.GetProjectRequest, context: grpc.aio.ServicerContext
+    async def GetProject(
+        self, request: project_service_pb2.GetProjectRequest, context: Context
     ) -> project_service_pb2.GetProjectResponse:
         return await _guard(
             context, lambda: project_service_pb2.GetProjectResponse(project=self._summary(request.project_id))
         )
 
-    async def ListProjects(  # noqa: N802
-        self, request: project_service_pb2.ListProjectsRequest, context: grpc.aio.ServicerContext
+    async def ListProjects(
+        self, request: project_service_pb2.ListProjectsRequest, context: Context
     ) -> project_service_pb2.ListProjectsResponse:
         def call() -> project_service_pb2.ListProjectsResponse:
             if not 0 <= request.page_size <= MAX_PAGE_SIZE:
@@ -227,8 +232,8 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
 
         return await _guard(context, call)
 
-    async def WatchProject(  # noqa: N802
-        self, request: project_service_pb2.WatchProjectRequest, context: grpc.aio.ServicerContext
+    async def WatchProject(
+        self, request: project_service_pb2.WatchProjectRequest, context: Context
     ) -> AsyncIterator[project_service_pb2.WatchProjectResponse]:
         summary = await _guard(context, lambda: self._summary(request.project_id))
         event = self.leader.feed.watch(request.project_id)
@@ -243,8 +248,8 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
         finally:
             self.leader.feed.unwatch(request.project_id, event)
 
-    async def GetTaskTree(  # noqa: N802
-        self, request: project_service_pb2.GetTaskTreeRequest, context: grpc.aio.ServicerContext
+    async def GetTaskTree(
+        self, request: project_service_pb2.GetTaskTreeRequest, context: Context
     ) -> project_service_pb2.GetTaskTreeResponse:
         def call() -> project_service_pb2.GetTaskTreeResponse:
             summary = self._summary(request.project_id)
@@ -256,8 +261,8 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
 
         return await _guard(context, call)
 
-    async def CancelProject(  # noqa: N802
-        self, request: project_service_pb2.CancelProjectRequest, context: grpc.aio.ServicerContext
+    async def CancelProject(
+        self, request: project_service_pb2.CancelProjectRequest, context: Context
     ) -> project_service_pb2.CancelProjectResponse:
         def call() -> project_service_pb2.CancelProjectResponse:
             self._summary(request.project_id)
@@ -266,4 +271,3 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
             return project_service_pb2.CancelProjectResponse(project=self._summary(request.project_id))
 
         return await _guard(context, call)
-

@@ -292,9 +292,7 @@ class SqliteStore:
         cols = _TASK_COLUMNS.split(",", 1)[1]
         ids = []
         for t in rows:
-            cur = self._db.execute(
-                f"INSERT INTO tasks ({cols}) VALUES ({', '.join('?' * 21)})", _task_values(t)
-            )
+            cur = self._db.execute(f"INSERT INTO tasks ({cols}) VALUES ({', '.join('?' * 21)})", _task_values(t))
             assert cur.lastrowid is not None
             t.id = cur.lastrowid
             ids.append(cur.lastrowid)
@@ -303,7 +301,8 @@ class SqliteStore:
     def update_task(self, row: TaskRow) -> None:
         cols = [c.strip() for c in _TASK_COLUMNS.split(",")][1:]
         self._db.execute(
-            f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?", (*_task_values(row), row.id)
+            f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+            (*_task_values(row), row.id),
         )
 
     def get_task(self, task_id: int) -> TaskRow | None:

@@ -27,7 +27,15 @@ _EXPORTS = {
     "DecompositionRunner": "paradecom.runner.loop",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DecompositionLeader",
+    "DecompositionRunner",
+    "ProjectDefinition",
+    "SeedTask",
+    "TaskTree",
+    "load_project",
+    "parallel_decompose_project",
+]
 
 if TYPE_CHECKING:
     from paradecom.api import parallel_decompose_project

@@ -29,7 +29,11 @@ def parallel_decompose_project(
     """
     if isinstance(runners, bool) or not isinstance(runners, int) or not 0 <= runners <= limits.MAX_RUNNERS:
         raise ValueError(f"runners must be a whole number from 0 to {limits.MAX_RUNNERS}, not {runners!r}")
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= limits.MAX_CONCURRENCY:
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= limits.MAX_CONCURRENCY
+    ):
         raise ValueError(f"concurrency must be a whole number from 1 to {limits.MAX_CONCURRENCY}, not {concurrency!r}")
     definition = project if isinstance(project, ProjectDefinition) else load_project(project)
     definition.validate(source="project")

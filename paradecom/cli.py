@@ -63,11 +63,21 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("run", help="decompose a project on this machine: a leader and N runners")
     p.add_argument("file", help="project file (YAML or JSON; - for stdin)")
-    p.add_argument("--runners", type=int_range(0, limits.MAX_RUNNERS), default=DEFAULT_RUNNERS, metavar="N",
-                   help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {DEFAULT_RUNNERS}); "
-                        "0 runs the sequential fallback in one process")
-    p.add_argument("--concurrency", type=int_range(1, limits.MAX_CONCURRENCY), default=8, metavar="N",
-                   help="LLM calls in flight per runner (default 8)")
+    p.add_argument(
+        "--runners",
+        type=int_range(0, limits.MAX_RUNNERS),
+        default=DEFAULT_RUNNERS,
+        metavar="N",
+        help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {DEFAULT_RUNNERS}); "
+        "0 runs the sequential fallback in one process",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int_range(1, limits.MAX_CONCURRENCY),
+        default=8,
+        metavar="N",
+        help="LLM calls in flight per runner (default 8)",
+    )
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
     _add_format(p)
 
@@ -81,7 +91,9 @@ def build_parser() -> Parser:
     return parser  # fmt: skip
 
 
-def _progress_printer(stream: object = sys.stderr, every_s: float = 1.0) -> Callable[[project_pb2.ProjectSummary], None]:
+def _progress_printer(
+    stream: object = sys.stderr, every_s: float = 1.0
+) -> Callable[[project_pb2.ProjectSummary], None]:
     """Prints a progress line when the project ends, or at most once per `every_s`."""
     from paradecom.client import TERMINAL_STATES, progress_line
 

@@ -22,7 +22,7 @@ TERMINAL_STATES = frozenset(
 CALL_TIMEOUT_S = 30.0
 
 
-def state_name(state: "project_pb2.ProjectState.ValueType") -> str:
+def state_name(state: project_pb2.ProjectState.ValueType) -> str:
     """`PROJECT_STATE_DONE` -> `done`."""
     return project_pb2.ProjectState.Name(state).removeprefix("PROJECT_STATE_").lower()
 

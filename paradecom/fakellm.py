@@ -122,9 +122,7 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be an integer from {low} to {high}, got {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text!r}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
         return value
@@ -137,9 +135,7 @@ def _float_in(low: float, high: float) -> Callable[[str], float]:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be a number from {low:g} to {high:g}, got {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text!r}") from None
         if not math.isfinite(value) or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
         return value

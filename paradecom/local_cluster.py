@@ -66,7 +66,11 @@ async def _spawn(name: str, args: list[str], workdir: Path) -> _Child:
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=log_file, stdin=asyncio.subprocess.DEVNULL
+            sys.executable,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+            stdin=asyncio.subprocess.DEVNULL,
         )
     return _Child(name, proc, log_path)
 
@@ -135,4 +139,3 @@ async def run_cluster(
             # Runners first, so they release their leases to a leader that is still there.
             await asyncio.gather(*(c.stop() for c in children[1:]))
             await leader.stop()
-

@@ -77,9 +77,7 @@ class ProjectDefinition:
             if not isinstance(task, SeedTask):
                 _fail(source, where, f"expected a task, got {_type_name(task)}")
             _check_text(source, f"{where}.title", task.title, limits.MAX_TITLE_CHARS, required=True)
-            _check_text(
-                source, f"{where}.description", task.description, limits.MAX_DESCRIPTION_CHARS, required=False
-            )
+            _check_text(source, f"{where}.description", task.description, limits.MAX_DESCRIPTION_CHARS, required=False)
             _check_str_list(source, f"{where}.acceptance_criteria", task.acceptance_criteria)
         if self.max_depth is not None:
             if isinstance(self.max_depth, bool) or not isinstance(self.max_depth, int):
@@ -136,9 +134,7 @@ class ProjectDefinition:
         after it). Strings are stripped of surrounding whitespace, which YAML block scalars add.
         """
         if not isinstance(data, Mapping):
-            raise ProjectFileError(
-                f"{_printable(source)}: expected a mapping at the top level, got {_type_name(data)}"
-            )
+            raise ProjectFileError(f"{_printable(source)}: expected a mapping at the top level, got {_type_name(data)}")
         if _DEVAI_QUERY in data and "description" not in data:
             definition = cls._from_devai(data, source)
         else:
@@ -249,8 +245,7 @@ def _decode(raw: bytes, source: str) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ProjectFileError(
-            f"{source}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-            "expected YAML or JSON text"
+            f"{source}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); expected YAML or JSON text"
         ) from None
 
 
@@ -297,9 +292,7 @@ class _StrictLoader(_BaseSafeLoader):  # type: ignore[valid-type,misc]
                 continue
             key = self.construct_object(key_node)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_show(key)}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_show(key)}", key_node.start_mark)
             seen.add(key)
         result: dict[Any, Any] = super().construct_mapping(node, deep)
         return result

@@ -63,3 +63,4 @@ async def decompose_sequentially(
         )
     finally:
         store.close()
+        await runner.close()

@@ -60,7 +60,10 @@ def main() -> None:
             ]
             extra = [p.name for p in PACKAGE_DIR.glob("*.py*") if not (fresh / p.name).exists()]
             if stale or extra:
-                print(f"stale stubs in paradecom/v1: {', '.join(stale + extra)}; run `make proto`", file=sys.stderr)
+                print(
+                    f"stale stubs in paradecom/v1: {', '.join(stale + extra)}; run `make proto`",
+                    file=sys.stderr,
+                )
                 raise SystemExit(1)
             return
         if PACKAGE_DIR.exists():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from helpers import Proc
+
 from paradecom.v1 import project_service_pb2_grpc, task_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,16 @@ def start_runner(procs: list[Proc]) -> Callable[..., Proc]:
 
     def start(leader: str, base_url: str, *flags: str) -> Proc:
         p = Proc(
-            [sys.executable, "-m", "paradecom.runner.main", "--leader", leader, "--log-format", "json", *flags],
+            [
+                sys.executable,
+                "-m",
+                "paradecom.runner.main",
+                "--leader",
+                leader,
+                "--log-format",
+                "json",
+                *flags,
+            ],
             env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key"},
         )
         procs.append(p)
@@ -67,12 +76,15 @@ def start_runner(procs: list[Proc]) -> Callable[..., Proc]:
 
 
 @pytest.fixture
-def stubs() -> Iterator[Callable[[str], tuple[task_service_pb2_grpc.TaskServiceStub,
-                                              project_service_pb2_grpc.ProjectServiceStub]]]:
+def stubs() -> Iterator[
+    Callable[[str], tuple[task_service_pb2_grpc.TaskServiceStub, project_service_pb2_grpc.ProjectServiceStub]]
+]:
     """Blocking gRPC stubs to a leader, for tests that play runner or client by hand."""
     channels: list[grpc.Channel] = []
 
-    def make(address: str) -> tuple[task_service_pb2_grpc.TaskServiceStub, project_service_pb2_grpc.ProjectServiceStub]:
+    def make(
+        address: str,
+    ) -> tuple[task_service_pb2_grpc.TaskServiceStub, project_service_pb2_grpc.ProjectServiceStub]:
         channel = grpc.insecure_channel(address)
         channels.append(channel)
         return task_service_pb2_grpc.TaskServiceStub(channel), project_service_pb2_grpc.ProjectServiceStub(channel)

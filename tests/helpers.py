@@ -112,10 +112,18 @@ class Proc:
         self._close_pipes()
 
 
-def run_cli(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120.0,
-            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run a command to completion and capture its output."""
     return subprocess.run(
-        list(args), capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        list(args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
         input=input_text,
     )

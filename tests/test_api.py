@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli
 
 PROJECT_YAML = """\
@@ -42,7 +41,10 @@ def test_parallel_decompose_project_matches_the_sequential_fallback(llm_env: str
     from paradecom import ProjectDefinition, parallel_decompose_project
 
     project = ProjectDefinition(
-        name="Recipe sharing site", description="Post, rate and shop recipes.", goals=["Post recipes"], max_depth=2
+        name="Recipe sharing site",
+        description="Post, rate and shop recipes.",
+        goals=["Post recipes"],
+        max_depth=2,
     )
     parallel = parallel_decompose_project(project, runners=2)
     sequential = parallel_decompose_project(project, runners=0)

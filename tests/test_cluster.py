@@ -11,9 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from conftest import DEVAI
 from helpers import Proc, run_cli, wait_for
+
 from paradecom.v1 import project_pb2, project_service_pb2, task_pb2, task_service_pb2
 
 DEVAI_PROJECT = DEVAI / "01_Image_Classification_ResNet18_Fashion_MNIST_DL.json"
@@ -65,7 +65,9 @@ def assert_complete_tree(tree: dict, fanout: int, max_depth: int, roots: int = 1
 
 
 def test_three_runners_decompose_a_devai_project_to_depth_2(
-    fake_llm: Callable[..., str], start_leader: Callable[..., tuple[Proc, str]], start_runner: Callable[..., Proc],
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
     tmp_path: Path,
 ) -> None:
     """leader + 3 runners + fake-llm: submit, watch and result through the CLI give a complete tree."""
@@ -96,8 +98,11 @@ def test_three_runners_decompose_a_devai_project_to_depth_2(
 
 
 def test_killed_runner_tasks_are_reassigned_and_done_once(
-    fake_llm: Callable[..., str], start_leader: Callable[..., tuple[Proc, str]], start_runner: Callable[..., Proc],
-    stubs: Callable, tmp_path: Path,
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
+    stubs: Callable,
+    tmp_path: Path,
 ) -> None:
     """A runner SIGKILLed while holding leases: another runner gets its tasks after the lease
     timeout, the project completes, and no task appears twice."""
@@ -106,7 +111,9 @@ def test_killed_runner_tasks_are_reassigned_and_done_once(
     _, projects = stubs(leader)
     victim = start_runner(leader, base_url, "--concurrency", "4")
     seeds = [{"title": f"Build component {i}"} for i in range(4)]
-    project_id = run_cli([*PARADECOM, "submit", "--leader", leader, str(write_project(tmp_path, tasks=seeds, max_depth=1))]).stdout.strip()
+    project_id = run_cli(
+        [*PARADECOM, "submit", "--leader", leader, str(write_project(tmp_path, tasks=seeds, max_depth=1))]
+    ).stdout.strip()
     wait_for(lambda: summary(projects, project_id).leased == 4, what="the victim to hold 4 leases")
     victim.signal(signal.SIGKILL)
     victim.wait()
@@ -158,8 +165,11 @@ def test_stale_result_refused_and_duplicate_harmless(
 
 
 def test_leader_killed_and_restarted_loses_nothing(
-    fake_llm: Callable[..., str], start_leader: Callable[..., tuple[Proc, str]], start_runner: Callable[..., Proc],
-    stubs: Callable, tmp_path: Path,
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
+    stubs: Callable,
+    tmp_path: Path,
 ) -> None:
     """The leader SIGKILLed mid-project and restarted on the same db: a lease granted before the
     crash is honoured after it, and the project completes with every task exactly once."""
@@ -167,15 +177,17 @@ def test_leader_killed_and_restarted_loses_nothing(
     listen = f"127.0.0.1:{free_port()}"
     db = tmp_path / "leader.db"
     leader_proc, leader = start_leader("--lease-timeout", "5", db=db, listen=listen)
-    tasks_stub, projects = stubs(leader)
+    tasks_stub, _ = stubs(leader)
     seeds = [{"title": f"Deliver feature {i}"} for i in range(4)]
     path = write_project(tmp_path, tasks=seeds, max_depth=2)
     project_id = run_cli([*PARADECOM, "submit", "--leader", leader, str(path)]).stdout.strip()
     by_hand = tasks_stub.PullTask(task_service_pb2.PullTaskRequest(runner_id="by-hand", max_in_flight=1))
     held = next(by_hand).assignment  # a seed task, leased to us before the crash
-    start_runner(leader, base_url, "--concurrency", "3")
-    # The runner holds the 3 other seeds, its LLM calls in flight, when the leader dies.
-    wait_for(lambda: summary(projects, project_id).leased == 4, what="4 leases out")
+    runner = start_runner(leader, base_url, "--concurrency", "3")
+    # The runner holds the 3 other seeds, its LLM calls in flight, when the leader dies. (Waiting
+    # for its log, not the leader's count: a lease the leader stored but never delivered would
+    # rightly expire after the restart.)
+    wait_for(lambda: runner.stderr.count('"task received"') == 3, what="the runner to receive 3 tasks")
 
     leader_proc.signal(signal.SIGKILL)
     leader_proc.wait()
@@ -203,8 +215,11 @@ def _try_submit(stub: object, held: task_pb2.TaskAssignment, children: list[task
 
 
 def test_sigterm_drains_a_runner_and_loses_nothing(
-    fake_llm: Callable[..., str], start_leader: Callable[..., tuple[Proc, str]], start_runner: Callable[..., Proc],
-    stubs: Callable, tmp_path: Path,
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
+    stubs: Callable,
+    tmp_path: Path,
 ) -> None:
     """SIGTERM on a runner holding leases: it finishes them, takes nothing new, exits 0; no lease expires."""
     base_url = fake_llm("--fanout", "2", "--atomic-depth", "5", "--latency", "1")
@@ -212,7 +227,9 @@ def test_sigterm_drains_a_runner_and_loses_nothing(
     _, projects = stubs(leader)
     runner = start_runner(leader, base_url, "--concurrency", "2")
     seeds = [{"title": f"Write module {i}"} for i in range(4)]
-    project_id = run_cli([*PARADECOM, "submit", "--leader", leader, str(write_project(tmp_path, tasks=seeds, max_depth=1))]).stdout.strip()
+    project_id = run_cli(
+        [*PARADECOM, "submit", "--leader", leader, str(write_project(tmp_path, tasks=seeds, max_depth=1))]
+    ).stdout.strip()
     wait_for(lambda: summary(projects, project_id).leased == 2, what="the runner to hold 2 leases")
     runner.signal(signal.SIGTERM)
     assert runner.wait(30) == 0

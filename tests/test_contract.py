@@ -7,10 +7,9 @@ import sys
 from collections.abc import Callable
 
 import grpc
+from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from conftest import ROOT
 from helpers import Proc
 
 

@@ -78,9 +78,7 @@ def subtasks_of(completion: openai.types.chat.ChatCompletion) -> list[dict[str, 
 
 def http(addr: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, JSON body, headers) of a raw request; POST when `body` is given."""
-    request = urllib.request.Request(
-        f"http://{addr}{path}", data=body, method="POST" if body is not None else "GET"
-    )
+    request = urllib.request.Request(f"http://{addr}{path}", data=body, method="POST" if body is not None else "GET")
     request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -247,9 +245,7 @@ def test_fault_sequence_is_fixed_by_the_seed(start_server: StartServer) -> None:
     def pattern(addr: str) -> list[bool]:
         result = []
         for i in range(12):
-            content = (
-                ask(addr, prompt(f"Task {i}", 0), model="m1" if i % 3 else "m2").choices[0].message.content
-            )
+            content = ask(addr, prompt(f"Task {i}", 0), model="m1" if i % 3 else "m2").choices[0].message.content
             try:
                 json.loads(content or "")
                 result.append(True)

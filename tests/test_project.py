@@ -200,8 +200,7 @@ BAD_FILES: list[tuple[str, str | bytes, str]] = [
     (
         "too_many_goals.yaml",
         f"name: n\ndescription: d\ngoals: {_many(limits.MAX_LIST_ITEMS + 1)}\n",
-        f"field 'goals': has {limits.MAX_LIST_ITEMS + 1} items, more than the limit of "
-        f"{limits.MAX_LIST_ITEMS}",
+        f"field 'goals': has {limits.MAX_LIST_ITEMS + 1} items, more than the limit of {limits.MAX_LIST_ITEMS}",
     ),
     (
         "long_goal.yaml",
@@ -288,9 +287,7 @@ BAD_FILES: list[tuple[str, str | bytes, str]] = [
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
-def test_bad_file_gives_one_line_error(
-    tmp_path: Path, name: str, content: str | bytes, expected: str
-) -> None:
+def test_bad_file_gives_one_line_error(tmp_path: Path, name: str, content: str | bytes, expected: str) -> None:
     """Each bad project file fails with one ProjectFileError line: file name, then field and problem."""
     path = _write(tmp_path, name, content)
     message = _error(path)
@@ -379,9 +376,7 @@ def test_too_many_seed_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     """More seed tasks than MAX_SEED_TASKS is refused before the tasks are read one by one."""
     monkeypatch.setattr(limits, "MAX_SEED_TASKS", 2)
     data = {"name": "n", "description": "d", "tasks": [{"title": "a"}, {"title": "b"}, 3]}
-    with pytest.raises(
-        ProjectFileError, match=r"^p\.yaml: field 'tasks': has 3 items, more than the limit of 2$"
-    ):
+    with pytest.raises(ProjectFileError, match=r"^p\.yaml: field 'tasks': has 3 items, more than the limit of 2$"):
         ProjectDefinition.from_mapping(data, "p.yaml")
 
 

@@ -1,0 +1,522 @@
+"""The runner's main loop: one PullTask stream in, one asyncio task per lease, results out.
+
+    run()
+     ├─ pull loop: PullTask stream ── assignment ──> lease task (one per lease, kept in a dict)
+     │     reconnects with backoff when the stream fails, ends, or the leader drains
+     └─ on stop: cancel the stream, wait for lease tasks up to drain_timeout, cancel and
+        ReleaseTask the rest, close the channel
+
+    lease task
+     ├─ heartbeat side task: ExtendLease every timeout/3; returns when the lease is lost
+     └─ decompose_task (in one of `concurrency` slots): prompt -> LLM -> parse, re-ask on errors
+        then SubmitResult or FailTask, retried while the leader is unreachable
+
+Everything runs on one event loop; the waits are `asyncio.wait(..., FIRST_COMPLETED)` against the
+stop event, so a stop request is seen at once wherever the loop is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import grpc
+import structlog
+
+from paradecom import grpc_options, limits
+from paradecom.errors import DecompositionError
+from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
+
+from .llm import Completion, LLMClient, backoff_delay
+from .prompt import build_messages, reask_messages
+from .schema import InvalidAnswer, parse_decomposition
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from paradecom.v1.task_service_pb2_grpc import TaskServiceAsyncStub
+
+log = structlog.get_logger("paradecom.runner")
+
+T = TypeVar("T")
+
+# Deadline of one unary call; long enough for a leader busy writing to its store.
+RPC_DEADLINE_S = 10.0
+# Releases happen while shutting down: a leader that does not answer soon lets the lease expire.
+RELEASE_DEADLINE_S = 5.0
+RECONNECT_BASE_S = 0.2
+RECONNECT_MAX_S = 5.0
+# A stream that lived this long was healthy: the next reconnect starts again from the short delay.
+STABLE_STREAM_S = 10.0
+# SubmitResult/FailTask keep trying for max(2 x lease timeout, this): a restarting leader keeps
+# its leases, so a result delivered once it is back still counts.
+MIN_SETTLE_WINDOW_S = 30.0
+SETTLE_BACKOFF_BASE_S = 0.2
+SETTLE_BACKOFF_MAX_S = 5.0
+# Assumed when a lease names no timeout; leaders always send one.
+DEFAULT_LEASE_TIMEOUT_S = 30.0
+MIN_HEARTBEAT_S = 0.05
+REASON_SHUTDOWN = "runner shutting down"
+DEFAULT_MODEL = "gpt-4o-mini"
+
+# The leader may be restarting: try again.
+_TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# The lease is no longer ours (expired, reassigned, released, project cancelled): stop working on it.
+_LEASE_LOST_CODES = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+class ChatClient(Protocol):
+    """What the runner needs of an LLM client; `LLMClient` is the real one, tests pass fakes."""
+
+    async def complete(self, messages: Sequence[Mapping[str, str]]) -> Completion: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class DecompositionOutcome:
+    """A task's validated subtasks and the LLM usage it took to get them."""
+
+    subtasks: list[task_pb2.Subtask]
+    usage: task_pb2.Usage
+
+
+class DecompositionFailed(DecompositionError):
+    """A DecompositionError that carries the LLM usage spent before it, for FailTask's accounting."""
+
+    def __init__(self, message: str, *, retryable: bool, usage: task_pb2.Usage) -> None:
+        super().__init__(message, retryable=retryable)
+        self.usage = usage
+
+
+@dataclass
+class _StreamEnd:
+    """How one PullTask stream went, for the reconnect backoff."""
+
+    assignments: int = 0
+    drained: bool = False
+
+
+@dataclass(eq=False)
+class _Lease:
+    """One task in hand. `settled` turns true once the leader has had its answer (or the lease is
+    known to be gone), after which there is nothing to release at shutdown."""
+
+    assignment: task_pb2.TaskAssignment
+    settled: bool = False
+
+    @property
+    def task_id(self) -> str:
+        return self.assignment.lease.task_id
+
+    @property
+    def token(self) -> str:
+        return self.assignment.lease.token
+
+    @property
+    def timeout_s(self) -> float:
+        ms = self.assignment.lease.timeout_ms
+        return ms / 1000.0 if ms > 0 else DEFAULT_LEASE_TIMEOUT_S
+
+
+def default_runner_id() -> str:
+    """hostname-pid-random: stable for the process, distinct across processes and machines."""
+    runner_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return runner_id[-limits.MAX_RUNNER_ID_CHARS :]
+
+
+def _clip_error(text: str) -> str:
+    return text if len(text) <= limits.MAX_ERROR_CHARS else text[: limits.MAX_ERROR_CHARS - 1] + "…"
+
+
+def _add_usage(usage: task_pb2.Usage, completion: Completion) -> None:
+    usage.calls += 1
+    usage.prompt_tokens += completion.prompt_tokens
+    usage.completion_tokens += completion.completion_tokens
+
+
+async def _cancel_and_wait(*tasks: asyncio.Future[object] | asyncio.Task[object]) -> None:
+    for task in tasks:
+        task.cancel()
+    # Waiting lets each unwind (closing its RPC or HTTP request) before the caller moves on.
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class DecompositionRunner:
+    """Pulls tasks from the leader at `leader` (HOST:PORT), decomposes them with an LLM, submits.
+
+    `concurrency` tasks are decomposed at once. `model` defaults to $PARADECOM_MODEL, else
+    gpt-4o-mini. `llm` defaults to an `LLMClient` for that model, configured from OPENAI_BASE_URL /
+    OPENAI_API_KEY (ConfigError when neither is set).
+    """
+
+    def __init__(
+        self,
+        leader: str,
+        *,
+        concurrency: int = 8,
+        model: str | None = None,
+        runner_id: str | None = None,
+        llm: ChatClient | None = None,
+        max_reasks: int = 2,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        if not 1 <= concurrency <= limits.MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be 1 to {limits.MAX_CONCURRENCY}, not {concurrency}")
+        if max_reasks < 0:
+            raise ValueError(f"max_reasks must be 0 or more, not {max_reasks}")
+        if drain_timeout < 0:
+            raise ValueError(f"drain_timeout must be 0 or more, not {drain_timeout}")
+        self.leader = leader
+        self.concurrency = concurrency
+        self.model = model or os.environ.get("PARADECOM_MODEL") or DEFAULT_MODEL
+        self.runner_id = runner_id or default_runner_id()
+        self.max_reasks = max_reasks
+        self.drain_timeout = drain_timeout
+        self._owns_llm = llm is None
+        self._llm: ChatClient = llm if llm is not None else LLMClient(self.model)
+        self._stop_requested = False
+        # Events and the semaphore are made inside run(), on the loop that uses them.
+        self._stop: asyncio.Event | None = None
+        self._force: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._leases: dict[asyncio.Task[None], _Lease] = {}
+        self._tokens: set[str] = set()
+
+    # --- one task -------------------------------------------------------------------------------
+
+    async def decompose_task(self, assignment: task_pb2.TaskAssignment) -> DecompositionOutcome:
+        """Ask the LLM to decompose `assignment`'s task; re-ask with the errors up to max_reasks times.
+
+        Raises DecompositionError (a DecompositionFailed, whose `usage` holds what was spent):
+        retryable when the LLM was unreachable or kept answering badly, not retryable when the
+        endpoint refused the request outright.
+        """
+        usage = task_pb2.Usage()
+        messages = build_messages(assignment)
+        parent_title = assignment.task.title
+        errors: list[str] = []
+        answers = self.max_reasks + 1
+        for answer_number in range(1, answers + 1):
+            try:
+                completion = await self._llm.complete(messages)
+            except DecompositionError as exc:
+                raise DecompositionFailed(str(exc), retryable=exc.retryable, usage=usage) from exc
+            _add_usage(usage, completion)
+            try:
+                if completion.finish_reason == "length":
+                    # A cut-off answer may still parse (a fenced or partial object) but would be
+                    # missing subtasks, so it is never taken.
+                    raise InvalidAnswer(["the answer was cut off at the length limit: write a shorter answer"])
+                subtasks = parse_decomposition(completion.text, parent_title)
+            except InvalidAnswer as exc:
+                errors = exc.errors
+                log.info("answer rejected", answer=answer_number, of=answers, errors=errors[:5])
+                if answer_number < answers:
+                    messages = reask_messages(messages, completion.text, errors)
+                continue
+            return DecompositionOutcome(subtasks=subtasks, usage=usage)
+        raise DecompositionFailed(
+            _clip_error(f"no valid decomposition in {answers} answers; last errors: " + "; ".join(errors)),
+            retryable=True,
+            usage=usage,
+        )
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop taking work and drain (what SIGTERM calls); a second call skips the drain wait."""
+        if self._stop_requested:
+            if self._force is not None and not self._force.is_set():
+                log.info("second stop request: releasing tasks in hand now")
+                self._force.set()
+            return
+        self._stop_requested = True
+        log.info("stop requested")
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self) -> None:
+        """Pull and work on tasks until request_stop(); then drain, release, close, and return."""
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        if self._stop_requested:
+            self._stop.set()
+        channel = grpc_options.insecure_channel(self.leader)
+        stub: TaskServiceAsyncStub = task_service_pb2_grpc.TaskServiceStub(channel)
+        log.info(
+            "runner started",
+            leader=self.leader,
+            runner_id=self.runner_id,
+            concurrency=self.concurrency,
+            model=self.model,
+        )
+        try:
+            await self._pull_until_stopped(stub)
+            await self._drain(stub, self.drain_timeout)
+        except (asyncio.CancelledError, Exception):
+            # Cancelled from outside (or a bug): no time to wait, but the leases still go back.
+            await self._drain(stub, 0.0)
+            raise
+        finally:
+            await channel.close()
+            await self.close()
+            log.info("runner stopped")
+
+    async def close(self) -> None:
+        """Close the LLM client if this runner made it. run() does it on its way out; a caller
+        that only uses decompose_task calls it when done."""
+        if self._owns_llm:
+            self._owns_llm = False
+            await self._llm.close()
+
+    async def _pull_until_stopped(self, stub: TaskServiceAsyncStub) -> None:
+        assert self._stop is not None
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while not self._stop.is_set():
+            opened = loop.time()
+            stream = await self._pull_once(stub)
+            if self._stop.is_set():
+                break
+            # A stream that delivered work or lived a while was healthy; a draining leader is not,
+            # so the delay keeps growing until it is back instead of hammering it every 0.2 s.
+            if not stream.drained and (stream.assignments or loop.time() - opened >= STABLE_STREAM_S):
+                failures = 0
+            failures += 1
+            delay = backoff_delay(failures, RECONNECT_BASE_S, RECONNECT_MAX_S)
+            log.info("reconnecting to the leader", delay_s=round(delay, 2), tasks_in_hand=len(self._leases))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _pull_once(self, stub: TaskServiceAsyncStub) -> _StreamEnd:
+        """Read one PullTask stream until it ends, fails, drains or stop is requested."""
+        assert self._stop is not None
+        call = stub.PullTask(task_service_pb2.PullTaskRequest(runner_id=self.runner_id, max_in_flight=self.concurrency))
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        read: asyncio.Future[object] | None = None
+        end = _StreamEnd()
+        try:
+            while not self._stop.is_set():
+                read = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait({read, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if read not in done:
+                    log.info("stopped taking work")
+                    return end
+                try:
+                    message = read.result()
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("task stream failed", code=exc.code().name, details=exc.details())
+                    return end
+                if message is grpc.aio.EOF or not isinstance(message, task_service_pb2.PullTaskResponse):
+                    log.info("leader closed the task stream")
+                    return end
+                event = message.WhichOneof("event")
+                if event == "assignment":
+                    end.assignments += 1
+                    self._start_lease(stub, message.assignment)
+                elif event == "drain":
+                    # The leader is going away: it keeps our leases, we keep working on them and
+                    # reconnect (with backoff) for new work once it is back.
+                    log.info("leader is draining", reason=message.drain.reason)
+                    end.drained = True
+                    return end
+                else:
+                    log.warning("unknown message on the task stream, ignored", event=event)
+            return end
+        finally:
+            # Cancelling the call is what tells the leader to assign nothing more on this stream.
+            call.cancel()
+            stop_wait.cancel()
+            if read is not None:
+                read.cancel()
+
+    def _start_lease(self, stub: TaskServiceAsyncStub, assignment: task_pb2.TaskAssignment) -> None:
+        held = _Lease(assignment)
+        if held.token in self._tokens:
+            log.warning("assignment already in hand, ignored", task_id=held.task_id)
+            return
+        task = asyncio.create_task(self._work(stub, held), name=f"lease {held.task_id}")
+        self._leases[task] = held
+        self._tokens.add(held.token)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        held = self._leases.pop(task, None)
+        if held is not None:
+            self._tokens.discard(held.token)
+        if not task.cancelled() and task.exception() is not None:
+            # _work handles every error it expects; anything here is a bug worth a traceback.
+            log.error("lease task crashed", task_id=held.task_id if held else "", exc_info=task.exception())
+
+    # --- one lease ------------------------------------------------------------------------------
+
+    async def _work(self, stub: TaskServiceAsyncStub, held: _Lease) -> None:
+        assignment = held.assignment
+        with structlog.contextvars.bound_contextvars(
+            project_id=assignment.project_id, task_id=held.task_id, attempt=assignment.lease.attempt
+        ):
+            started = time.monotonic()
+            log.info("task received", title=assignment.task.title, depth=assignment.depth)
+            # Both side tasks inherit this context, so their lines carry the task's ids too.
+            heartbeat = asyncio.create_task(self._heartbeat(stub, held))
+            work = asyncio.create_task(self._decompose_in_slot(assignment))
+            try:
+                done, _ = await asyncio.wait({work, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+                if work not in done:
+                    # The heartbeat only returns when the lease is gone: nobody wants this result.
+                    held.settled = True
+                    log.info("task abandoned")
+                    return
+                try:
+                    outcome = work.result()
+                except DecompositionError as exc:
+                    await self._fail(stub, held, exc)
+                    return
+                except Exception as exc:
+                    log.exception("decomposition crashed")
+                    failure = DecompositionFailed(f"runner error: {exc!r}", retryable=True, usage=task_pb2.Usage())
+                    await self._fail(stub, held, failure)
+                    return
+                await self._submit(stub, held, outcome, started)
+            finally:
+                await _cancel_and_wait(work, heartbeat)
+
+    async def _decompose_in_slot(self, assignment: task_pb2.TaskAssignment) -> DecompositionOutcome:
+        # The leader sends no more than max_in_flight, but right after a reconnect it may count
+        # differently for a moment; the slots keep the LLM load at `concurrency` regardless.
+        assert self._slots is not None
+        async with self._slots:
+            return await self.decompose_task(assignment)
+
+    async def _heartbeat(self, stub: TaskServiceAsyncStub, held: _Lease) -> None:
+        """Extend the lease every third of its timeout; return only when the lease is lost."""
+        loop = asyncio.get_running_loop()
+        interval = max(MIN_HEARTBEAT_S, held.timeout_s / 3)
+        deadline = min(RPC_DEADLINE_S, max(interval, 1.0))
+        request = task_service_pb2.ExtendLeaseRequest(task_id=held.task_id, lease_token=held.token)
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            try:
+                response = await stub.ExtendLease(request, timeout=deadline)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _LEASE_LOST_CODES:
+                    log.warning("lease lost, abandoning the task", code=exc.code().name, details=exc.details())
+                    return
+                # The leader may be restarting with our lease intact: try again at the next tick.
+                log.info("heartbeat failed", code=exc.code().name, details=exc.details())
+            else:
+                if response.cancelled:
+                    log.info("project cancelled, abandoning the task")
+                    return
+            # Ticks follow the schedule, not the previous call's end, so slow answers do not
+            # stretch the gaps; a call slower than the interval is followed at once.
+            next_at = max(next_at + interval, loop.time())
+
+    async def _submit(
+        self, stub: TaskServiceAsyncStub, held: _Lease, outcome: DecompositionOutcome, started: float
+    ) -> None:
+        request = task_service_pb2.SubmitResultRequest(
+            task_id=held.task_id, lease_token=held.token, subtasks=outcome.subtasks, usage=outcome.usage
+        )
+        response = await self._settle("SubmitResult", held, lambda: stub.SubmitResult(request, timeout=RPC_DEADLINE_S))
+        if response is not None:
+            log.info(
+                "result submitted",
+                subtasks=len(outcome.subtasks),
+                children_queued=response.children_queued,
+                duplicate=response.duplicate,
+                llm_calls=outcome.usage.calls,
+                seconds=round(time.monotonic() - started, 3),
+            )
+
+    async def _fail(self, stub: TaskServiceAsyncStub, held: _Lease, exc: DecompositionError) -> None:
+        usage = exc.usage if isinstance(exc, DecompositionFailed) else task_pb2.Usage()
+        log.warning("decomposition failed", error=str(exc), retryable=exc.retryable, llm_calls=usage.calls)
+        request = task_service_pb2.FailTaskRequest(
+            task_id=held.task_id,
+            lease_token=held.token,
+            error=_clip_error(str(exc)),
+            retryable=exc.retryable,
+            usage=usage,
+        )
+        response = await self._settle("FailTask", held, lambda: stub.FailTask(request, timeout=RPC_DEADLINE_S))
+        if response is not None:
+            log.info("failure reported", status=project_pb2.TaskStatus.Name(response.status))
+
+    async def _settle(self, what: str, held: _Lease, call: Callable[[], Awaitable[T]]) -> T | None:
+        """Make `call` (SubmitResult or FailTask) until the leader answers; None if it refused or
+        stayed unreachable for the whole retry window."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + max(2 * held.timeout_s, MIN_SETTLE_WINDOW_S)
+        failures = 0
+        while True:
+            try:
+                response = await call()
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code not in _TRANSIENT_CODES:
+                    # A stale lease, a cancelled project or a result the leader will never take:
+                    # trying again cannot change the answer.
+                    held.settled = True
+                    log.warning(f"{what} refused, dropped", code=code.name, details=exc.details())
+                    return None
+                failures += 1
+                delay = backoff_delay(failures, SETTLE_BACKOFF_BASE_S, SETTLE_BACKOFF_MAX_S)
+                if loop.time() + delay > give_up_at:
+                    log.warning(f"{what} gave up, leader unreachable", code=code.name, tries=failures)
+                    return None
+                log.info(f"{what} failed, retrying", code=code.name, delay_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            held.settled = True
+            return response
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    async def _drain(self, stub: TaskServiceAsyncStub, wait_s: float) -> None:
+        """Wait up to `wait_s` for the tasks in hand, then cancel the rest and release them."""
+        assert self._force is not None
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + wait_s
+        if self._leases and wait_s > 0:
+            log.info("finishing tasks in hand", tasks=len(self._leases), timeout_s=wait_s)
+            force_wait = asyncio.ensure_future(self._force.wait())
+            try:
+                while self._leases and not self._force.is_set() and loop.time() < give_up_at:
+                    await asyncio.wait(
+                        {*self._leases, force_wait},
+                        timeout=give_up_at - loop.time(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+            finally:
+                force_wait.cancel()
+        left = dict(self._leases)
+        if not left:
+            return
+        log.info("cancelling unfinished tasks", tasks=len(left))
+        await _cancel_and_wait(*left)
+        unsettled = [held for held in left.values() if not held.settled]
+        await asyncio.gather(*(self._release(stub, held) for held in unsettled))
+
+    async def _release(self, stub: TaskServiceAsyncStub, held: _Lease) -> None:
+        request = task_service_pb2.ReleaseTaskRequest(
+            task_id=held.task_id, lease_token=held.token, reason=REASON_SHUTDOWN
+        )
+        try:
+            await stub.ReleaseTask(request, timeout=RELEASE_DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            # Not fatal: the lease expires at the leader and the task is retried all the same.
+            log.warning("release failed", task_id=held.task_id, code=exc.code().name, details=exc.details())
+        else:
+            held.settled = True
+            log.info("task released", task_id=held.task_id)

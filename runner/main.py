@@ -1,0 +1,156 @@
+"""`paradecom-runner`: the runner process. Exit 0 after a clean stop, 2 on bad flags or settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from paradecom import grpc_options, limits
+from paradecom.errors import ConfigError
+from paradecom.logs import LOG_FORMATS, configure_logging
+
+from .loop import DEFAULT_MODEL, DecompositionRunner
+
+PROG = "paradecom-runner"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_REASKS_LIMIT = 10
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit 2: no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range {low}..{high}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 <= value <= limits.MAX_LEASE_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"{value:g} is out of range 0..{limits.MAX_LEASE_TIMEOUT_S:g}")
+    return value
+
+
+def _address(text: str) -> str:
+    try:
+        grpc_options.parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _non_empty(limit: int) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("must not be empty")
+        if len(text) > limit:
+            raise argparse.ArgumentTypeError(f"longer than {limit} characters")
+        return text
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The runner's flags; every range is checked while parsing."""
+    parser = _Parser(
+        prog=PROG,
+        description="Pull tasks from a ParaDecom leader, decompose them with an LLM, submit the results. "
+        "The LLM endpoint is set with OPENAI_BASE_URL (and OPENAI_API_KEY for hosted endpoints).",
+    )
+    parser.add_argument("--leader", required=True, type=_address, metavar="HOST:PORT", help="the leader's address")
+    parser.add_argument(
+        "--concurrency",
+        type=_int_in(1, limits.MAX_CONCURRENCY),
+        default=8,
+        metavar="N",
+        help=f"tasks worked on at once, 1..{limits.MAX_CONCURRENCY} (default 8)",
+    )
+    parser.add_argument(
+        "--model",
+        type=_non_empty(200),
+        default=os.environ.get("PARADECOM_MODEL") or DEFAULT_MODEL,
+        metavar="NAME",
+        help=f"model name sent to the endpoint (default $PARADECOM_MODEL, else {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--runner-id",
+        type=_non_empty(limits.MAX_RUNNER_ID_CHARS),
+        default=None,
+        metavar="ID",
+        help="stable id of this runner (default hostname-pid-random)",
+    )
+    parser.add_argument(
+        "--max-reasks",
+        type=_int_in(0, MAX_REASKS_LIMIT),
+        default=2,
+        metavar="N",
+        help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT} (default 2)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds to let tasks in hand finish before releasing them (default 30)",
+    )
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="console", help="log lines on stderr (default console)"
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="least level logged (default info)")
+    return parser
+
+
+async def _serve(runner: DecompositionRunner) -> None:
+    loop = asyncio.get_running_loop()
+    # The first signal drains; a second one releases what is left at once.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.request_stop)
+    try:
+        await runner.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the runner until SIGTERM or SIGINT; the process's exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        runner = DecompositionRunner(
+            args.leader,
+            concurrency=args.concurrency,
+            model=args.model,
+            runner_id=args.runner_id,
+            max_reasks=args.max_reasks,
+            drain_timeout=args.drain_timeout,
+        )
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(runner))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The shape of the LLM's answer, and turning an answer's text into validated `Subtask` messages.
+
+Models are lenient where guessing cannot hurt (a missing key becomes the child's position, a
+missing description becomes "", numbers where strings belong become strings, over-long text is
+clipped to the limits) and strict where a guess would change the plan (a missing title or atomic
+flag, a negative estimate, a dependency that names no sibling): those go back to the LLM as errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from paradecom import limits
+from paradecom.errors import ParaDecomError
+from paradecom.subtasks import SubtaskShape, subtask_errors
+from paradecom.v1 import task_pb2
+
+# Fields the LLM may leave out or set to null; the model's default stands in for them.
+_OPTIONAL_FIELDS = (
+    "key",
+    "description",
+    "acceptance_criteria",
+    "depends_on",
+    "atomic_reason",
+    "estimate_hours",
+)
+
+_FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+
+# Errors beyond this many add nothing for the LLM to act on and only lengthen the re-ask.
+MAX_REPORTED_ERRORS = 20
+
+
+class InvalidAnswer(ParaDecomError):
+    """The LLM's answer is not a usable decomposition; `errors` says why, one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors) if errors else "invalid answer")
+        self.errors = errors
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _as_text(value: Any) -> Any:
+    # Models often write keys as numbers ("key": 1, "depends_on": [1, 2]); the meaning is the same.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return value
+
+
+class SubtaskAnswer(BaseModel):
+    """One child as the LLM writes it."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    key: str = ""
+    title: str
+    description: str = ""
+    acceptance_criteria: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+    atomic: bool
+    atomic_reason: str = ""
+    estimate_hours: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _OPTIONAL_FIELDS)}
+        return data
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key_as_text(cls, value: Any) -> Any:
+        return _as_text(value)
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _deps_as_texts(cls, value: Any) -> Any:
+        if isinstance(value, str | int):
+            value = [value] if value != "" else []
+        if isinstance(value, list):
+            return [_as_text(v) for v in value]
+        return value
+
+    @field_validator("acceptance_criteria", mode="before")
+    @classmethod
+    def _criteria_as_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        return value
+
+
+class DecompositionAnswer(BaseModel):
+    """The whole answer: `{"subtasks": [...]}`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    subtasks: list[SubtaskAnswer]
+
+
+def extract_json(text: str) -> Any:
+    """The JSON value in `text`: the whole text, else a ```json fenced block, else the first
+    `{"subtasks": ...}` object found in surrounding prose. Raises InvalidAnswer when there is none."""
+    stripped = text.strip().lstrip("\ufeff")
+    if not stripped:
+        raise InvalidAnswer(["the answer is empty; expected a JSON object"])
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        first_error = exc
+    for block in _FENCE_RE.findall(stripped):
+        try:
+            return json.loads(block)
+        except json.JSONDecodeError:
+            continue
+    # Prose around the object: take the first object that has our top-level field. Any other
+    # object (a lone subtask inside a cut-off answer, an example in the prose) would only turn a
+    # clear "not valid JSON" into a misleading shape error.
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", stripped):
+        try:
+            value, _ = decoder.raw_decode(stripped, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and "subtasks" in value:
+            return value
+    raise InvalidAnswer(
+        [f"the answer is not valid JSON ({first_error.msg} at line {first_error.lineno} column {first_error.colno})"]
+    )
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    errors: list[str] = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "subtasks" and isinstance(loc[1], int):
+            where = f"subtask {loc[1] + 1}"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc)
+        prefix = ": ".join(part for part in (where, field) if part)
+        errors.append(f"{prefix}: {err['msg']}" if prefix else str(err["msg"]))
+    return errors
+
+
+def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
+    """The validated children in the LLM's answer `text` for the task titled `parent_title`.
+
+    Raises InvalidAnswer listing every problem (not JSON, wrong shape, broken structural rules of
+    `paradecom.subtasks.subtask_errors`), worded so the LLM can correct itself when re-asked.
+    """
+    data = extract_json(text)
+    # A bare list of children is unambiguous, so it is taken as the subtasks.
+    if isinstance(data, list):
+        data = {"subtasks": data}
+    if not isinstance(data, dict):
+        raise InvalidAnswer([f'expected a JSON object {{"subtasks": [...]}}, got {type(data).__name__}'])
+    if "subtasks" not in data:
+        raise InvalidAnswer(['the object has no "subtasks" field; expected {"subtasks": [...]}'])
+    try:
+        answer = DecompositionAnswer.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidAnswer(_format_validation_error(exc)[:MAX_REPORTED_ERRORS]) from None
+
+    subtasks: list[task_pb2.Subtask] = []
+    for position, child in enumerate(answer.subtasks, start=1):
+        criteria = [_clip(c, limits.MAX_ITEM_CHARS) for c in child.acceptance_criteria if c.strip()]
+        subtasks.append(
+            task_pb2.Subtask(
+                key=child.key or str(position),
+                title=_clip(child.title, limits.MAX_TITLE_CHARS),
+                description=_clip(child.description, limits.MAX_DESCRIPTION_CHARS),
+                acceptance_criteria=criteria[: limits.MAX_LIST_ITEMS],
+                # Order kept, repeats dropped: a repeated dependency means nothing more.
+                depends_on=list(dict.fromkeys(d for d in child.depends_on if d)),
+                atomic=child.atomic,
+                atomic_reason=_clip(child.atomic_reason, limits.MAX_ITEM_CHARS),
+                estimate_hours=child.estimate_hours,
+            )
+        )
+    errors = subtask_errors(
+        [SubtaskShape(key=s.key, title=s.title, depends_on=list(s.depends_on)) for s in subtasks],
+        parent_title=parent_title,
+    )
+    if errors:
+        raise InvalidAnswer(errors[:MAX_REPORTED_ERRORS])
+    return subtasks
