@@ -105,6 +105,8 @@ class ProjectDefinition(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     MAX_DEPTH_FIELD_NUMBER: _builtins.int
+    MAX_TASKS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Short name of the project, 1 to 200 characters. Required."""
     description: _builtins.str
@@ -114,6 +116,14 @@ class ProjectDefinition(_message.Message):
     max_depth: _builtins.int
     """How many levels of decomposition below the top-level tasks; 0 means the leader's default
     (its --max-depth). The top-level tasks are depth 0; a task at depth max_depth is a leaf.
+    """
+    max_tasks: _builtins.int
+    """Budget: at most this many tasks in the tree; children past it are stored as leaves with
+    stop_reason "task budget reached". 0 means the leader's limit (200,000).
+    """
+    max_tokens: _builtins.int
+    """Budget: LLM tokens (prompt + completion) the project may spend; once spent, tasks still queued
+    become leaves with stop_reason "token budget reached". 0 means no budget.
     """
     @_builtins.property
     def goals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -138,10 +148,12 @@ class ProjectDefinition(_message.Message):
         constraints: _abc.Iterable[_builtins.str] | None = ...,
         tasks: _abc.Iterable[Global___TaskSpec] | None = ...,
         max_depth: _builtins.int = ...,
+        max_tasks: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "description", b"description", "goals", b"goals", "max_depth", b"max_depth", "name", b"name", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "description", b"description", "goals", b"goals", "max_depth", b"max_depth", "max_tasks", b"max_tasks", "max_tokens", b"max_tokens", "name", b"name", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,6 +212,7 @@ class ProjectSummary(_message.Message):
     MAX_DEPTH_FIELD_NUMBER: _builtins.int
     LATE_RESULTS_REFUSED_FIELD_NUMBER: _builtins.int
     LEASES_EXPIRED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The id the leader gave the project at submission."""
     name: _builtins.str
@@ -230,6 +243,10 @@ class ProjectSummary(_message.Message):
     """Results refused because their lease was stale (late or duplicate runners)."""
     leases_expired: _builtins.int
     """Leases that expired or were lost with their runner, each followed by a retry or a dead letter."""
+    @_builtins.property
+    def usage(self) -> Global___LlmUsage:
+        """LLM usage of the whole project, as runners reported it."""
+
     def __init__(
         self,
         *,
@@ -248,14 +265,61 @@ class ProjectSummary(_message.Message):
         max_depth: _builtins.int = ...,
         late_results_refused: _builtins.int = ...,
         leases_expired: _builtins.int = ...,
+        usage: Global___LlmUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "created_at_unix_ms", b"created_at_unix_ms", "dead", b"dead", "done", b"done", "error", b"error", "finished_at_unix_ms", b"finished_at_unix_ms", "late_results_refused", b"late_results_refused", "leased", b"leased", "leases_expired", b"leases_expired", "max_depth", b"max_depth", "name", b"name", "project_id", b"project_id", "queued", b"queued", "state", b"state", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "created_at_unix_ms", b"created_at_unix_ms", "dead", b"dead", "done", b"done", "error", b"error", "finished_at_unix_ms", b"finished_at_unix_ms", "late_results_refused", b"late_results_refused", "leased", b"leased", "leases_expired", b"leases_expired", "max_depth", b"max_depth", "name", b"name", "project_id", b"project_id", "queued", b"queued", "state", b"state", "total", b"total", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProjectSummary: _TypeAlias = ProjectSummary  # noqa: Y015
+
+@_typing.final
+class LlmUsage(_message.Message):
+    """LLM usage summed over a project."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    REASKS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    RATE_LIMITED_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
+    prompt_tokens: _builtins.int
+    """Prompt tokens, as the endpoint reported them."""
+    completion_tokens: _builtins.int
+    """Completion tokens, as the endpoint reported them."""
+    calls: _builtins.int
+    """Chat completion calls made (re-asks included, cache hits excluded)."""
+    reasks: _builtins.int
+    """Calls that re-asked the LLM after an invalid answer."""
+    failures: _builtins.int
+    """Attempts that ended in FailTask."""
+    rate_limited: _builtins.int
+    """Answers the endpoint refused with HTTP 429."""
+    cache_hits: _builtins.int
+    """Decompositions answered from a runner's cache, without an LLM call."""
+    def __init__(
+        self,
+        *,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        calls: _builtins.int = ...,
+        reasks: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        rate_limited: _builtins.int = ...,
+        cache_hits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "calls", b"calls", "completion_tokens", b"completion_tokens", "failures", b"failures", "prompt_tokens", b"prompt_tokens", "rate_limited", b"rate_limited", "reasks", b"reasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LlmUsage: _TypeAlias = LlmUsage  # noqa: Y015
 
 @_typing.final
 class TaskNode(_message.Message):
@@ -277,6 +341,7 @@ class TaskNode(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Hierarchical id, e.g. "1.2.3": the top-level task's position, then each ancestor's position
     among its siblings, counted from 1 in the order the LLM gave them.
@@ -301,6 +366,10 @@ class TaskNode(_message.Message):
     """Leases granted for this task so far."""
     last_error: _builtins.str
     """The last error of a failed or expired attempt; empty if none."""
+    stop_reason: _builtins.str
+    """Why the task has no children: "atomic", "max depth reached", "fewer than 2 subtasks",
+    "task budget reached", "token budget reached"; empty for a decomposed or dead task.
+    """
     @_builtins.property
     def acceptance_criteria(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Testable statements that say when the task is done."""
@@ -330,10 +399,11 @@ class TaskNode(_message.Message):
         attempts: _builtins.int = ...,
         last_error: _builtins.str = ...,
         children: _abc.Iterable[Global___TaskNode] | None = ...,
+        stop_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "atomic", b"atomic", "atomic_reason", b"atomic_reason", "attempts", b"attempts", "children", b"children", "depends_on", b"depends_on", "depth", b"depth", "description", b"description", "estimate_hours", b"estimate_hours", "id", b"id", "last_error", b"last_error", "parent_id", b"parent_id", "status", b"status", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_criteria", b"acceptance_criteria", "atomic", b"atomic", "atomic_reason", b"atomic_reason", "attempts", b"attempts", "children", b"children", "depends_on", b"depends_on", "depth", b"depth", "description", b"description", "estimate_hours", b"estimate_hours", "id", b"id", "last_error", b"last_error", "parent_id", b"parent_id", "status", b"status", "stop_reason", b"stop_reason", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

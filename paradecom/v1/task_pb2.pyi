@@ -186,22 +186,38 @@ class Usage(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     CALLS_FIELD_NUMBER: _builtins.int
+    REASKS_FIELD_NUMBER: _builtins.int
+    RATE_LIMITED_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Prompt tokens, as the endpoint reported them."""
     completion_tokens: _builtins.int
     """Completion tokens, as the endpoint reported them."""
     calls: _builtins.int
-    """Chat completion calls made."""
+    """Chat completion calls made (re-asks included, cache hits excluded)."""
+    reasks: _builtins.int
+    """Calls that re-asked after an invalid answer."""
+    rate_limited: _builtins.int
+    """Answers the endpoint refused with HTTP 429."""
+    retry_after_ms: _builtins.int
+    """The longest Retry-After among those 429s, in milliseconds; 0 if none was given."""
+    cache_hits: _builtins.int
+    """1 when the decomposition came from the runner's cache without an LLM call."""
     def __init__(
         self,
         *,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         calls: _builtins.int = ...,
+        reasks: _builtins.int = ...,
+        rate_limited: _builtins.int = ...,
+        retry_after_ms: _builtins.int = ...,
+        cache_hits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "calls", b"calls", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "rate_limited", b"rate_limited", "reasks", b"reasks", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

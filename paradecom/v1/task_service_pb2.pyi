@@ -112,14 +112,19 @@ class SubmitResultRequest(_message.Message):
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     SUBTASKS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id, from its lease."""
     lease_token: _builtins.str
     """The lease token the work was done under."""
+    stop_reason: _builtins.str
+    """Set, with no subtasks, when the task needs no decomposition: the task becomes a leaf with this
+    reason (for example "atomic" or "fewer than 2 subtasks"). At most 200 characters.
+    """
     @_builtins.property
     def subtasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Subtask]:
         """The children, in order; 1 to the leader's fan-out limit. Keys unique, depends_on naming
-        sibling keys only, no cycles.
+        sibling keys only, no cycles. Empty only together with stop_reason.
         """
 
     @_builtins.property
@@ -133,10 +138,11 @@ class SubmitResultRequest(_message.Message):
         lease_token: _builtins.str = ...,
         subtasks: _abc.Iterable[_task_pb2.Subtask] | None = ...,
         usage: _task_pb2.Usage | None = ...,
+        stop_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "subtasks", b"subtasks", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "stop_reason", b"stop_reason", "subtasks", b"subtasks", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -176,19 +182,27 @@ class ExtendLeaseRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id, from its lease."""
     lease_token: _builtins.str
     """The current lease token."""
+    @_builtins.property
+    def usage(self) -> _task_pb2.Usage:
+        """LLM usage since this lease's previous heartbeat. A runner that meets an HTTP 429 heartbeats at
+        once with rate_limited set, so the leader can slow dispatch for every runner.
+        """
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         lease_token: _builtins.str = ...,
+        usage: _task_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
