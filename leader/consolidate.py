@@ -77,6 +77,7 @@ def build_tree(
             status=status[t.state],
             attempts=t.attempts,
             last_error=t.last_error,
+            stop_reason=t.stop_reason,
         )
         if t.parent_id is not None:
             children[t.parent_id].append((t.position, t.id))

@@ -133,6 +133,8 @@ class DecompositionLeader:
                     created_ms=now_ms,
                     finished_ms=0,
                     counts={QUEUED: len(rows)},
+                    max_tasks=msg.max_tasks,
+                    max_tokens=msg.max_tokens,
                 )
             )
             self.store.insert_tasks(rows)
@@ -168,6 +170,7 @@ class DecompositionLeader:
             max_depth=row.max_depth,
             late_results_refused=row.late_results_refused,
             leases_expired=row.leases_expired,
+            usage=project_pb2.LlmUsage(**row.usage),
         )
 
     def list_projects(
@@ -234,9 +237,11 @@ class DecompositionLeader:
         lease_token: str,
         subtasks: Sequence[task_pb2.Subtask],
         usage: task_pb2.Usage | None = None,
+        stop_reason: str = "",
     ) -> Accepted:
-        """File a task's subtasks under its lease; queue the children that need decomposing."""
-        return self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage())
+        """File a task's subtasks under its lease; queue the children that need decomposing. No
+        subtasks with a `stop_reason` makes the task a leaf for that reason."""
+        return self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
 
     def extend_lease(self, task_id: str, lease_token: str) -> tuple[int, bool]:
         return self.lifecycle.extend(task_id, lease_token)

@@ -42,6 +42,7 @@ from .store import (
     P_FAILED,
     QUEUED,
     RUNNING,
+    ProjectRow,
     Store,
     TaskRow,
 )
@@ -55,6 +56,7 @@ STATUS = {
 }
 
 MAX_SIBLING_TITLES = 30
+MAX_STOP_REASON_CHARS = 200
 
 
 class LeaseError(Exception):
@@ -103,12 +105,27 @@ class Accepted:
     children_queued: int
 
 
-def _digest(subtasks: Sequence[task_pb2.Subtask]) -> str:
-    h = hashlib.sha256()
+def _digest(subtasks: Sequence[task_pb2.Subtask], stop_reason: str) -> str:
+    h = hashlib.sha256(stop_reason.encode())
     for s in subtasks:
-        h.update(s.SerializeToString(deterministic=True))
         h.update(b"\x00")
+        h.update(s.SerializeToString(deterministic=True))
     return h.hexdigest()
+
+
+def _add_usage(project: ProjectRow, usage: task_pb2.Usage, *, failed: bool = False) -> None:
+    """Add one attempt's LLM usage to the project's totals (the fields of LlmUsage)."""
+    totals = project.usage
+    for name, value in (
+        ("prompt_tokens", usage.prompt_tokens),
+        ("completion_tokens", usage.completion_tokens),
+        ("calls", usage.calls),
+        ("reasks", usage.reasks),
+        ("rate_limited", usage.rate_limited),
+        ("cache_hits", usage.cache_hits),
+        ("failures", int(failed)),
+    ):
+        totals[name] = totals.get(name, 0) + value
 
 
 class TaskLifecycle:
@@ -220,22 +237,38 @@ class TaskLifecycle:
     # The transitions.
 
     def grant(self, runner_id: str, limit: int) -> list[TaskRow]:
-        """Lease up to `limit` ready tasks to `runner_id`: attempt + 1, a fresh token, an expiry."""
+        """Lease up to `limit` ready tasks to `runner_id`: attempt + 1, a fresh token, an expiry.
+        A ready task whose project has spent its token budget becomes a leaf instead."""
         now = self._now_ms()
         granted: list[TaskRow] = []
+        stopped: set[str] = set()
         with self.store.transaction():
-            for task_id in self.store.ready_task_ids(now, limit):
-                task = self.store.get_task(task_id)
-                assert task is not None and task.state == QUEUED
-                task.attempts += 1
-                task.lease_token = secrets.token_hex(16)
-                task.lease_expires_ms = now + self._timeout_ms()
-                task.runner_id = runner_id
-                task.not_before_ms = 0
-                self._move(task, LEASED)
-                self.leases_by_runner[runner_id] += 1
-                granted.append(task)
-        for project_id in {t.project_id for t in granted}:
+            while len(granted) < limit:
+                ready = self.store.ready_task_ids(now, limit - len(granted))
+                if not ready:
+                    break
+                for task_id in ready:
+                    task = self.store.get_task(task_id)
+                    assert task is not None and task.state == QUEUED
+                    project = self.store.get_project(task.project_id)
+                    assert project is not None
+                    spent = project.usage.get("prompt_tokens", 0) + project.usage.get("completion_tokens", 0)
+                    if project.max_tokens and spent >= project.max_tokens:
+                        task.stop_reason = "token budget reached"
+                        self._move(task, DONE)
+                        stopped.add(task.project_id)
+                        continue
+                    task.attempts += 1
+                    task.lease_token = secrets.token_hex(16)
+                    task.lease_expires_ms = now + self._timeout_ms()
+                    task.runner_id = runner_id
+                    task.not_before_ms = 0
+                    self._move(task, LEASED)
+                    self.leases_by_runner[runner_id] += 1
+                    granted.append(task)
+            for project_id in stopped:
+                self._finish_if_drained(project_id)
+        for project_id in {t.project_id for t in granted} | stopped:
             self.on_change(project_id)
         return granted
 
@@ -250,9 +283,17 @@ class TaskLifecycle:
             self.store.update_task(task)
             return task.lease_expires_ms, False
 
-    def accept(self, task_id: str, token: str, subtasks: Sequence[task_pb2.Subtask], usage: task_pb2.Usage) -> Accepted:
-        """The result of a task: store its children, queue those that need decomposing."""
-        digest = _digest(subtasks)
+    def accept(
+        self,
+        task_id: str,
+        token: str,
+        subtasks: Sequence[task_pb2.Subtask],
+        usage: task_pb2.Usage,
+        stop_reason: str = "",
+    ) -> Accepted:
+        """The result of a task: store its children, queue those that need decomposing. With no
+        subtasks and a `stop_reason`, the task itself becomes a leaf for that reason."""
+        digest = _digest(subtasks, stop_reason)
         with self.store.transaction():
             task = self._task(task_id)
             if task.state == DONE and task.lease_token == token and task.result_digest is not None:
@@ -260,56 +301,62 @@ class TaskLifecycle:
                     return Accepted(duplicate=True, children_queued=0)
                 raise LeaseError(f"task {task_id}: a different result was already accepted under this lease")
             task = self._leased(task_id, token)
-            errors = subtask_errors(
-                [SubtaskShape(s.key, s.title, list(s.depends_on)) for s in subtasks], parent_title=task.title
-            )
-            if errors:
-                raise InvalidResult(f"task {task_id}: " + "; ".join(errors[:10]))
+            if subtasks:
+                errors = subtask_errors(
+                    [SubtaskShape(s.key, s.title, list(s.depends_on)) for s in subtasks], parent_title=task.title
+                )
+                if errors:
+                    raise InvalidResult(f"task {task_id}: " + "; ".join(errors[:10]))
+            elif not stop_reason:
+                raise InvalidResult(f"task {task_id}: no subtasks and no stop_reason")
             project = self.store.get_project(task.project_id)
             assert project is not None
-            room = limits.MAX_TASKS_PER_PROJECT - sum(project.counts.values())
-            children = []
-            for position, s in enumerate(subtasks, start=1):
-                depth = task.depth + 1
-                at_limit = depth >= project.max_depth
-                full = room <= len(subtasks)
-                leaf = s.atomic or at_limit or full
-                reason = s.atomic_reason
-                if not s.atomic:
-                    reason = "max depth reached" if at_limit else ("project task limit reached" if full else "")
-                children.append(
-                    TaskRow(
-                        id=0,
-                        project_id=task.project_id,
-                        parent_id=task.id,
-                        path=f"{task.path}.{position}",
-                        position=position,
-                        depth=depth,
-                        key=s.key,
-                        title=s.title.strip(),
-                        description=s.description,
-                        acceptance_criteria=list(s.acceptance_criteria),
-                        depends_on=list(s.depends_on),
-                        atomic=s.atomic,
-                        atomic_reason=reason,
-                        estimate_hours=max(0.0, s.estimate_hours),
-                        state=DONE if leaf else QUEUED,
-                    )
-                )
+            # The task budget is checked once per result: a tree may pass it by one fan-out.
+            full = sum(project.counts.values()) >= (project.max_tasks or limits.MAX_TASKS_PER_PROJECT)
+            children = [self._child(task, i, s, project.max_depth, full) for i, s in enumerate(subtasks, 1)]
             self.store.insert_tasks(children)
-            project.counts[DONE] = project.counts.get(DONE, 0) + sum(c.state == DONE for c in children)
             queued = sum(c.state == QUEUED for c in children)
+            project.counts[DONE] = project.counts.get(DONE, 0) + len(children) - queued
             project.counts[QUEUED] = project.counts.get(QUEUED, 0) + queued
-            project.prompt_tokens += usage.prompt_tokens
-            project.completion_tokens += usage.completion_tokens
-            project.llm_calls += usage.calls
+            _add_usage(project, usage)
             self.store.update_project(project)
             task.result_digest = digest
+            task.stop_reason = "" if subtasks else stop_reason[:MAX_STOP_REASON_CHARS]
             task.last_error = ""
             self._move(task, DONE)
             self._finish_if_drained(task.project_id)
         self.on_change(task.project_id)
         return Accepted(duplicate=False, children_queued=queued)
+
+    @staticmethod
+    def _child(parent: TaskRow, position: int, s: task_pb2.Subtask, max_depth: int, full: bool) -> TaskRow:
+        """A subtask as a stored task: queued for decomposition, or a leaf with its stop reason."""
+        depth = parent.depth + 1
+        stop = ""
+        if s.atomic:
+            stop = "atomic"
+        elif depth >= max_depth:
+            stop = "max depth reached"
+        elif full:
+            stop = "task budget reached"
+        return TaskRow(
+            id=0,
+            project_id=parent.project_id,
+            parent_id=parent.id,
+            path=f"{parent.path}.{position}",
+            position=position,
+            depth=depth,
+            key=s.key,
+            title=s.title.strip(),
+            description=s.description,
+            acceptance_criteria=list(s.acceptance_criteria),
+            depends_on=list(s.depends_on),
+            atomic=s.atomic,
+            atomic_reason=s.atomic_reason,
+            estimate_hours=max(0.0, s.estimate_hours),
+            state=DONE if stop else QUEUED,
+            stop_reason=stop,
+        )
 
     def fail(self, task_id: str, token: str, error: str, retryable: bool, usage: task_pb2.Usage) -> str:
         """A runner could not decompose the task: retry after a backoff, or dead-letter it."""
@@ -317,9 +364,7 @@ class TaskLifecycle:
             task = self._leased(task_id, token)
             project = self.store.get_project(task.project_id)
             assert project is not None
-            project.prompt_tokens += usage.prompt_tokens
-            project.completion_tokens += usage.completion_tokens
-            project.llm_calls += usage.calls
+            _add_usage(project, usage, failed=True)
             self.store.update_project(project)
             state = self._retry_or_bury(task, error or "runner reported a failure", retryable=retryable)
             self._finish_if_drained(task.project_id)

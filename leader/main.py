@@ -10,6 +10,7 @@ from paradecom.errors import ConfigError
 from paradecom.logs import configure_logging
 
 from .lifecycle import LeaseConfig
+from .llm_budget import MAX_RPM, MAX_TPM
 from .server import LeaderSettings, serve
 
 PROG = "paradecom-leader"
@@ -49,6 +50,20 @@ def build_parser() -> Parser:
         metavar="N",
         help="default depth limit for projects that set none (default 3)",
     )
+    parser.add_argument(
+        "--llm-rpm",
+        type=int_range(0, MAX_RPM),
+        default=0,
+        metavar="N",
+        help="LLM requests per minute over all runners together (default 0: no limit)",
+    )
+    parser.add_argument(
+        "--llm-tpm",
+        type=int_range(0, MAX_TPM),
+        default=0,
+        metavar="N",
+        help="LLM tokens per minute over all runners together (default 0: no limit)",
+    )
     add_logging_flags(parser)
     return parser  # fmt: skip
 
@@ -63,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         disconnect_grace_s=args.lease_timeout / 2,
     )
     try:
-        asyncio.run(serve(LeaderSettings(listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth)))
+        settings = LeaderSettings(
+            listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth,
+            llm_rpm=args.llm_rpm, llm_tpm=args.llm_tpm,
+        )  # fmt: skip
+        asyncio.run(serve(settings))
     except ConfigError as exc:
         return fail(PROG, str(exc))
     except KeyboardInterrupt:

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from paradecom.v1 import task_service_pb2
+from paradecom.v1 import task_pb2, task_service_pb2
 
 from .core import DecompositionLeader
 from .lifecycle import LeaseError
+from .llm_budget import LlmBudget, estimate_tokens
 
 log = structlog.get_logger("paradecom.leader.scheduler")
 
@@ -33,11 +34,15 @@ class RunnerSession:
 class Scheduler:
     """Matches ready tasks with free runner slots."""
 
-    def __init__(self, leader: DecompositionLeader) -> None:
+    def __init__(self, leader: DecompositionLeader, budget: LlmBudget | None = None) -> None:
         self.leader = leader
+        self.budget = budget or LlmBudget()
         self.sessions: dict[str, RunnerSession] = {}
         self.draining = False
         self._turn = 0
+        # Token estimates of the tasks in flight, to correct the budget when their usage comes back.
+        self._estimates: dict[str, int] = {}
+        self._typical_estimate = estimate_tokens(0)
 
     def connect(self, runner_id: str, max_in_flight: int, peer: str = "") -> RunnerSession:
         """Register a runner's stream; a new stream with the same runner id replaces the old one."""
@@ -86,17 +91,39 @@ class Scheduler:
         # Start at a different runner each round, so a short queue is spread over all of them.
         self._turn = (self._turn + 1) % len(sessions)
         handed = 0
+        leases = self.leader.lifecycle.leases_by_runner
         for session in sessions[self._turn :] + sessions[: self._turn]:
-            free = session.max_in_flight - self.leader.lifecycle.leases_by_runner.get(session.runner_id, 0)
+            free = session.max_in_flight - leases.get(session.runner_id, 0)
             if free <= 0:
                 continue
-            assignments = self.leader.lease_tasks(session.runner_id, free)
+            allowed = self.budget.admit(free, sum(leases.values()), self._typical_estimate)
+            if allowed <= 0:
+                break  # the budget holds everything back; run() wakes when it has room
+            assignments = self.leader.lease_tasks(session.runner_id, allowed)
             for assignment in assignments:
+                estimate = estimate_tokens(assignment.ByteSize())
+                self._estimates[assignment.lease.task_id] = estimate
+                self._typical_estimate = estimate
+                self.budget.spend(1, estimate)
                 session.outbox.put_nowait(task_service_pb2.PullTaskResponse(assignment=assignment))
             handed += len(assignments)
-            if len(assignments) < free:
+            if len(assignments) < allowed:
                 break  # the queue is empty
         return handed
+
+    def settled(self, task_id: str, usage: task_pb2.Usage, *, ok: bool) -> None:
+        """A task's result or failure came back: correct the budget's estimates with its usage."""
+        estimate = self._estimates.pop(task_id, self._typical_estimate)
+        if usage.calls or usage.prompt_tokens or usage.completion_tokens:
+            self.budget.spend(usage.calls - 1, usage.prompt_tokens + usage.completion_tokens - estimate)
+        if ok and not usage.rate_limited:
+            self.budget.on_success(sum(s.max_in_flight for s in self.sessions.values()))
+
+    def rate_limited(self, usage: task_pb2.Usage) -> None:
+        """A runner met 429s (reported with a heartbeat): slow every runner down."""
+        in_flight = sum(self.leader.lifecycle.leases_by_runner.values())
+        self.budget.on_rate_limited(usage.rate_limited, usage.retry_after_ms / 1000, in_flight)
+        log.info("rate limited", count=usage.rate_limited, in_flight=in_flight, cap=self.budget.cap)
 
     async def run(self) -> None:
         """Dispatch whenever something changed, or when the next retry backoff ends."""
@@ -105,7 +132,10 @@ class Scheduler:
             feed.any_change.clear()
             self.dispatch()
             now_ms = int(self.leader.clock() * 1000)
-            wait = self.leader.seconds_until(self.leader.store.next_backoff_ms(now_ms))
-            timeout = MAX_IDLE_S if wait is None else min(wait, MAX_IDLE_S)
+            waits = [
+                self.leader.seconds_until(self.leader.store.next_backoff_ms(now_ms)),
+                self.budget.seconds_until_room(self._typical_estimate),
+            ]
+            timeout = min([MAX_IDLE_S, *(w for w in waits if w is not None)])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(feed.any_change.wait(), timeout)

@@ -17,6 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
 from paradecom.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     project_service_pb2,
     project_service_pb2_grpc,
     task_service_pb2,
@@ -26,8 +28,9 @@ from paradecom.v1 import (
 from .core import DecompositionLeader
 from .lease_clock import LeaseClock
 from .lifecycle import LeaseConfig
+from .llm_budget import LlmBudget
 from .scheduler import Scheduler
-from .service import ProjectService, TaskService
+from .service import AdminService, ProjectService, TaskService
 from .store import SqliteStore
 
 log = structlog.get_logger("paradecom.leader")
@@ -35,6 +38,7 @@ log = structlog.get_logger("paradecom.leader")
 SERVICE_NAMES = (
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 # How long in-flight RPCs may finish after a stop signal before the server cancels them.
 STOP_GRACE_S = 5.0
@@ -46,6 +50,8 @@ class LeaderSettings:
     db: str
     lease: LeaseConfig
     max_depth: int
+    llm_rpm: int = 0
+    llm_tpm: int = 0
 
 
 class LeaderServer:
@@ -58,7 +64,7 @@ class LeaderServer:
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the store {settings.db}: {exc}") from None
         self.leader = DecompositionLeader(self.store, settings.lease, default_max_depth=settings.max_depth)
-        self.scheduler = Scheduler(self.leader)
+        self.scheduler = Scheduler(self.leader, LlmBudget(settings.llm_rpm, settings.llm_tpm))
         self.clock = LeaseClock(self.leader)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -70,6 +76,7 @@ class LeaderServer:
         running = self.store.running_project_ids()
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(self.leader, self.scheduler), self.server)
         project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectService(self.leader), self.server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.scheduler), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         host, _ = parse_address(self.settings.listen)
@@ -91,6 +98,7 @@ class LeaderServer:
             "leader serving", address=address, db=self.settings.db, running_projects=len(running),
             leases_renewed=renewed, lease_timeout_s=self.settings.lease.lease_timeout_s,
             max_attempts=self.settings.lease.max_attempts, max_depth=self.settings.max_depth,
+            llm_rpm=self.settings.llm_rpm, llm_tpm=self.settings.llm_tpm,
         )  # fmt: skip
         return address
 

@@ -12,6 +12,8 @@ import structlog
 from paradecom import limits
 from paradecom.errors import ProjectFileError
 from paradecom.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     project_pb2,
     project_service_pb2,
     project_service_pb2_grpc,
@@ -21,7 +23,7 @@ from paradecom.v1 import (
 )
 
 from .core import DecompositionLeader
-from .lifecycle import LeaseError
+from .lifecycle import MAX_STOP_REASON_CHARS, LeaseError
 from .scheduler import Scheduler
 
 log = structlog.get_logger("paradecom.leader.service")
@@ -76,14 +78,20 @@ def _require_id(name: str, value: str) -> str:
 
 
 def _check_usage(usage: task_pb2.Usage) -> None:
-    if usage.prompt_tokens < 0 or usage.completion_tokens < 0 or usage.calls < 0:
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.calls, usage.reasks, usage.rate_limited,
+              usage.retry_after_ms, usage.cache_hits)  # fmt: skip
+    if any(c < 0 for c in counts):
         raise BadRequest("usage counts must not be negative")
 
 
-def _check_subtasks(subtasks: list[task_pb2.Subtask]) -> None:
+def _check_subtasks(subtasks: list[task_pb2.Subtask], stop_reason: str) -> None:
     """Sizes only; the structural rules (keys, titles, dependencies) are the lifecycle's."""
-    if not subtasks:
-        raise BadRequest("subtasks: at least one is required")
+    if len(stop_reason) > MAX_STOP_REASON_CHARS:
+        raise BadRequest(f"stop_reason is longer than {MAX_STOP_REASON_CHARS} characters")
+    if stop_reason and subtasks:
+        raise BadRequest("stop_reason goes with no subtasks: a task is either decomposed or a leaf")
+    if not subtasks and not stop_reason:
+        raise BadRequest("subtasks: at least one is required (or none with a stop_reason)")
     if len(subtasks) > limits.MAX_SUBTASKS:
         raise BadRequest(f"subtasks: {len(subtasks)} is more than the limit of {limits.MAX_SUBTASKS}")
     for i, s in enumerate(subtasks, start=1):
@@ -137,9 +145,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         def call() -> task_service_pb2.SubmitResultResponse:
             _require_id("task_id", request.task_id)
             _require_id("lease_token", request.lease_token)
-            _check_subtasks(list(request.subtasks))
+            _check_subtasks(list(request.subtasks), request.stop_reason)
             _check_usage(request.usage)
-            done = self.leader.process_results(request.task_id, request.lease_token, request.subtasks, request.usage)
+            done = self.leader.process_results(
+                request.task_id, request.lease_token, request.subtasks, request.usage, request.stop_reason
+            )
+            if not done.duplicate:
+                self.scheduler.settled(request.task_id, request.usage, ok=True)
             return task_service_pb2.SubmitResultResponse(duplicate=done.duplicate, children_queued=done.children_queued)
 
         return await _guard(context, call)
@@ -150,7 +162,10 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         def call() -> task_service_pb2.ExtendLeaseResponse:
             _require_id("task_id", request.task_id)
             _require_id("lease_token", request.lease_token)
+            _check_usage(request.usage)
             expires, cancelled = self.leader.extend_lease(request.task_id, request.lease_token)
+            if request.usage.rate_limited:
+                self.scheduler.rate_limited(request.usage)
             return task_service_pb2.ExtendLeaseResponse(expires_at_unix_ms=expires, cancelled=cancelled)
 
         return await _guard(context, call)
@@ -177,6 +192,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 request.task_id, request.lease_token, request.error[: limits.MAX_ERROR_CHARS], request.retryable,
                 request.usage,
             )  # fmt: skip
+            self.scheduler.settled(request.task_id, request.usage, ok=False)
             return task_service_pb2.FailTaskResponse(status=status)
 
         return await _guard(context, call)
@@ -269,5 +285,41 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
             if self.leader.cancel_project(request.project_id):
                 log.info("project cancelled", project_id=request.project_id)
             return project_service_pb2.CancelProjectResponse(project=self._summary(request.project_id))
+
+        return await _guard(context, call)
+
+
+class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
+    """Operating the leader: the global LLM budget."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def _budget(self) -> admin_service_pb2.LlmBudget:
+        b = self.scheduler.budget
+        return admin_service_pb2.LlmBudget(
+            requests_per_minute=b.rpm,
+            tokens_per_minute=b.tpm,
+            adaptive_concurrency=0 if b.cap is None else int(b.cap),
+            rate_limited=b.rate_limited,
+            paused_ms=b.paused_ms(),
+        )
+
+    async def GetLlmBudget(
+        self, request: admin_service_pb2.GetLlmBudgetRequest, context: Context
+    ) -> admin_service_pb2.GetLlmBudgetResponse:
+        return admin_service_pb2.GetLlmBudgetResponse(budget=self._budget())
+
+    async def SetLlmBudget(
+        self, request: admin_service_pb2.SetLlmBudgetRequest, context: Context
+    ) -> admin_service_pb2.SetLlmBudgetResponse:
+        def call() -> admin_service_pb2.SetLlmBudgetResponse:
+            try:
+                self.scheduler.budget.set_limits(request.requests_per_minute, request.tokens_per_minute)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            self.scheduler.leader.feed.any_change.set()
+            log.info("llm budget changed", rpm=request.requests_per_minute, tpm=request.tokens_per_minute)
+            return admin_service_pb2.SetLlmBudgetResponse(budget=self._budget())
 
         return await _guard(context, call)

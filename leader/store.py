@@ -60,6 +60,7 @@ class TaskRow:
     not_before_ms: int = 0
     last_error: str = ""
     result_digest: str | None = None
+    stop_reason: str = ""  # why a leaf has no children ("atomic", "max depth reached", ...)
 
 
 @dataclass
@@ -78,9 +79,9 @@ class ProjectRow:
     counts: dict[str, int] = field(default_factory=dict)  # state -> number of tasks
     late_results_refused: int = 0
     leases_expired: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    llm_calls: int = 0
+    usage: dict[str, int] = field(default_factory=dict)  # LlmUsage field -> total
+    max_tasks: int = 0  # 0: the leader's limit
+    max_tokens: int = 0  # 0: no token budget
 
 
 class Store(Protocol):
@@ -121,9 +122,9 @@ CREATE TABLE IF NOT EXISTS projects (
     counts TEXT NOT NULL DEFAULT '{}',
     late_results_refused INTEGER NOT NULL DEFAULT 0,
     leases_expired INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    llm_calls INTEGER NOT NULL DEFAULT 0
+    usage TEXT NOT NULL DEFAULT '{}',
+    max_tasks INTEGER NOT NULL DEFAULT 0,
+    max_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY,
@@ -148,6 +149,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     not_before_ms INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     result_digest TEXT,
+    stop_reason TEXT NOT NULL DEFAULT '',
     UNIQUE (project_id, path)
 );
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (id) WHERE state = 'queued';
@@ -162,11 +164,11 @@ CREATE INDEX IF NOT EXISTS projects_state ON projects (state);
 _TASK_COLUMNS = (
     "id, project_id, parent_id, path, position, depth, key, title, description, acceptance_criteria,"
     " depends_on, atomic, atomic_reason, estimate_hours, state, attempts, lease_token, lease_expires_ms,"
-    " runner_id, not_before_ms, last_error, result_digest"
+    " runner_id, not_before_ms, last_error, result_digest, stop_reason"
 )
 _PROJECT_COLUMNS = (
     "id, seq, name, definition, max_depth, state, error, created_ms, finished_ms, counts,"
-    " late_results_refused, leases_expired, prompt_tokens, completion_tokens, llm_calls"
+    " late_results_refused, leases_expired, usage, max_tasks, max_tokens"
 )
 
 
@@ -177,7 +179,7 @@ def _task(row: sqlite3.Row | tuple[Any, ...]) -> TaskRow:
         title=r[7], description=r[8], acceptance_criteria=json.loads(r[9]), depends_on=json.loads(r[10]),
         atomic=bool(r[11]), atomic_reason=r[12], estimate_hours=r[13], state=r[14], attempts=r[15],
         lease_token=r[16], lease_expires_ms=r[17], runner_id=r[18], not_before_ms=r[19], last_error=r[20],
-        result_digest=r[21],
+        result_digest=r[21], stop_reason=r[22],
     )  # fmt: skip
 
 
@@ -186,7 +188,7 @@ def _task_values(t: TaskRow) -> tuple[Any, ...]:
         t.project_id, t.parent_id, t.path, t.position, t.depth, t.key, t.title, t.description,
         json.dumps(t.acceptance_criteria), json.dumps(t.depends_on), int(t.atomic), t.atomic_reason,
         t.estimate_hours, t.state, t.attempts, t.lease_token, t.lease_expires_ms, t.runner_id,
-        t.not_before_ms, t.last_error, t.result_digest,
+        t.not_before_ms, t.last_error, t.result_digest, t.stop_reason,
     )  # fmt: skip
 
 
@@ -195,15 +197,15 @@ def _project(row: tuple[Any, ...]) -> ProjectRow:
     return ProjectRow(
         id=r[0], seq=r[1], name=r[2], definition=r[3], max_depth=r[4], state=r[5], error=r[6],
         created_ms=r[7], finished_ms=r[8], counts=json.loads(r[9]), late_results_refused=r[10],
-        leases_expired=r[11], prompt_tokens=r[12], completion_tokens=r[13], llm_calls=r[14],
+        leases_expired=r[11], usage=json.loads(r[12]), max_tasks=r[13], max_tokens=r[14],
     )  # fmt: skip
 
 
 def _project_values(p: ProjectRow) -> tuple[Any, ...]:
     return (
         p.seq, p.name, p.definition, p.max_depth, p.state, p.error, p.created_ms, p.finished_ms,
-        json.dumps(p.counts), p.late_results_refused, p.leases_expired, p.prompt_tokens,
-        p.completion_tokens, p.llm_calls,
+        json.dumps(p.counts), p.late_results_refused, p.leases_expired, json.dumps(p.usage), p.max_tasks,
+        p.max_tokens,
     )  # fmt: skip
 
 
@@ -292,7 +294,7 @@ class SqliteStore:
         cols = _TASK_COLUMNS.split(",", 1)[1]
         ids = []
         for t in rows:
-            cur = self._db.execute(f"INSERT INTO tasks ({cols}) VALUES ({', '.join('?' * 21)})", _task_values(t))
+            cur = self._db.execute(f"INSERT INTO tasks ({cols}) VALUES ({', '.join('?' * 22)})", _task_values(t))
             assert cur.lastrowid is not None
             t.id = cur.lastrowid
             ids.append(cur.lastrowid)

@@ -21,6 +21,7 @@ MAX_DEPTH_LIMIT = 10
 MAX_SUBTASKS = 20  # children of one task
 MAX_KEY_CHARS = 64
 MAX_TASKS_PER_PROJECT = 200_000
+MAX_PROJECT_TOKENS = 10**12
 
 # Cluster.
 MAX_RUNNERS = 64  # `paradecom run --runners`

@@ -27,7 +27,7 @@ from paradecom.v1 import project_pb2
 STDIN_PATH = "-"
 STDIN_SOURCE = "<stdin>"
 
-_PROJECT_FIELDS = ("name", "description", "goals", "constraints", "tasks", "max_depth")
+_PROJECT_FIELDS = ("name", "description", "goals", "constraints", "tasks", "max_depth", "max_tasks", "max_tokens")
 _TASK_FIELDS = ("title", "description", "acceptance_criteria")
 # DevAI's own task statement; its presence (without `description`) marks a DevAI instance.
 _DEVAI_QUERY = "query"
@@ -49,7 +49,8 @@ class SeedTask:
 class ProjectDefinition:
     """What a client submits: the project and, optionally, its seed tasks and depth limit.
 
-    `max_depth` None means the leader's default depth.
+    `max_depth` None means the leader's default depth. `max_tasks` and `max_tokens` are the
+    project's budgets (None: the leader's task limit, and no token budget).
     """
 
     name: str
@@ -58,6 +59,8 @@ class ProjectDefinition:
     constraints: list[str] = field(default_factory=list)
     tasks: list[SeedTask] = field(default_factory=list)
     max_depth: int | None = None
+    max_tasks: int | None = None
+    max_tokens: int | None = None
 
     def validate(self, source: str = "project") -> None:
         """Raise ProjectFileError naming `source` and the first field that breaks a rule in limits.py.
@@ -88,6 +91,16 @@ class ProjectDefinition:
                     "max_depth",
                     f"must be between 1 and {limits.MAX_DEPTH_LIMIT}, got {self.max_depth}",
                 )
+        for name, value, high in (
+            ("max_tasks", self.max_tasks, limits.MAX_TASKS_PER_PROJECT),
+            ("max_tokens", self.max_tokens, limits.MAX_PROJECT_TOKENS),
+        ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                _fail(source, name, f"expected an integer, got {_type_name(value)}")
+            if not 1 <= value <= high:
+                _fail(source, name, f"must be between 1 and {high:,}, got {value}")
 
     def to_proto(self) -> project_pb2.ProjectDefinition:
         """The wire form; a None max_depth becomes 0, which the leader reads as its default."""
@@ -105,6 +118,8 @@ class ProjectDefinition:
                 for t in self.tasks
             ],
             max_depth=self.max_depth or 0,
+            max_tasks=self.max_tasks or 0,
+            max_tokens=self.max_tokens or 0,
         )
 
     @classmethod
@@ -124,6 +139,8 @@ class ProjectDefinition:
                 for t in msg.tasks
             ],
             max_depth=msg.max_depth or None,
+            max_tasks=msg.max_tasks or None,
+            max_tokens=msg.max_tokens or None,
         )
 
     @classmethod
@@ -164,6 +181,8 @@ class ProjectDefinition:
             tasks=tasks,
             # Its type and range are checked by validate(), like those of a definition built in code.
             max_depth=data.get("max_depth"),
+            max_tasks=data.get("max_tasks"),
+            max_tokens=data.get("max_tokens"),
         )
 
 

@@ -55,7 +55,7 @@ async def decompose_sequentially(
             except DecompositionError as exc:
                 leader.fail_task(lease.task_id, lease.token, str(exc), exc.retryable, getattr(exc, "usage", None))
                 continue
-            leader.process_results(lease.task_id, lease.token, outcome.subtasks, outcome.usage)
+            leader.process_results(lease.task_id, lease.token, outcome.subtasks, outcome.usage, outcome.stop_reason)
         return TaskTree.from_proto(
             project_service_pb2.GetTaskTreeResponse(
                 project=summary, definition=leader.definition(project_id), tasks=leader.task_tree(project_id)

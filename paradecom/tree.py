@@ -20,6 +20,7 @@ FORMATS = ("json", "markdown")
 _TASK_STATUS_PREFIX = "TASK_STATUS_"
 _PROJECT_STATE_PREFIX = "PROJECT_STATE_"
 _COUNT_KEYS = ("total", "done", "dead", "queued", "leased", "cancelled")
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "calls", "reasks", "failures", "rate_limited", "cache_hits")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TreeTask:
     status: str = "queued"
     attempts: int = 0
     last_error: str = ""
+    stop_reason: str = ""
     children: list[TreeTask] = field(default_factory=list)
 
     @classmethod
@@ -62,6 +64,7 @@ class TreeTask:
             status=_enum_name(project_pb2.TaskStatus, node.status, _TASK_STATUS_PREFIX),
             attempts=node.attempts,
             last_error=node.last_error,
+            stop_reason=node.stop_reason,
             children=[cls.from_proto(child) for child in node.children],
         )
 
@@ -81,6 +84,7 @@ class TreeTask:
             "status": self.status,
             "attempts": self.attempts,
             "last_error": self.last_error,
+            "stop_reason": self.stop_reason,
             "children": [child.to_dict() for child in self.children],
         }
 
@@ -102,6 +106,7 @@ class TreeTask:
                 status=str(d.get("status", "queued")),
                 attempts=int(d.get("attempts", 0)),
                 last_error=str(d.get("last_error", "")),
+                stop_reason=str(d.get("stop_reason", "")),
                 children=[cls.from_dict(child) for child in d.get("children", [])],
             )
         except KeyError as e:
@@ -120,7 +125,8 @@ class TaskTree:
 
     `project` holds id, name, description, goals, constraints, max_depth, state ("running",
     "done", "cancelled" or "failed"), error (why it failed, else ""), counts (total, done, dead,
-    queued, leased, cancelled), late_results_refused and leases_expired.
+    queued, leased, cancelled), late_results_refused, leases_expired and usage (LLM prompt_tokens,
+    completion_tokens, calls, reasks, failures, rate_limited, cache_hits).
     """
 
     project: dict[str, Any]
@@ -143,6 +149,7 @@ class TaskTree:
             "counts": {key: getattr(summary, key) for key in _COUNT_KEYS},
             "late_results_refused": summary.late_results_refused,
             "leases_expired": summary.leases_expired,
+            "usage": {key: getattr(summary.usage, key) for key in _USAGE_KEYS},
         }
         return cls(project=project, tasks=[TreeTask.from_proto(node) for node in resp.tasks])
 
@@ -182,6 +189,15 @@ class TaskTree:
         estimate = sum(t.estimate_hours for t in leaves)
         if estimate > 0:
             lines += ["", f"Estimated effort: {_hours(estimate)} over {len(leaves)} leaf tasks."]
+        usage: Mapping[str, Any] = p.get("usage") or {}
+        if usage.get("calls") or usage.get("cache_hits"):
+            lines += [
+                "",
+                f"LLM: {usage.get('calls', 0)} calls ({usage.get('reasks', 0)} re-asks, {usage.get('failures', 0)} "
+                f"failed attempts, {usage.get('rate_limited', 0)} rate-limited, {usage.get('cache_hits', 0)} from "
+                f"cache), {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion "
+                "tokens.",
+            ]
         if p.get("error"):
             lines += ["", f"**Failed:** {_line(str(p['error']))}"]
         description = str(p.get("description", "")).strip()

@@ -34,6 +34,7 @@ from paradecom import grpc_options, limits
 from paradecom.errors import DecompositionError
 from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
+from .cache import DecompositionCache, cache_key
 from .llm import Completion, LLMClient, backoff_delay
 from .prompt import build_messages, reask_messages
 from .schema import InvalidAnswer, parse_decomposition
@@ -65,6 +66,10 @@ DEFAULT_LEASE_TIMEOUT_S = 30.0
 MIN_HEARTBEAT_S = 0.05
 REASON_SHUTDOWN = "runner shutting down"
 DEFAULT_MODEL = "gpt-4o-mini"
+# The fan-out asked of the LLM: more children than the maximum is an invalid answer (re-asked);
+# fewer than the minimum makes the task a leaf (a stop rule, recorded on the task).
+DEFAULT_MIN_SUBTASKS = 2
+DEFAULT_MAX_SUBTASKS = 7
 
 # The leader may be restarting: try again.
 _TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -86,6 +91,7 @@ class DecompositionOutcome:
 
     subtasks: list[task_pb2.Subtask]
     usage: task_pb2.Usage
+    stop_reason: str = ""  # set, with no subtasks, when the task is a leaf (the fan-out stop rule)
 
 
 class DecompositionFailed(DecompositionError):
@@ -167,6 +173,9 @@ class DecompositionRunner:
         llm: ChatClient | None = None,
         max_reasks: int = 2,
         drain_timeout: float = 30.0,
+        min_subtasks: int = DEFAULT_MIN_SUBTASKS,
+        max_subtasks: int = DEFAULT_MAX_SUBTASKS,
+        cache: DecompositionCache | None = None,
     ) -> None:
         if not 1 <= concurrency <= limits.MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be 1 to {limits.MAX_CONCURRENCY}, not {concurrency}")
@@ -174,12 +183,17 @@ class DecompositionRunner:
             raise ValueError(f"max_reasks must be 0 or more, not {max_reasks}")
         if drain_timeout < 0:
             raise ValueError(f"drain_timeout must be 0 or more, not {drain_timeout}")
+        if not 1 <= min_subtasks <= max_subtasks <= limits.MAX_SUBTASKS:
+            raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
         self.leader = leader
         self.concurrency = concurrency
         self.model = model or os.environ.get("PARADECOM_MODEL") or DEFAULT_MODEL
         self.runner_id = runner_id or default_runner_id()
         self.max_reasks = max_reasks
         self.drain_timeout = drain_timeout
+        self.min_subtasks = min_subtasks
+        self.max_subtasks = max_subtasks
+        self.cache = cache
         self._owns_llm = llm is None
         self._llm: ChatClient = llm if llm is not None else LLMClient(self.model)
         self._stop_requested = False
@@ -202,6 +216,17 @@ class DecompositionRunner:
         usage = task_pb2.Usage()
         messages = build_messages(assignment)
         parent_title = assignment.task.title
+        # The answer format (structured-output mode and schema) is part of what produced an answer.
+        key = cache_key(self.model, messages, getattr(self._llm, "answer_format", None)) if self.cache else ""
+        cached = self.cache.get(key) if self.cache else None
+        if cached is not None:
+            try:
+                outcome = self._outcome(parse_decomposition(cached, parent_title), usage)
+            except InvalidAnswer:
+                pass  # written by an older, laxer version: ask the LLM instead
+            else:
+                usage.cache_hits = 1
+                return outcome
         errors: list[str] = []
         answers = self.max_reasks + 1
         for answer_number in range(1, answers + 1):
@@ -216,18 +241,30 @@ class DecompositionRunner:
                     # missing subtasks, so it is never taken.
                     raise InvalidAnswer(["the answer was cut off at the length limit: write a shorter answer"])
                 subtasks = parse_decomposition(completion.text, parent_title)
+                if len(subtasks) > self.max_subtasks:
+                    raise InvalidAnswer([f"{len(subtasks)} subtasks: give at most {self.max_subtasks}"])
             except InvalidAnswer as exc:
                 errors = exc.errors
                 log.info("answer rejected", answer=answer_number, of=answers, errors=errors[:5])
                 if answer_number < answers:
                     messages = reask_messages(messages, completion.text, errors)
+                    usage.reasks += 1
                 continue
-            return DecompositionOutcome(subtasks=subtasks, usage=usage)
+            if self.cache:
+                self.cache.put(key, completion.text)
+            return self._outcome(subtasks, usage)
         raise DecompositionFailed(
             _clip_error(f"no valid decomposition in {answers} answers; last errors: " + "; ".join(errors)),
             retryable=True,
             usage=usage,
         )
+
+    def _outcome(self, subtasks: list[task_pb2.Subtask], usage: task_pb2.Usage) -> DecompositionOutcome:
+        """Apply the stop rule on fan-out: fewer than min_subtasks children make the task a leaf."""
+        if len(subtasks) < self.min_subtasks:
+            reason = f"fewer than {self.min_subtasks} subtasks"
+            return DecompositionOutcome(subtasks=[], usage=usage, stop_reason=reason)
+        return DecompositionOutcome(subtasks=subtasks, usage=usage)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -426,7 +463,11 @@ class DecompositionRunner:
         self, stub: TaskServiceAsyncStub, held: _Lease, outcome: DecompositionOutcome, started: float
     ) -> None:
         request = task_service_pb2.SubmitResultRequest(
-            task_id=held.task_id, lease_token=held.token, subtasks=outcome.subtasks, usage=outcome.usage
+            task_id=held.task_id,
+            lease_token=held.token,
+            subtasks=outcome.subtasks,
+            usage=outcome.usage,
+            stop_reason=outcome.stop_reason,
         )
         response = await self._settle("SubmitResult", held, lambda: stub.SubmitResult(request, timeout=RPC_DEADLINE_S))
         if response is not None:

@@ -92,3 +92,12 @@ def stubs() -> Iterator[
     yield make
     for c in channels:
         c.close()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own decomposition cache (inherited by the processes it starts), so no
+    test is answered from another's cache."""
+    directory = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("PARADECOM_CACHE_DIR", str(directory))
+    return directory

@@ -106,7 +106,8 @@ def test_children_queue_until_max_depth_and_atomic_ones_are_leaves(tmp_path: Pat
     (tree,) = leader.task_tree(pid)
     assert [c.id for c in tree.children] == ["1.1", "1.2", "1.3"]
     assert list(tree.children[1].depends_on) == ["1.1"]
-    assert [c.atomic_reason for c in tree.children[0].children] == ["max depth reached"] * 2
+    assert [c.stop_reason for c in tree.children[0].children] == ["max depth reached"] * 2
+    assert tree.children[2].stop_reason == "atomic" and tree.stop_reason == ""
 
 
 def test_duplicate_result_is_ok_and_a_different_one_is_refused(tmp_path: Path) -> None:
