@@ -1,4 +1,5 @@
-"""`paradecom`: the client CLI (submit, watch, result, run) and the fake LLM server (fake-llm).
+"""`paradecom`: the client CLI (submit, watch, result, run), the fake LLM server (fake-llm) and the
+DevAI scorer (eval).
 
 Exit status: 0 success; 1 the work did not succeed (project failed or cancelled, leader refused);
 2 bad input (flags, project file, configuration) or the leader cannot be reached.
@@ -81,12 +82,34 @@ def build_parser() -> Parser:
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
     _add_format(p)
 
+    p = sub.add_parser("budget", help="show or change the leader's global LLM budget while it runs")
+    _add_leader(p)
+    p.add_argument(
+        "--rpm",
+        type=int_range(0, 1_000_000),
+        default=None,
+        metavar="N",
+        help="LLM requests per minute over all runners (0: no limit)",
+    )
+    p.add_argument(
+        "--tpm",
+        type=int_range(0, 1_000_000_000),
+        default=None,
+        metavar="N",
+        help="LLM tokens per minute over all runners (0: no limit)",
+    )
+
     p = sub.add_parser("fake-llm", help="serve the fake OpenAI-compatible LLM (tests, demos, load)")
     from paradecom import fakellm
 
     fakellm.add_arguments(p)
 
-    for name in ("submit", "watch", "result", "run"):
+    p = sub.add_parser("eval", help="decompose DevAI instances and score the trees against their requirements")
+    from paradecom import evaluate
+
+    evaluate.add_arguments(p)
+
+    for name in ("submit", "watch", "result", "run", "budget"):
         add_logging_flags(sub.choices[name])
     return parser  # fmt: skip
 
@@ -167,7 +190,20 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"submit": _submit, "watch": _watch, "result": _result, "run": _run}
+async def _budget(args: argparse.Namespace) -> int:
+    from paradecom.client import LeaderClient
+
+    async with LeaderClient(args.leader) as client:
+        budget = await client.budget(args.rpm, args.tpm)
+    print(
+        f"requests_per_minute={budget.requests_per_minute} tokens_per_minute={budget.tokens_per_minute} "
+        f"adaptive_concurrency={budget.adaptive_concurrency or 'off'} rate_limited={budget.rate_limited} "
+        f"paused_ms={budget.paused_ms}"
+    )
+    return 0
+
+
+COMMANDS = {"submit": _submit, "watch": _watch, "result": _result, "run": _run, "budget": _budget}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         from paradecom import fakellm
 
         return fakellm.main_from_args(args)
+    if args.command == "eval":
+        from paradecom import evaluate
+
+        return evaluate.main_from_args(args)
     configure_logging(args.log_format, args.log_level)
     try:
         return asyncio.run(COMMANDS[args.command](args))

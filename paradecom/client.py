@@ -14,7 +14,13 @@ import grpc
 from paradecom.errors import LeaderError, LeaderRefusedError, LeaderUnavailableError
 from paradecom.grpc_options import insecure_channel
 from paradecom.project import ProjectDefinition
-from paradecom.v1 import project_pb2, project_service_pb2, project_service_pb2_grpc
+from paradecom.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    project_pb2,
+    project_service_pb2,
+    project_service_pb2_grpc,
+)
 
 TERMINAL_STATES = frozenset(
     {project_pb2.PROJECT_STATE_DONE, project_pb2.PROJECT_STATE_CANCELLED, project_pb2.PROJECT_STATE_FAILED}
@@ -41,6 +47,7 @@ class LeaderClient:
         self.address = address
         self._channel = insecure_channel(address)
         self._stub = project_service_pb2_grpc.ProjectServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
 
     async def __aenter__(self) -> LeaderClient:
         return self
@@ -124,3 +131,19 @@ class LeaderClient:
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from None
         return resp.project
+
+    async def budget(self, rpm: int | None = None, tpm: int | None = None) -> admin_service_pb2.LlmBudget:
+        """The leader's LLM budget; with rpm and/or tpm, change it first (the other keeps its value)."""
+        try:
+            current = (
+                await self._admin.GetLlmBudget(admin_service_pb2.GetLlmBudgetRequest(), timeout=CALL_TIMEOUT_S)
+            ).budget
+            if rpm is None and tpm is None:
+                return current
+            request = admin_service_pb2.SetLlmBudgetRequest(
+                requests_per_minute=current.requests_per_minute if rpm is None else rpm,
+                tokens_per_minute=current.tokens_per_minute if tpm is None else tpm,
+            )
+            return (await self._admin.SetLlmBudget(request, timeout=CALL_TIMEOUT_S)).budget
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
