@@ -57,6 +57,8 @@ STATUS = {
 
 MAX_SIBLING_TITLES = 30
 MAX_STOP_REASON_CHARS = 200
+BUDGET_TASKS = "task budget reached"
+BUDGET_TOKENS = "token budget reached"
 
 
 class LeaseError(Exception):
@@ -234,11 +236,19 @@ class TaskLifecycle:
         self._move(task, DEAD)
         return DEAD
 
+    @staticmethod
+    def _budget_spent(project: ProjectRow) -> str:
+        """The stop reason when the project may decompose no more tasks, else ""."""
+        if sum(project.counts.values()) >= (project.max_tasks or limits.MAX_TASKS_PER_PROJECT):
+            return BUDGET_TASKS
+        spent = project.usage.get("prompt_tokens", 0) + project.usage.get("completion_tokens", 0)
+        return BUDGET_TOKENS if project.max_tokens and spent >= project.max_tokens else ""
+
     # The transitions.
 
     def grant(self, runner_id: str, limit: int) -> list[TaskRow]:
         """Lease up to `limit` ready tasks to `runner_id`: attempt + 1, a fresh token, an expiry.
-        A ready task whose project has spent its token budget becomes a leaf instead."""
+        A ready task whose project has spent its task or token budget becomes a leaf instead."""
         now = self._now_ms()
         granted: list[TaskRow] = []
         stopped: set[str] = set()
@@ -252,9 +262,9 @@ class TaskLifecycle:
                     assert task is not None and task.state == QUEUED
                     project = self.store.get_project(task.project_id)
                     assert project is not None
-                    spent = project.usage.get("prompt_tokens", 0) + project.usage.get("completion_tokens", 0)
-                    if project.max_tokens and spent >= project.max_tokens:
-                        task.stop_reason = "token budget reached"
+                    stop = self._budget_spent(project)
+                    if stop:
+                        task.stop_reason = stop
                         self._move(task, DONE)
                         stopped.add(task.project_id)
                         continue
@@ -311,9 +321,11 @@ class TaskLifecycle:
                 raise InvalidResult(f"task {task_id}: no subtasks and no stop_reason")
             project = self.store.get_project(task.project_id)
             assert project is not None
-            # The task budget is checked once per result: a tree may pass it by one fan-out.
-            full = sum(project.counts.values()) >= (project.max_tasks or limits.MAX_TASKS_PER_PROJECT)
-            children = [self._child(task, i, s, project.max_depth, full) for i, s in enumerate(subtasks, 1)]
+            cap = project.max_tasks or limits.MAX_TASKS_PER_PROJECT
+            if sum(project.counts.values()) + len(subtasks) > cap:
+                # Storing these children would pass the task budget: the task stays a leaf.
+                subtasks, stop_reason = [], BUDGET_TASKS
+            children = [self._child(task, i, s, project.max_depth) for i, s in enumerate(subtasks, 1)]
             self.store.insert_tasks(children)
             queued = sum(c.state == QUEUED for c in children)
             project.counts[DONE] = project.counts.get(DONE, 0) + len(children) - queued
@@ -329,7 +341,7 @@ class TaskLifecycle:
         return Accepted(duplicate=False, children_queued=queued)
 
     @staticmethod
-    def _child(parent: TaskRow, position: int, s: task_pb2.Subtask, max_depth: int, full: bool) -> TaskRow:
+    def _child(parent: TaskRow, position: int, s: task_pb2.Subtask, max_depth: int) -> TaskRow:
         """A subtask as a stored task: queued for decomposition, or a leaf with its stop reason."""
         depth = parent.depth + 1
         stop = ""
@@ -337,8 +349,6 @@ class TaskLifecycle:
             stop = "atomic"
         elif depth >= max_depth:
             stop = "max depth reached"
-        elif full:
-            stop = "task budget reached"
         return TaskRow(
             id=0,
             project_id=parent.project_id,

@@ -19,11 +19,13 @@ def parallel_decompose_project(
     *,
     concurrency: int = 8,
     model: str | None = None,
+    cache: bool = True,
 ) -> TaskTree:
     """Decompose `project` (a definition, or the path of a project file) into a task tree.
 
     `runners` runner processes, each with `concurrency` LLM calls in flight, work for a local
-    leader; `runners=0` runs the sequential fallback in this process. The LLM endpoint comes from
+    leader; `runners=0` runs the sequential fallback in this process. `cache=False` asks the LLM
+    even for decompositions already made. The LLM endpoint comes from
     OPENAI_BASE_URL / OPENAI_API_KEY, as for the CLI. Raises ParaDecomError subclasses with a
     one-line message on bad input or a failed run.
     """
@@ -38,13 +40,15 @@ def parallel_decompose_project(
     definition = project if isinstance(project, ProjectDefinition) else load_project(project)
     definition.validate(source="project")
     if runners == 0:
-        return asyncio.run(_sequential(definition, model))
-    return asyncio.run(run_cluster(definition, RunOptions(runners=runners, concurrency=concurrency, model=model)))
+        return asyncio.run(_sequential(definition, model, cache))
+    options = RunOptions(runners=runners, concurrency=concurrency, model=model, cache=cache)
+    return asyncio.run(run_cluster(definition, options))
 
 
-async def _sequential(definition: ProjectDefinition, model: str | None) -> TaskTree:
+async def _sequential(definition: ProjectDefinition, model: str | None, cache: bool) -> TaskTree:
+    from paradecom.runner.cache import DecompositionCache
     from paradecom.runner.loop import DecompositionRunner
     from paradecom.sequential import decompose_sequentially
 
-    runner = DecompositionRunner("", concurrency=1, **({"model": model} if model else {}))
+    runner = DecompositionRunner("", concurrency=1, model=model, cache=DecompositionCache() if cache else None)
     return await decompose_sequentially(definition, runner)

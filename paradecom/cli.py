@@ -80,6 +80,7 @@ def build_parser() -> Parser:
         help="LLM calls in flight per runner (default 8)",
     )
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
+    p.add_argument("--no-cache", action="store_true", help="always ask the LLM, never the decomposition cache")
     _add_format(p)
 
     p = sub.add_parser("budget", help="show or change the leader's global LLM budget while it runs")
@@ -178,13 +179,18 @@ async def _run(args: argparse.Namespace) -> int:
     project = load_project(args.file)
     check_endpoint_configured()
     if args.runners == 0:
+        from paradecom.runner.cache import DecompositionCache
         from paradecom.runner.loop import DecompositionRunner
         from paradecom.sequential import decompose_sequentially
 
-        runner = DecompositionRunner("", concurrency=1, **({"model": args.model} if args.model else {}))
+        runner = DecompositionRunner(
+            "", concurrency=1, model=args.model, cache=None if args.no_cache else DecompositionCache()
+        )
         tree = await decompose_sequentially(project, runner, on_progress=_progress_printer())
     else:
-        options = RunOptions(runners=args.runners, concurrency=args.concurrency, model=args.model)
+        options = RunOptions(
+            runners=args.runners, concurrency=args.concurrency, model=args.model, cache=not args.no_cache
+        )
         tree = await run_cluster(project, options, on_progress=_progress_printer())
     print(tree.render(args.format))
     return 0

@@ -37,6 +37,7 @@ class RunOptions:
     model: str | None = None
     lease_timeout_s: float = 30.0
     log_level: str = "warning"
+    cache: bool = True
 
 
 class _Child:
@@ -110,6 +111,8 @@ async def run_cluster(
             runner_args = ["--leader", address, "--concurrency", str(options.concurrency), *log_flags]
             if options.model:
                 runner_args += ["--model", options.model]
+            if not options.cache:
+                runner_args.append("--no-cache")
             for i in range(options.runners):
                 children.append(await _spawn(f"runner-{i + 1}", ["-m", "paradecom.runner.main", *runner_args], workdir))
             async with LeaderClient(address) as client:

@@ -14,7 +14,8 @@ from paradecom import grpc_options, limits
 from paradecom.errors import ConfigError
 from paradecom.logs import LOG_FORMATS, configure_logging
 
-from .loop import DEFAULT_MODEL, DecompositionRunner
+from .cache import DecompositionCache
+from .loop import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, DEFAULT_MODEL, DecompositionRunner
 
 PROG = "paradecom-runner"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -107,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT} (default 2)",
     )
     parser.add_argument(
+        "--min-subtasks",
+        type=_int_in(1, limits.MAX_SUBTASKS),
+        default=DEFAULT_MIN_SUBTASKS,
+        metavar="N",
+        help=f"fewer valid subtasks than this make the task a leaf (default {DEFAULT_MIN_SUBTASKS})",
+    )
+    parser.add_argument(
+        "--max-subtasks",
+        type=_int_in(1, limits.MAX_SUBTASKS),
+        default=DEFAULT_MAX_SUBTASKS,
+        metavar="N",
+        help=f"more subtasks than this is an invalid answer, re-asked (default {DEFAULT_MAX_SUBTASKS})",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="always ask the LLM; by default a decomposition already made is taken from the cache "
+        "($PARADECOM_CACHE_DIR, else ~/.cache/paradecom)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=_seconds,
         default=30.0,
@@ -134,7 +155,10 @@ async def _serve(runner: DecompositionRunner) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the runner until SIGTERM or SIGINT; the process's exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.min_subtasks > args.max_subtasks:
+        parser.error(f"--min-subtasks {args.min_subtasks} is more than --max-subtasks {args.max_subtasks}")
     configure_logging(args.log_format, args.log_level)
     try:
         runner = DecompositionRunner(
@@ -144,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             runner_id=args.runner_id,
             max_reasks=args.max_reasks,
             drain_timeout=args.drain_timeout,
+            min_subtasks=args.min_subtasks,
+            max_subtasks=args.max_subtasks,
+            cache=None if args.no_cache else DecompositionCache(),
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -118,8 +118,9 @@ class ProjectDefinition(_message.Message):
     (its --max-depth). The top-level tasks are depth 0; a task at depth max_depth is a leaf.
     """
     max_tasks: _builtins.int
-    """Budget: at most this many tasks in the tree; children past it are stored as leaves with
-    stop_reason "task budget reached". 0 means the leader's limit (200,000).
+    """Budget: at most this many tasks in the tree. A task whose children would pass it stays a leaf,
+    and tasks still queued once it is reached become leaves, both with stop_reason
+    "task budget reached". 0 means the leader's limit (200,000).
     """
     max_tokens: _builtins.int
     """Budget: LLM tokens (prompt + completion) the project may spend; once spent, tasks still queued

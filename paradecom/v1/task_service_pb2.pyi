@@ -190,7 +190,8 @@ class ExtendLeaseRequest(_message.Message):
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
         """LLM usage since this lease's previous heartbeat. A runner that meets an HTTP 429 heartbeats at
-        once with rate_limited set, so the leader can slow dispatch for every runner.
+        once with rate_limited (and retry_after_ms) set, so the leader slows dispatch for every runner.
+        It feeds rate control only; the task's full usage goes with SubmitResult or FailTask.
         """
 
     def __init__(
