@@ -25,6 +25,8 @@ const BACKOFF_MAX_MS = 10_000;
 const MAX_SUBTASKS = 20; // leader's fan-out limit (not in the proto; see README)
 const MAX_TITLE_CHARS = 300; // Subtask.title: 1 to 300 characters
 const MAX_ERROR_CHARS = 4_000; // FailTaskRequest.error: at most 4,000 characters are kept
+// Sizes the leader refuses with INVALID_ARGUMENT (paradecom/limits.py; not in the proto's comments).
+const MAX_KEY_CHARS = 64, MAX_DESCRIPTION_CHARS = 20_000, MAX_LIST_ITEMS = 100, MAX_ITEM_CHARS = 2_000, MAX_HOURS = 1e6;
 const USAGE = "usage: node runner.js --leader HOST:PORT [--concurrency N] [--model NAME] [--runner-id ID] [--drain-timeout S]";
 
 // ---------------------------------------------------------------- flags and logging
@@ -151,21 +153,24 @@ function validate(text, parentTitle) {
   const textList = (v, where) => {
     if (v === undefined || v === null) return [];
     if (!Array.isArray(v) || !v.every(isText)) { errors.push(`${where} must be a list of strings`); return []; }
+    if (v.length > MAX_LIST_ITEMS || v.some((x) => String(x).length > MAX_ITEM_CHARS)) errors.push(`${where}: at most ${MAX_LIST_ITEMS} items of at most ${MAX_ITEM_CHARS} characters`);
     return v.map((s) => String(s).trim()).filter(Boolean);
   };
   const subtasks = data.subtasks.map((s, i) => {
     const at = `subtask ${i + 1}`;
     if (s === null || typeof s !== "object" || Array.isArray(s)) { errors.push(`${at} must be an object`); return null; }
     const key = isText(s.key) ? String(s.key).trim() : "";
-    if (!key || key.length > 64) errors.push(`${at}: "key" must be a non-empty string of at most 64 characters`);
+    if (!key || key.length > MAX_KEY_CHARS) errors.push(`${at}: "key" must be a non-empty string of at most ${MAX_KEY_CHARS} characters`);
     const title = typeof s.title === "string" ? s.title.trim() : "";
     if (!title || title.length > MAX_TITLE_CHARS) errors.push(`${at}: "title" must be a string of 1 to ${MAX_TITLE_CHARS} characters`);
     else if (oneLine(title).toLowerCase() === oneLine(parentTitle).toLowerCase()) errors.push(`${at}: "title" repeats the task being decomposed`);
     if (s.description != null && typeof s.description !== "string") errors.push(`${at}: "description" must be a string`);
+    else if (s.description?.length > MAX_DESCRIPTION_CHARS) errors.push(`${at}: "description" is longer than ${MAX_DESCRIPTION_CHARS} characters`);
     if (typeof s.atomic !== "boolean") errors.push(`${at}: "atomic" must be true or false`);
     if (s.atomic_reason != null && typeof s.atomic_reason !== "string") errors.push(`${at}: "atomic_reason" must be a string`);
+    else if (s.atomic_reason?.length > MAX_ITEM_CHARS) errors.push(`${at}: "atomic_reason" is longer than ${MAX_ITEM_CHARS} characters`);
     const hours = s.estimate_hours ?? 0;
-    if (typeof hours !== "number" || !Number.isFinite(hours) || hours < 0) errors.push(`${at}: "estimate_hours" must be a number >= 0`);
+    if (typeof hours !== "number" || !(hours >= 0 && hours < MAX_HOURS)) errors.push(`${at}: "estimate_hours" must be a number from 0 to ${MAX_HOURS}`);
     return {
       key, title, description: typeof s.description === "string" ? s.description.trim() : "",
       acceptance_criteria: textList(s.acceptance_criteria, `${at}: "acceptance_criteria"`),
@@ -203,9 +208,11 @@ function validate(text, parentTitle) {
 
 // ---------------------------------------------------------------- LLM
 
-class LlmError extends Error {}
+// A task that cannot be done on this attempt: reported with FailTask(retryable).
+class TaskError extends Error {}
 
-async function chat(messages, signal, usage) {
+// `usage` is the task's Usage message, updated in place; `onRateLimited` runs at each HTTP 429.
+async function chat(messages, signal, usage, onRateLimited) {
   const base = (process.env.OPENAI_BASE_URL || "https://api.openai.com/v1").replace(/\/+$/, "");
   const headers = { "content-type": "application/json" };
   if (process.env.OPENAI_API_KEY) headers.authorization = `Bearer ${process.env.OPENAI_API_KEY}`;
@@ -227,33 +234,39 @@ async function chat(messages, signal, usage) {
     if (res.status === 429 || res.status >= 500) {
       last = `LLM answered HTTP ${res.status}: ${raw.slice(0, 500)}`;
       const after = Number(res.headers.get("retry-after"));
+      if (res.status === 429) {
+        usage.rate_limited += 1;
+        if (after > 0) usage.retry_after_ms = Math.max(usage.retry_after_ms, Math.round(after * 1000));
+        onRateLimited();
+      }
       if (after > 0 && after <= 60) await sleep(after * 1000, signal);
       continue;
     }
-    if (!res.ok) throw new LlmError(`LLM answered HTTP ${res.status}: ${raw.slice(0, 500)}`);
+    if (!res.ok) throw new TaskError(`LLM answered HTTP ${res.status}: ${raw.slice(0, 500)}`);
     let data;
-    try { data = JSON.parse(raw); } catch { throw new LlmError(`LLM answered a body that is not JSON: ${raw.slice(0, 200)}`); }
+    try { data = JSON.parse(raw); } catch { throw new TaskError(`LLM answered a body that is not JSON: ${raw.slice(0, 200)}`); }
     usage.prompt_tokens += Number(data.usage?.prompt_tokens) || 0;
     usage.completion_tokens += Number(data.usage?.completion_tokens) || 0;
     const content = data.choices?.[0]?.message?.content;
-    if (typeof content !== "string") throw new LlmError("LLM answer has no choices[0].message.content");
+    if (typeof content !== "string") throw new TaskError("LLM answer has no choices[0].message.content");
     return content;
   }
-  throw new LlmError(last);
+  throw new TaskError(last);
 }
 
-// Asks, validates, re-asks once with the errors. Returns the subtasks or throws LlmError.
-async function decompose(a, signal, usage) {
+// Asks, validates, re-asks once with the errors. Returns the subtasks or throws TaskError.
+async function decompose(a, signal, usage, onRateLimited) {
   let messages = buildMessages(a);
   for (let round = 0; round < 2; round++) {
-    const answer = await chat(messages, signal, usage);
+    if (round) usage.reasks += 1;
+    const answer = await chat(messages, signal, usage, onRateLimited);
     const { subtasks, errors } = validate(answer, a.task.title);
     if (!errors.length) return subtasks;
-    if (round === 1) throw new LlmError(`LLM answer unusable after a re-ask: ${errors.join("; ")}`);
+    if (round === 1) throw new TaskError(`LLM answer unusable after a re-ask: ${errors.join("; ")}`);
     log("warn", "LLM answer unusable; re-asking", { task: a.lease.task_id, errors: errors.slice(0, 5).join("; ") });
     messages = reaskMessages(messages, a, answer, errors);
   }
-  throw new LlmError("unreachable");
+  throw new TaskError("unreachable");
 }
 
 // ---------------------------------------------------------------- leader
@@ -278,55 +291,71 @@ function rpc(method, request) {
 }
 const codeName = (err) => Object.keys(grpc.status).find((k) => grpc.status[k] === err.code) ?? String(err.code);
 
-const held = new Map(); // task_id -> {lease, ctrl, done: Promise}
+const held = new Map(); // task_id -> {abort(), done: Promise}
 let stopping = false;
 let stream = null;
 
 // Works one assignment from lease to SubmitResult, FailTask or ReleaseTask.
-async function work(a) {
+async function work(a, ctrl) {
   const { lease } = a;
-  const ctrl = new AbortController();
-  const usage = { prompt_tokens: 0, completion_tokens: 0, calls: 0 };
+  // The whole attempt's usage goes with SubmitResult/FailTask; each heartbeat carries what changed
+  // since the previous acknowledged one (retry_after_ms: the longest Retry-After seen since then).
+  const usage = { prompt_tokens: 0, completion_tokens: 0, calls: 0, reasks: 0, rate_limited: 0, retry_after_ms: 0, cache_hits: 0 };
+  const reported = { ...usage };
   const ids = { task: lease.task_id, attempt: lease.attempt };
-  const beat = setInterval(async () => {
-    try {
-      const res = await rpc("ExtendLease", { task_id: lease.task_id, lease_token: lease.token });
-      if (res.cancelled) ctrl.abort(new Error("project cancelled"));
-    } catch (err) {
-      if (STALE.has(err.code)) ctrl.abort(new Error(`lease lost (${codeName(err)}: ${err.details})`));
-      else log("warn", "heartbeat failed; will retry", { ...ids, code: codeName(err), details: err.details });
-    }
-  }, Math.max(100, Math.floor((lease.timeout_ms || 30_000) / 3)));
+  let beating = null, again = false, paused = false;
+  const beat = () => {
+    if (paused) return;
+    if (beating) { again = true; return; } // one heartbeat at a time, so no delta is sent twice
+    const sent = { ...usage };
+    const delta = Object.fromEntries(Object.keys(usage).map((k) => [k, k === "retry_after_ms" ? (usage.rate_limited > reported.rate_limited ? usage.retry_after_ms : 0) : usage[k] - reported[k]]));
+    beating = rpc("ExtendLease", { task_id: lease.task_id, lease_token: lease.token, usage: delta })
+      .then((res) => { Object.assign(reported, sent); if (res.cancelled) ctrl.abort(new Error("project cancelled")); }, (err) => {
+        if (STALE.has(err.code)) ctrl.abort(new Error(`lease lost (${codeName(err)}: ${err.details})`));
+        else log("warn", "heartbeat failed; will retry", { ...ids, code: codeName(err), details: err.details });
+      })
+      .finally(() => { beating = null; if (again && !paused && !ctrl.signal.aborted) { again = false; beat(); } });
+  };
+  // Before a call that ends the lease: no heartbeat may reach the leader after it (the leader
+  // would refuse it as a stale lease, and count it).
+  const quiet = async () => { paused = true; again = false; await beating; };
+  const timer = setInterval(beat, Math.max(100, Math.floor((lease.timeout_ms || 30_000) / 3)));
   try {
     log("info", "task assigned", { ...ids, depth: a.depth, title: a.task.title });
-    const subtasks = await decompose(a, ctrl.signal, usage);
+    let subtasks = await decompose(a, ctrl.signal, usage, beat); // a 429 heartbeats at once
+    // One child is the task again under another name: the task becomes a leaf instead.
+    const stop_reason = subtasks.length === 1 ? "fewer than 2 subtasks" : "";
+    if (stop_reason) subtasks = [];
     for (let attempt = 0; ; attempt++) {
       if (ctrl.signal.aborted && ctrl.signal.reason?.message !== "shutdown") throw ctrl.signal.reason;
+      await quiet();
       try {
-        const res = await rpc("SubmitResult", { task_id: lease.task_id, lease_token: lease.token, subtasks, usage });
-        log("info", "result submitted", { ...ids, subtasks: subtasks.length, children_queued: res.children_queued, duplicate: res.duplicate });
+        const res = await rpc("SubmitResult", { task_id: lease.task_id, lease_token: lease.token, subtasks, usage, stop_reason });
+        log("info", "result submitted", { ...ids, subtasks: subtasks.length, stop_reason, children_queued: res.children_queued, duplicate: res.duplicate });
         return;
       } catch (err) {
         if (STALE.has(err.code)) { log("warn", "result refused; abandoning the task", { ...ids, code: codeName(err), details: err.details }); return; }
-        if (!TRANSIENT.has(err.code) || attempt + 1 >= SUBMIT_TRIES) throw new LlmError(`SubmitResult failed (${codeName(err)}: ${err.details})`);
+        if (!TRANSIENT.has(err.code) || attempt + 1 >= SUBMIT_TRIES) throw new TaskError(`SubmitResult failed (${codeName(err)}: ${err.details})`);
+        paused = false;
         await sleep(backoff(attempt));
       }
     }
   } catch (err) {
+    await quiet();
     if (ctrl.signal.aborted && ctrl.signal.reason?.message === "shutdown") {
       await rpc("ReleaseTask", { task_id: lease.task_id, lease_token: lease.token, reason: "runner shutting down" })
         .then(() => log("info", "task released", ids), (e) => log("warn", "ReleaseTask failed", { ...ids, code: codeName(e), details: e.details }));
     } else if (ctrl.signal.aborted) {
       log("info", "task abandoned", { ...ids, reason: ctrl.signal.reason?.message });
     } else {
-      const error = String(err instanceof LlmError ? err.message : err?.stack || err).slice(0, MAX_ERROR_CHARS);
+      const error = String(err instanceof TaskError ? err.message : err?.stack || err).slice(0, MAX_ERROR_CHARS);
       log("warn", "task failed", { ...ids, error: error.slice(0, 300) });
       await rpc("FailTask", { task_id: lease.task_id, lease_token: lease.token, error, retryable: true, usage })
         .then((res) => log("info", "failure reported", { ...ids, status: res.status }),
           (e) => log("warn", "FailTask failed", { ...ids, code: codeName(e), details: e.details }));
     }
   } finally {
-    clearInterval(beat);
+    clearInterval(timer);
   }
 }
 
@@ -336,8 +365,9 @@ function accept(a) {
     return;
   }
   if (held.size >= opts.concurrency) log("warn", "leader sent more tasks than --concurrency", { held: held.size });
-  const entry = { lease: a.lease, ctrl: null };
-  entry.done = work(a).finally(() => held.delete(a.lease.task_id));
+  const ctrl = new AbortController();
+  const entry = { abort: () => ctrl.abort(new Error("shutdown")) };
+  entry.done = work(a, ctrl).finally(() => held.delete(a.lease.task_id));
   held.set(a.lease.task_id, entry);
 }
 
@@ -353,7 +383,13 @@ async function pullLoop() {
         if (msg.event === "assignment") accept(msg.assignment);
         else if (msg.event === "drain") log("info", "leader is draining", { reason: msg.drain.reason });
       });
-      stream.on("error", (err) => finish(`${codeName(err)}: ${err.details}`));
+      stream.on("error", (err) => {
+        if (err.code === grpc.status.INVALID_ARGUMENT || err.code === grpc.status.UNIMPLEMENTED) {
+          log("error", "the leader refuses this runner; retrying cannot help", { code: codeName(err), details: err.details });
+          process.exit(1);
+        }
+        finish(`${codeName(err)}: ${err.details}`);
+      });
       stream.on("end", () => finish("stream ended"));
     });
     if (stopping) break;
@@ -367,12 +403,11 @@ async function pullLoop() {
 // ---------------------------------------------------------------- shutdown
 
 const shutdownSignal = new AbortController();
-const ctrls = new Map();
 
 async function shutdown(sig) {
   if (stopping) {
     log("warn", "second signal: releasing every task now", { signal: sig });
-    for (const e of held.values()) e.abort?.();
+    for (const e of held.values()) e.abort();
     return;
   }
   stopping = true;
@@ -389,10 +424,6 @@ async function shutdown(sig) {
   log("info", "stopped");
   process.exit(0);
 }
-
-// work() creates its AbortController; expose it to shutdown through held entries.
-const origAccept = accept;
-void origAccept; void ctrls;
 
 for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => void shutdown(sig));
 log("info", "runner started", { runner_id: opts.runnerId, leader: opts.leader, concurrency: opts.concurrency, model: opts.model });
