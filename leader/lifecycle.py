@@ -188,20 +188,23 @@ class TaskLifecycle:
         project.finished_ms = self._now_ms()
         self.store.update_project(project)
 
-    def _leased(self, task_id: str, token: str) -> TaskRow:
-        """The task if `token` is its current, unexpired lease; else the refusal to answer."""
+    def _leased(self, task_id: str, token: str, *, count: bool = True) -> TaskRow:
+        """The task if `token` is its current, unexpired lease; else the refusal to answer, counted
+        in the project's late_results_refused unless `count` is False (heartbeats)."""
         task = self._task(task_id)
         if task.state == CANCELLED:
             raise ProjectClosed(f"task {task_id}: its project was cancelled")
         if task.state != LEASED or task.lease_token != token:
-            self._count_refusal(task)
+            if count:
+                self._count_refusal(task)
             raise StaleLease(f"task {task_id}: lease {token[:8]}… is not the task's current lease")
         assert task.lease_expires_ms is not None
         if task.lease_expires_ms <= self._now_ms():
             # Expired but not reaped yet: the reaper would requeue it this instant; do it now so
             # the answer and the store agree.
             self._retry_or_bury(task, f"lease expired (runner {task.runner_id})", retryable=True, expired=True)
-            self._count_refusal(task)
+            if count:
+                self._count_refusal(task)
             self._finish_if_drained(task.project_id)
             self.on_change(task.project_id)
             raise StaleLease(f"task {task_id}: lease {token[:8]}… expired")
@@ -288,7 +291,7 @@ class TaskLifecycle:
             task = self._task(task_id)
             if task.state == CANCELLED and task.lease_token == token:
                 return 0, True
-            task = self._leased(task_id, token)
+            task = self._leased(task_id, token, count=False)
             task.lease_expires_ms = self._now_ms() + self._timeout_ms()
             self.store.update_task(task)
             return task.lease_expires_ms, False

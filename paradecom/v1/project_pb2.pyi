@@ -241,7 +241,9 @@ class ProjectSummary(_message.Message):
     max_depth: _builtins.int
     """The depth limit in force for this project."""
     late_results_refused: _builtins.int
-    """Results refused because their lease was stale (late or duplicate runners)."""
+    """Results (SubmitResult, FailTask, ReleaseTask) refused because their lease was stale: late
+    runners, or runners that lost their lease. Stale heartbeats are not counted.
+    """
     leases_expired: _builtins.int
     """Leases that expired or were lost with their runner, each followed by a retry or a dead letter."""
     @_builtins.property

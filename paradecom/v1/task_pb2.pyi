@@ -136,26 +136,30 @@ class Subtask(_message.Message):
     ATOMIC_REASON_FIELD_NUMBER: _builtins.int
     ESTIMATE_HOURS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """The child's key among its siblings ("1", "2", ... or any unique short string); depends_on
-    refers to these keys.
+    """The child's key among its siblings ("1", "2", ... or any unique string of 1 to 64
+    characters); depends_on refers to these keys.
     """
     title: _builtins.str
-    """Imperative title, 1 to 300 characters."""
+    """Imperative title, 1 to 300 characters; unique among its siblings (ignoring case) and not the
+    parent's own title.
+    """
     description: _builtins.str
-    """What the child covers."""
+    """What the child covers; at most 20,000 characters."""
     atomic: _builtins.bool
     """True when the child is small enough for one person and needs no further decomposition."""
     atomic_reason: _builtins.str
-    """Why the child is atomic (or why not)."""
+    """Why the child is atomic (or why not); at most 2,000 characters."""
     estimate_hours: _builtins.float
-    """Estimated effort in hours; 0 when unknown."""
+    """Estimated effort in hours, from 0 (unknown) to under 1,000,000."""
     @_builtins.property
     def acceptance_criteria(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Testable statements that say when the child is done."""
+        """Testable statements that say when the child is done; at most 100, of 2,000 characters each."""
 
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Keys of sibling subtasks that must be finished first; no cycles."""
+        """Keys of sibling subtasks that must be finished first; at most 20; never the child's own key;
+        no cycles.
+        """
 
     def __init__(
         self,

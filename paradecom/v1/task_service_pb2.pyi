@@ -123,8 +123,10 @@ class SubmitResultRequest(_message.Message):
     """
     @_builtins.property
     def subtasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Subtask]:
-        """The children, in order; 1 to the leader's fan-out limit. Keys unique, depends_on naming
-        sibling keys only, no cycles. Empty only together with stop_reason.
+        """The children, in order; 1 to 20. Keys unique, depends_on naming sibling keys only, no cycles
+        (see Subtask for each field's limits). Empty only together with stop_reason. The runner applies
+        its own stop rules (for example a minimum fan-out) before submitting; the leader accepts any
+        count from 1 to 20.
         """
 
     @_builtins.property

@@ -27,7 +27,11 @@ if _version_not_supported:
 
 class TaskServiceStub:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Errors: INVALID_ARGUMENT for a
+    every other call is unary and names a task by its lease. Connection settings a runner must
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
+    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
+    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
+    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
     malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
@@ -68,7 +72,11 @@ class TaskServiceStub:
 
 class TaskServiceServicer:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Errors: INVALID_ARGUMENT for a
+    every other call is unary and names a task by its lease. Connection settings a runner must
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
+    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
+    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
+    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
     malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
@@ -150,7 +158,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TaskService:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Errors: INVALID_ARGUMENT for a
+    every other call is unary and names a task by its lease. Connection settings a runner must
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
+    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
+    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
+    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
     malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.

@@ -28,7 +28,11 @@ GRPC_VERSION: str
 
 class TaskServiceStub:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Errors: INVALID_ARGUMENT for a
+    every other call is unary and names a task by its lease. Connection settings a runner must
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
+    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
+    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
+    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
     malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
@@ -57,7 +61,11 @@ class TaskServiceStub:
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Errors: INVALID_ARGUMENT for a
+    every other call is unary and names a task by its lease. Connection settings a runner must
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
+    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
+    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
+    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
     malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
@@ -82,7 +90,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Errors: INVALID_ARGUMENT for a
+    every other call is unary and names a task by its lease. Connection settings a runner must
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
+    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
+    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
+    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
     malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
