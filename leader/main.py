@@ -8,6 +8,7 @@ from paradecom import limits
 from paradecom.cliargs import Parser, add_logging_flags, address, fail, float_range, int_range
 from paradecom.errors import ConfigError
 from paradecom.logs import configure_logging
+from paradecom.security import add_security_flags, security_from_args
 
 from .lifecycle import LeaseConfig
 from .llm_budget import MAX_RPM, MAX_TPM
@@ -64,6 +65,7 @@ def build_parser() -> Parser:
         metavar="N",
         help="LLM tokens per minute over all runners together (default 0: no limit)",
     )
+    add_security_flags(parser, server=True)
     add_logging_flags(parser)
     return parser  # fmt: skip
 
@@ -78,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         disconnect_grace_s=args.lease_timeout / 2,
     )
     try:
+        security = security_from_args(args, server=True)
         settings = LeaderSettings(
             listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth,
-            llm_rpm=args.llm_rpm, llm_tpm=args.llm_tpm,
+            llm_rpm=args.llm_rpm, llm_tpm=args.llm_tpm, security=security,
         )  # fmt: skip
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
+from paradecom.security import Security, TokenInterceptor, server_credentials
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -52,6 +53,7 @@ class LeaderSettings:
     max_depth: int
     llm_rpm: int = 0
     llm_tpm: int = 0
+    security: Security = field(default_factory=Security)
 
 
 class LeaderServer:
@@ -67,7 +69,8 @@ class LeaderServer:
         self.scheduler = Scheduler(self.leader, LlmBudget(settings.llm_rpm, settings.llm_tpm))
         self.clock = LeaseClock(self.leader)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        token = settings.security.token
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[TokenInterceptor(token)] if token else None)
         self.port = 0
         self._background: list[asyncio.Task[None]] = []
 
@@ -81,7 +84,11 @@ class LeaderServer:
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         host, _ = parse_address(self.settings.listen)
         try:
-            self.port = self.server.add_insecure_port(self.settings.listen)
+            creds = server_credentials(self.settings.security)
+            if creds is None:
+                self.port = self.server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = self.server.add_secure_port(self.settings.listen, creds)
         except RuntimeError:
             self.port = 0
         if not self.port:
@@ -99,6 +106,8 @@ class LeaderServer:
             leases_renewed=renewed, lease_timeout_s=self.settings.lease.lease_timeout_s,
             max_attempts=self.settings.lease.max_attempts, max_depth=self.settings.max_depth,
             llm_rpm=self.settings.llm_rpm, llm_tpm=self.settings.llm_tpm,
+            auth="token" if self.settings.security.token else "none",
+            tls="mutual" if self.settings.security.tls_ca else ("on" if self.settings.security.tls else "off"),
         )  # fmt: skip
         return address
 

@@ -24,6 +24,7 @@ from paradecom.errors import (
     ProjectFileError,
 )
 from paradecom.logs import configure_logging
+from paradecom.security import Security, security_from_args
 from paradecom.v1 import project_pb2
 
 PROG = "paradecom"
@@ -36,6 +37,9 @@ DEFAULT_RUNNERS = 2
 
 
 def _add_leader(parser: argparse.ArgumentParser) -> None:
+    from paradecom.security import add_security_flags
+
+    add_security_flags(parser, server=False)
     parser.add_argument("--leader", type=address, default=DEFAULT_LEADER,
                         help=f"leader HOST:PORT (default $PARADECOM_LEADER or {DEFAULT_LEADER})")  # fmt: skip
 
@@ -132,12 +136,16 @@ def _progress_printer(
     return show
 
 
+def _security(args: argparse.Namespace) -> Security:
+    return security_from_args(args, server=False)
+
+
 async def _submit(args: argparse.Namespace) -> int:
     from paradecom.client import LeaderClient
     from paradecom.project import load_project
 
     project = load_project(args.file)
-    async with LeaderClient(args.leader) as client:
+    async with LeaderClient(args.leader, _security(args)) as client:
         print(await client.submit(project))
     return 0
 
@@ -145,7 +153,7 @@ async def _submit(args: argparse.Namespace) -> int:
 async def _watch(args: argparse.Namespace) -> int:
     from paradecom.client import LeaderClient, progress_line
 
-    async with LeaderClient(args.leader) as client:
+    async with LeaderClient(args.leader, _security(args)) as client:
         summary = await client.wait(args.project_id, lambda s: print(progress_line(s), flush=True))
     return 0 if summary.state == project_pb2.PROJECT_STATE_DONE else 1
 
@@ -154,7 +162,7 @@ async def _result(args: argparse.Namespace) -> int:
     from paradecom.client import LeaderClient, state_name
     from paradecom.tree import TaskTree
 
-    async with LeaderClient(args.leader) as client:
+    async with LeaderClient(args.leader, _security(args)) as client:
         summary = await client.wait(args.project_id) if args.wait else await client.get(args.project_id)
         if summary.state == project_pb2.PROJECT_STATE_RUNNING:
             print(
@@ -199,7 +207,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _budget(args: argparse.Namespace) -> int:
     from paradecom.client import LeaderClient
 
-    async with LeaderClient(args.leader) as client:
+    async with LeaderClient(args.leader, _security(args)) as client:
         budget = await client.budget(args.rpm, args.tpm)
     print(
         f"requests_per_minute={budget.requests_per_minute} tokens_per_minute={budget.tokens_per_minute} "

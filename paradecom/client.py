@@ -12,8 +12,8 @@ from types import TracebackType
 import grpc
 
 from paradecom.errors import LeaderError, LeaderRefusedError, LeaderUnavailableError
-from paradecom.grpc_options import insecure_channel
 from paradecom.project import ProjectDefinition
+from paradecom.security import Security, channel, is_tls_failure
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -43,9 +43,9 @@ def progress_line(p: project_pb2.ProjectSummary) -> str:
 class LeaderClient:
     """`async with LeaderClient("host:port") as c: ...`"""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: Security | None = None) -> None:
         self.address = address
-        self._channel = insecure_channel(address)
+        self._channel = channel(address, security)
         self._stub = project_service_pb2_grpc.ProjectServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
 
@@ -59,6 +59,15 @@ class LeaderClient:
 
     def _error(self, exc: grpc.aio.AioRpcError) -> LeaderError:
         code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE and is_tls_failure(exc.details()):
+            return LeaderRefusedError(
+                f"TLS handshake with the leader at {self.address} failed: check that --tls-ca is the CA that "
+                "signed the leader's certificate (and the leader's name matches it)"
+            )
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return LeaderRefusedError(
+                f"the leader at {self.address} refused the credentials: set PARADECOM_AUTH_TOKEN or --auth-token-file"
+            )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return LeaderUnavailableError(f"cannot reach the leader at {self.address} ({code.name.lower()})")
         return LeaderRefusedError(f"leader at {self.address}: {exc.details()}")

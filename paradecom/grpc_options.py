@@ -39,7 +39,7 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
-    """An asyncio channel to `address` (HOST:PORT) with ParaDecom's options."""
+    """An asyncio channel to `address` (HOST:PORT) with ParaDecom's options, no TLS, no token."""
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 

@@ -1,0 +1,178 @@
+"""Who may talk to a leader: a shared bearer token and TLS (optionally mutual).
+
+The leader checks `authorization: Bearer <token>` on every call except the health service (load
+balancers and orchestrators probe it without credentials), comparing in constant time. Clients
+and runners send the token on every call through an interceptor. Certificates are PEM files.
+
+Settings come from flags or the environment: PARADECOM_AUTH_TOKEN / --auth-token-file for the
+token; --tls-cert/--tls-key (leader: its certificate; clients: theirs, for mutual TLS),
+--tls-ca (clients: the CA that signed the leader's certificate; leader: the CA that signs client
+certificates, which turns on mutual TLS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from paradecom.errors import ConfigError
+from paradecom.grpc_options import CHANNEL_OPTIONS
+
+TOKEN_ENV = "PARADECOM_AUTH_TOKEN"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+MAX_TOKEN_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Security:
+    """The credentials one process uses: a token, and TLS files (all optional)."""
+
+    token: str | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    tls_ca: bytes | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None or self.tls_ca is not None
+
+
+def add_security_flags(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    parser.add_argument(
+        "--auth-token-file", metavar="PATH",
+        help=f"file holding the shared bearer token (default: ${TOKEN_ENV}; none: no token)",
+    )  # fmt: skip
+    if server:
+        parser.add_argument("--tls-cert", metavar="PEM", help="the leader's certificate (turns on TLS)")
+        parser.add_argument("--tls-key", metavar="PEM", help="the leader's private key")
+        parser.add_argument("--tls-ca", metavar="PEM", help="CA of client certificates: requires mutual TLS")
+    else:
+        parser.add_argument("--tls-ca", metavar="PEM", help="CA that signed the leader's certificate (turns on TLS)")
+        parser.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for mutual TLS")
+        parser.add_argument("--tls-key", metavar="PEM", help="this client's private key, for mutual TLS")
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise ConfigError(f"{what} {path}: the file is empty")
+    return data
+
+
+def security_from_args(args: argparse.Namespace, *, server: bool) -> Security:
+    """Read the token and TLS files named by the flags (or the environment); ConfigError if unusable."""
+    token: str | None
+    if args.auth_token_file:
+        raw = _read(args.auth_token_file, "--auth-token-file") or b""
+        try:
+            token = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            token = ""
+        if not token or len(raw) > MAX_TOKEN_BYTES or "\n" in token:
+            raise ConfigError(f"--auth-token-file {args.auth_token_file}: expected one line of text, at most 4 KiB")
+    else:
+        token = os.environ.get(TOKEN_ENV) or None
+    if token is not None and not token.isprintable():
+        raise ConfigError("the auth token must be printable text on one line")
+    cert, key = _read(args.tls_cert, "--tls-cert"), _read(args.tls_key, "--tls-key")
+    ca = _read(args.tls_ca, "--tls-ca")
+    if (cert is None) != (key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if server and ca is not None and cert is None:
+        raise ConfigError("--tls-ca on the leader (mutual TLS) needs --tls-cert and --tls-key")
+    if not server and cert is not None and ca is None:
+        raise ConfigError("a client certificate (--tls-cert) needs --tls-ca, the CA of the leader's certificate")
+    return Security(token=token, tls_cert=cert, tls_key=key, tls_ca=ca)
+
+
+def server_credentials(sec: Security) -> grpc.ServerCredentials | None:
+    if sec.tls_cert is None or sec.tls_key is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(sec.tls_key, sec.tls_cert)], root_certificates=sec.tls_ca, require_client_auth=sec.tls_ca is not None
+    )
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call without the right bearer token, except health checks."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+            yield  # pragma: no cover - makes this an async generator, as streaming handlers are
+
+        self._unary: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(refuse)
+        self._stream: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(refuse_stream)
+        self._bidi: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(refuse_stream)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if details.method.startswith(HEALTH_PREFIX):
+            return await continuation(details)
+        given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        if handler.request_streaming and handler.response_streaming:
+            return self._bidi
+        return self._stream if handler.response_streaming else self._unary
+
+
+class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+def channel(address: str, sec: Security | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to the leader with ParaDecom's options, TLS and token as configured."""
+    sec = sec or Security()
+    interceptors = [_BearerToken(sec.token)] if sec.token else None
+    if sec.tls:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=sec.tls_ca, private_key=sec.tls_key, certificate_chain=sec.tls_cert
+        )
+        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+def is_tls_failure(details: str | None) -> bool:
+    """Whether a gRPC error's details point at a failed TLS handshake (untrusted or bad certificate)."""
+    text = (details or "").lower()
+    return any(word in text for word in ("ssl", "handshake", "certificate", "tls"))
