@@ -12,7 +12,12 @@ Public API (the RFC's names):
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# gRPC's C core writes its own info lines to stderr (a failed TLS handshake, for one), doubling the
+# one-line errors our commands print. Set before grpc is first imported; a user's setting wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 __version__ = "0.1.0"
 

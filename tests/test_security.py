@@ -1,0 +1,124 @@
+"""Auth and TLS: a leader with a token lets in only callers that send it (health stays open), and
+a leader with a certificate talks only TLS, mutual when it has a client CA. The CA and the
+certificates are made by the test with openssl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from helpers import Proc, run_cli
+from paradecom.v1 import project_service_pb2, project_service_pb2_grpc
+
+PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d)  # fmt: skip
+
+
+def make_cert(d: Path, ca: str, name: str) -> None:
+    """A certificate for `name` (also valid for 127.0.0.1 and localhost) signed by `ca`."""
+    (d / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", cwd=d)  # fmt: skip
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    make_ca(d, "ca")
+    make_ca(d, "other-ca")
+    make_cert(d, "ca", "leader")
+    make_cert(d, "ca", "client")
+    return d
+
+
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: X\ndescription: Y\n")
+    return path
+
+
+def test_token_required_except_for_health(start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path) -> None:
+    """Without `authorization: Bearer <token>` every RPC is UNAUTHENTICATED; health answers anyway;
+    the CLI with the token gets in; a wrong token gets a one-line error."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    _, address = start_leader("--auth-token-file", str(token_file))
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = project_service_pb2_grpc.ProjectServiceStub(channel)
+        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.WatchProject(project_service_pb2.WatchProjectRequest(project_id="x"), timeout=5))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        ok = stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5,
+                               metadata=[("authorization", f"Bearer {TOKEN}")])  # fmt: skip
+        assert list(ok.projects) == []
+
+    submitted = run_cli([*PARADECOM, "submit", "--leader", address, str(project(tmp_path))],
+                        env={"PARADECOM_AUTH_TOKEN": TOKEN})  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    refused = run_cli([*PARADECOM, "submit", "--leader", address, str(project(tmp_path))],
+                      env={"PARADECOM_AUTH_TOKEN": "nope"})  # fmt: skip
+    assert refused.returncode == 1 and "credentials" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and TOKEN not in refused.stderr
+
+
+def test_tls_and_mutual_tls(start_leader: Callable[..., tuple[Proc, str]], pki: Path, tmp_path: Path) -> None:
+    """A TLS leader serves clients that trust its CA; an untrusting client gets a clear one-line
+    error; with a client CA the leader also demands a client certificate."""
+    tls = ["--tls-cert", str(pki / "leader.pem"), "--tls-key", str(pki / "leader.key")]
+    _, address = start_leader(*tls)
+    path = project(tmp_path)
+    ok = run_cli([*PARADECOM, "submit", "--leader", address, "--tls-ca", str(pki / "ca.pem"), str(path)])
+    assert ok.returncode == 0, ok.stderr
+    untrusted = run_cli([*PARADECOM, "submit", "--leader", address, "--tls-ca", str(pki / "other-ca.pem"), str(path)])
+    assert untrusted.returncode == 1 and "TLS handshake" in untrusted.stderr, untrusted.stderr
+    assert len(untrusted.stderr.strip().splitlines()) == 1
+    plaintext = run_cli([*PARADECOM, "submit", "--leader", address, str(path)])
+    assert plaintext.returncode != 0
+
+    _, mutual = start_leader(*tls, "--tls-ca", str(pki / "ca.pem"), db=tmp_path / "mutual.db")
+    anonymous = run_cli([*PARADECOM, "submit", "--leader", mutual, "--tls-ca", str(pki / "ca.pem"), str(path)])
+    assert anonymous.returncode != 0
+    with_cert = run_cli([*PARADECOM, "submit", "--leader", mutual, "--tls-ca", str(pki / "ca.pem"),
+                         "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key"), str(path)])  # fmt: skip
+    assert with_cert.returncode == 0, with_cert.stderr
+    listed = json.loads(json.dumps({"id": with_cert.stdout.strip()}))
+    assert listed["id"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "/nonexistent.pem"),
+        (["--tls-cert", "{pki}/leader.pem"], "go together"),
+        (["--auth-token-file", "/nonexistent-token"], "/nonexistent-token"),
+    ],
+)
+def test_bad_security_flags(flags: list[str], needle: str, pki: Path) -> None:
+    """Missing or half-given credentials are a one-line error, exit 2."""
+    flags = [f.format(pki=pki) for f in flags]
+    result = run_cli([sys.executable, "-m", "paradecom.leader.main", "--listen", "127.0.0.1:0", *flags])
+    assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
