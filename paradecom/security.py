@@ -141,29 +141,36 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return self._stream if handler.response_streaming else self._unary
 
 
-class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to every call of a channel."""
+def _with_token(details: grpc.aio.ClientCallDetails, header: tuple[str, str]) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), header)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
+
+# grpc.aio files each interceptor under the first call kind it matches, so each kind needs its own.
+class _UnaryToken(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_with_token(details, self._header), request)
+
+
+class _StreamToken(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_with_token(details, self._header), request)
 
 
 def channel(address: str, sec: Security | None = None) -> grpc.aio.Channel:
     """An asyncio channel to the leader with ParaDecom's options, TLS and token as configured."""
     sec = sec or Security()
-    interceptors = [_BearerToken(sec.token)] if sec.token else None
+    interceptors: list[grpc.aio.ClientInterceptor] | None = (
+        [_UnaryToken(sec.token), _StreamToken(sec.token)] if sec.token else None
+    )
     if sec.tls:
         creds = grpc.ssl_channel_credentials(
             root_certificates=sec.tls_ca, private_key=sec.tls_key, certificate_chain=sec.tls_cert

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import grpc
 import structlog
 
-from paradecom import grpc_options, limits
-from paradecom.errors import DecompositionError
+from paradecom import limits, security
+from paradecom.errors import ConfigError, DecompositionError
+from paradecom.security import Security
 from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
 from .cache import DecompositionCache, cache_key
@@ -108,6 +109,7 @@ class _StreamEnd:
 
     assignments: int = 0
     drained: bool = False
+    fatal: str = ""  # a refusal no reconnect can fix (bad credentials, untrusted certificate)
 
 
 @dataclass(eq=False)
@@ -130,6 +132,18 @@ class _Lease:
     def timeout_s(self) -> float:
         ms = self.assignment.lease.timeout_ms
         return ms / 1000.0 if ms > 0 else DEFAULT_LEASE_TIMEOUT_S
+
+
+def _fatal_refusal(leader: str, exc: grpc.aio.AioRpcError) -> str:
+    """The one-line reason when the leader refused us in a way retrying cannot fix, else ""."""
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return f"the leader at {leader} refused our credentials: set PARADECOM_AUTH_TOKEN or --auth-token-file"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and security.is_tls_failure(exc.details()):
+        return (
+            f"TLS handshake with the leader at {leader} failed: check that --tls-ca is the CA that signed "
+            "the leader's certificate (and the leader's name matches it)"
+        )
+    return ""
 
 
 def default_runner_id() -> str:
@@ -176,6 +190,7 @@ class DecompositionRunner:
         min_subtasks: int = DEFAULT_MIN_SUBTASKS,
         max_subtasks: int = DEFAULT_MAX_SUBTASKS,
         cache: DecompositionCache | None = None,
+        security: Security | None = None,
     ) -> None:
         if not 1 <= concurrency <= limits.MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be 1 to {limits.MAX_CONCURRENCY}, not {concurrency}")
@@ -194,6 +209,7 @@ class DecompositionRunner:
         self.min_subtasks = min_subtasks
         self.max_subtasks = max_subtasks
         self.cache = cache
+        self.security = security
         self._owns_llm = llm is None
         self._llm: ChatClient = llm if llm is not None else LLMClient(self.model)
         self._stop_requested = False
@@ -287,7 +303,7 @@ class DecompositionRunner:
         self._slots = asyncio.Semaphore(self.concurrency)
         if self._stop_requested:
             self._stop.set()
-        channel = grpc_options.insecure_channel(self.leader)
+        channel = security.channel(self.leader, self.security)
         stub: TaskServiceAsyncStub = task_service_pb2_grpc.TaskServiceStub(channel)
         log.info(
             "runner started",
@@ -322,6 +338,8 @@ class DecompositionRunner:
         while not self._stop.is_set():
             opened = loop.time()
             stream = await self._pull_once(stub)
+            if stream.fatal:
+                raise ConfigError(stream.fatal)
             if self._stop.is_set():
                 break
             # A stream that delivered work or lived a while was healthy; a draining leader is not,
@@ -351,6 +369,7 @@ class DecompositionRunner:
                 try:
                     message = read.result()
                 except grpc.aio.AioRpcError as exc:
+                    end.fatal = _fatal_refusal(self.leader, exc)
                     log.warning("task stream failed", code=exc.code().name, details=exc.details())
                     return end
                 if message is grpc.aio.EOF or not isinstance(message, task_service_pb2.PullTaskResponse):

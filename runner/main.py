@@ -13,6 +13,7 @@ from typing import NoReturn
 from paradecom import grpc_options, limits
 from paradecom.errors import ConfigError
 from paradecom.logs import LOG_FORMATS, configure_logging
+from paradecom.security import add_security_flags, security_from_args
 
 from .cache import DecompositionCache
 from .loop import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, DEFAULT_MODEL, DecompositionRunner
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="always ask the LLM; by default a decomposition already made is taken from the cache "
         "($PARADECOM_CACHE_DIR, else ~/.cache/paradecom)",
     )
+    add_security_flags(parser, server=False)
     parser.add_argument(
         "--drain-timeout",
         type=_seconds,
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--min-subtasks {args.min_subtasks} is more than --max-subtasks {args.max_subtasks}")
     configure_logging(args.log_format, args.log_level)
     try:
+        credentials = security_from_args(args, server=False)
         runner = DecompositionRunner(
             args.leader,
             concurrency=args.concurrency,
@@ -171,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
             min_subtasks=args.min_subtasks,
             max_subtasks=args.max_subtasks,
             cache=None if args.no_cache else DecompositionCache(),
+            security=credentials,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(runner))
+    try:
+        asyncio.run(_serve(runner))
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -122,3 +122,36 @@ def test_bad_security_flags(flags: list[str], needle: str, pki: Path) -> None:
     flags = [f.format(pki=pki) for f in flags]
     result = run_cli([sys.executable, "-m", "paradecom.leader.main", "--listen", "127.0.0.1:0", *flags])
     assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_runner_with_token_and_tls_does_the_work(
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
+    pki: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runner with the token and the CA completes a project on a TLS + token leader; one that
+    does not trust the leader's certificate, or has no token, stops at once with one clear line."""
+    monkeypatch.setenv("PARADECOM_AUTH_TOKEN", TOKEN)
+    base_url = fake_llm("--fanout", "2", "--atomic-depth", "5")
+    tls = ["--tls-cert", str(pki / "leader.pem"), "--tls-key", str(pki / "leader.key")]
+    _, address = start_leader(*tls)
+    start_runner(address, base_url, "--tls-ca", str(pki / "ca.pem"))
+    path = tmp_path / "p.yaml"
+    path.write_text("name: X\ndescription: Y\nmax_depth: 1\n")
+    client = ["--leader", address, "--tls-ca", str(pki / "ca.pem")]
+    project_id = run_cli([*PARADECOM, "submit", *client, str(path)]).stdout.strip()
+    result = run_cli([*PARADECOM, "result", *client, project_id, "--wait"])
+    assert result.returncode == 0, result.stderr
+    assert "Y" in result.stdout
+
+    untrusting = start_runner(address, base_url, "--tls-ca", str(pki / "other-ca.pem"))
+    assert untrusting.wait(30) == 2
+    assert "TLS handshake" in untrusting.stderr.splitlines()[-1]
+
+    monkeypatch.setenv("PARADECOM_AUTH_TOKEN", "wrong")
+    no_token = start_runner(address, base_url, "--tls-ca", str(pki / "ca.pem"))
+    assert no_token.wait(30) == 2
+    assert "credentials" in no_token.stderr.splitlines()[-1]
