@@ -8,57 +8,18 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import NoReturn
 
-from paradecom import grpc_options, limits
+from paradecom import limits
+from paradecom.cliargs import Parser, add_logging_flags, address, float_range, int_range
 from paradecom.errors import ConfigError
-from paradecom.logs import LOG_FORMATS, configure_logging
+from paradecom.logs import configure_logging
 from paradecom.security import add_security_flags, security_from_args
 
 from .cache import DecompositionCache
 from .loop import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, DEFAULT_MODEL, DecompositionRunner
 
 PROG = "paradecom-runner"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_REASKS_LIMIT = 10
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit 2: no usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range {low}..{high}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.0 <= value <= limits.MAX_LEASE_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(f"{value:g} is out of range 0..{limits.MAX_LEASE_TIMEOUT_S:g}")
-    return value
-
-
-def _address(text: str) -> str:
-    try:
-        grpc_options.parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _non_empty(limit: int) -> Callable[[str], str]:
@@ -74,15 +35,15 @@ def _non_empty(limit: int) -> Callable[[str], str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The runner's flags; every range is checked while parsing."""
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Pull tasks from a ParaDecom leader, decompose them with an LLM, submit the results. "
         "The LLM endpoint is set with OPENAI_BASE_URL (and OPENAI_API_KEY for hosted endpoints).",
     )
-    parser.add_argument("--leader", required=True, type=_address, metavar="HOST:PORT", help="the leader's address")
+    parser.add_argument("--leader", required=True, type=address, metavar="HOST:PORT", help="the leader's address")
     parser.add_argument(
         "--concurrency",
-        type=_int_in(1, limits.MAX_CONCURRENCY),
+        type=int_range(1, limits.MAX_CONCURRENCY),
         default=8,
         metavar="N",
         help=f"tasks worked on at once, 1..{limits.MAX_CONCURRENCY} (default 8)",
@@ -103,21 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-reasks",
-        type=_int_in(0, MAX_REASKS_LIMIT),
+        type=int_range(0, MAX_REASKS_LIMIT),
         default=2,
         metavar="N",
         help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT} (default 2)",
     )
     parser.add_argument(
         "--min-subtasks",
-        type=_int_in(1, limits.MAX_SUBTASKS),
+        type=int_range(1, limits.MAX_SUBTASKS),
         default=DEFAULT_MIN_SUBTASKS,
         metavar="N",
         help=f"fewer valid subtasks than this make the task a leaf (default {DEFAULT_MIN_SUBTASKS})",
     )
     parser.add_argument(
         "--max-subtasks",
-        type=_int_in(1, limits.MAX_SUBTASKS),
+        type=int_range(1, limits.MAX_SUBTASKS),
         default=DEFAULT_MAX_SUBTASKS,
         metavar="N",
         help=f"more subtasks than this is an invalid answer, re-asked (default {DEFAULT_MAX_SUBTASKS})",
@@ -131,15 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_security_flags(parser, server=False)
     parser.add_argument(
         "--drain-timeout",
-        type=_seconds,
+        type=float_range(0.0, limits.MAX_LEASE_TIMEOUT_S),
         default=30.0,
         metavar="S",
         help="on SIGTERM, seconds to let tasks in hand finish before releasing them (default 30)",
     )
-    parser.add_argument(
-        "--log-format", choices=LOG_FORMATS, default="console", help="log lines on stderr (default console)"
-    )
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="least level logged (default info)")
+    add_logging_flags(parser)
     return parser
 
 
