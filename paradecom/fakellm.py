@@ -108,6 +108,7 @@ class Options:
     slow_rate: float = 0.0
     slow_latency: float = 10.0
     rpm: int = 0
+    rpm_window: float = RPM_WINDOW_S
 
 
 class _OneLineArgumentParser(argparse.ArgumentParser):
@@ -249,6 +250,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests per minute over a sliding window, beyond which 429; 0 = no limit (default 0)",
     )
     parser.add_argument(
+        "--rpm-window",
+        type=_float_in(0.1, 3600.0),
+        default=RPM_WINDOW_S,
+        metavar="S",
+        help="length of --rpm's sliding window in seconds, to make tests quick (default 60: a minute)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="console",
@@ -269,6 +277,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         slow_rate=args.slow_rate,
         slow_latency=args.slow_latency,
         rpm=args.rpm,
+        rpm_window=args.rpm_window,
     )
 
 
@@ -425,10 +434,10 @@ class FakeLLM:
         """Seconds until the sliding window has room, or None after admitting this request."""
         now = time.monotonic()
         window = self._window
-        while window and window[0] <= now - RPM_WINDOW_S:
+        while window and window[0] <= now - self.options.rpm_window:
             window.popleft()
         if len(window) >= self.options.rpm:
-            return window[0] + RPM_WINDOW_S - now
+            return window[0] + self.options.rpm_window - now
         window.append(now)
         return None
 

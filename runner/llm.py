@@ -3,6 +3,17 @@
 Retries are ours so that one function, `is_retryable`, decides from status and headers what is
 worth another try, and so that the budget of tries and waits is visible in one place instead of
 being multiplied by a hidden layer inside the SDK.
+
+Structured output: endpoints differ in how they take the answer's JSON schema, so the request's
+`response_format` is chosen per endpoint kind (`structured_output`):
+
+- `json_schema`: `{"type": "json_schema", "json_schema": {"name": "decomposition", "strict": true,
+  "schema": ...}}`, OpenAI's structured outputs, also taken by vLLM and Ollama;
+- `json_object`: `{"type": "json_object", "schema": ...}`, llama-cpp-python's server (which refuses
+  `json_schema`) turns the schema into a grammar; servers that ignore `schema` still give JSON;
+- `prompt`: no `response_format`; the answer's shape is only described in the prompt;
+- `auto` (the default): the first of those three the endpoint does not refuse, learned on the
+  first call and remembered for the process.
 """
 
 from __future__ import annotations
@@ -13,7 +24,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,7 +34,15 @@ import structlog
 
 from paradecom.errors import ConfigError, DecompositionError
 
+from .schema import DECOMPOSITION_SCHEMA
+
 log = structlog.get_logger("paradecom.runner.llm")
+
+# Told of every HTTP 429 (with its Retry-After in seconds, if any) met by calls made in this
+# context: the runner sets it per lease, to report rate limits to the leader as they happen.
+RATE_LIMIT_LISTENER: ContextVar[Callable[[float | None], None] | None] = ContextVar(
+    "paradecom_rate_limit_listener", default=None
+)
 
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 5
@@ -35,6 +55,20 @@ BACKOFF_MAX_S = 20.0
 MAX_RETRY_AFTER_S = 60.0
 # Without a key the SDK refuses to build a client; local servers ignore the header anyway.
 UNUSED_API_KEY = "unused"
+
+STRUCTURED_OUTPUT_MODES = ("auto", "json_schema", "json_object", "prompt")
+# What `auto` tries, in order: the first the endpoint does not refuse is kept.
+AUTO_ORDER = ("json_schema", "json_object", "prompt")
+SCHEMA_NAME = "decomposition"
+NO_ENDPOINT = "no LLM endpoint: set OPENAI_BASE_URL (and OPENAI_API_KEY for hosted endpoints)"
+# Words by which an endpoint's refusal names the response format it cannot take.
+_FORMAT_WORDS = ("response_format", "response format", "json_schema", "json schema", "json_object", "schema")
+# Statuses such a refusal comes with: 400 and 422 usually; llama-cpp-python's server answers a
+# request it cannot validate with 500, its message naming the field.
+_FORMAT_REFUSAL_STATUSES = frozenset({400, 415, 422, 500, 501})
+
+# The mode `auto` settled on, by (base URL, model): learned once per process.
+_learned_modes: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -111,13 +145,45 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def check_endpoint_configured(base_url: str | None = None, api_key: str | None = None) -> None:
-    """Raise ConfigError unless an endpoint is given or set in OPENAI_BASE_URL / OPENAI_API_KEY.
+def response_format_for(mode: str) -> dict[str, Any] | None:
+    """The `response_format` a request carries in structured-output `mode` (None: none at all)."""
+    if mode == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": DECOMPOSITION_SCHEMA},
+        }
+    if mode == "json_object":
+        return {"type": "json_object", "schema": DECOMPOSITION_SCHEMA}
+    if mode == "prompt":
+        return None
+    raise ValueError(f"no response_format for structured output mode {mode!r}")
 
-    Commands call it before starting anything, so a missing setting is one line, not a runner
-    process that fails later."""
-    if not (base_url or os.environ.get("OPENAI_BASE_URL") or api_key or os.environ.get("OPENAI_API_KEY")):
-        raise ConfigError("no LLM endpoint: set OPENAI_BASE_URL (and OPENAI_API_KEY for hosted endpoints)")
+
+def rejects_response_format(exc: BaseException) -> bool:
+    """Whether `exc` is the endpoint refusing the request's `response_format` (so another kind may
+    be accepted), as opposed to refusing the request for any other reason."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in _FORMAT_REFUSAL_STATUSES:
+        return False
+    text = f"{exc.message} {exc.body!r}".lower()
+    return any(word in text for word in _FORMAT_WORDS)
+
+
+def endpoint_configured(base_url: str | None = None, api_key: str | None = None) -> bool:
+    """Whether an endpoint is given, or set in OPENAI_BASE_URL / OPENAI_API_KEY."""
+    return bool(base_url or os.environ.get("OPENAI_BASE_URL") or api_key or os.environ.get("OPENAI_API_KEY"))
+
+
+def check_endpoint_configured(base_url: str | None = None, api_key: str | None = None) -> None:
+    """Raise ConfigError unless an endpoint is given or set in OPENAI_BASE_URL / OPENAI_API_KEY,
+    or the embedded local model (the `local` extra) can stand in for one.
+
+    Commands that start their own runners call it before starting anything, so a missing setting
+    is one line, not a runner process that fails later."""
+    if endpoint_configured(base_url, api_key):
+        return
+    from paradecom.local_llm import check_embedded_available
+
+    check_embedded_available()
 
 
 class LLMClient:
@@ -139,11 +205,18 @@ class LLMClient:
         temperature: float = DEFAULT_TEMPERATURE,
         backoff_base: float = BACKOFF_BASE_S,
         backoff_max: float = BACKOFF_MAX_S,
+        structured_output: str = "auto",
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if structured_output not in STRUCTURED_OUTPUT_MODES:
+            raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
         self.model = model
+        self.structured_output = structured_output
+        # `auto`: the kinds this endpoint refused, and the lock one probe at a time holds.
+        self._refused: list[str] = []
+        self._lock: asyncio.Lock | None = None
         self.max_attempts = max_attempts
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -153,7 +226,9 @@ class LLMClient:
             self.base_url = str(client.base_url)
             self._client = client
             return
-        check_endpoint_configured(base_url, api_key)
+        if not endpoint_configured(base_url, api_key):
+            # A runner cannot start the embedded model itself: whoever starts it points it there.
+            raise ConfigError(NO_ENDPOINT)
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
         self._client = openai.AsyncOpenAI(
@@ -169,15 +244,57 @@ class LLMClient:
         """Close the HTTP connections."""
         await self._client.close()
 
+    @property
+    def answer_format(self) -> dict[str, Any]:
+        """What besides the prompt shapes an answer (part of the decomposition cache's key)."""
+        return {"structured_output": self.structured_output, "schema": DECOMPOSITION_SCHEMA}
+
+    def _probe_lock(self) -> asyncio.Lock:
+        # Made on first use, on the loop that uses it.
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
     async def _create(self, messages: Sequence[Mapping[str, str]]) -> Completion:
+        """One request, in the structured-output mode set, or learned, or (`auto`) being learned."""
+        if self.structured_output != "auto":
+            return await self._request(messages, self.structured_output)
+        mode = _learned_modes.get((self.base_url, self.model))
+        if mode is None:
+            # One request at a time finds out; the others wait and then use what it learned, so a
+            # burst of first calls costs one refusal per kind, not one per call.
+            async with self._probe_lock():
+                mode = _learned_modes.get((self.base_url, self.model))
+                if mode is None:
+                    return await self._probe(messages)
+        return await self._request(messages, mode)
+
+    async def _probe(self, messages: Sequence[Mapping[str, str]]) -> Completion:
+        for mode in AUTO_ORDER:
+            if mode in self._refused:
+                continue
+            try:
+                completion = await self._request(messages, mode)
+            except openai.APIStatusError as exc:
+                if mode == AUTO_ORDER[-1] or not rejects_response_format(exc):
+                    raise
+                self._refused.append(mode)
+                log.info("endpoint refused a response format, trying the next", mode=mode, error=_describe(exc))
+                continue
+            _learned_modes[(self.base_url, self.model)] = mode
+            log.info("structured output mode chosen", mode=mode, base_url=self.base_url, model=self.model)
+            return completion
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request(self, messages: Sequence[Mapping[str, str]], mode: str) -> Completion:
+        response_format = response_format_for(mode)
+        extra: dict[str, Any] = {} if response_format is None else {"response_format": response_format}
         response = await self._client.chat.completions.create(
             model=self.model,
             messages=cast(Any, list(messages)),
-            # json_object, not json_schema: the one form every OpenAI-compatible server we target
-            # (OpenAI, vLLM, Ollama, llama.cpp) accepts; the shape is enforced by our own parser.
-            response_format={"type": "json_object"},
             temperature=self.temperature,
             max_tokens=self.max_tokens,
+            **extra,
         )
         choice = response.choices[0] if response.choices else None
         usage = response.usage
@@ -201,6 +318,10 @@ class LLMClient:
                 raise
             except Exception as exc:
                 retryable, retry_after = is_retryable(exc)
+                if isinstance(exc, openai.APIStatusError) and exc.status_code == 429:
+                    listener = RATE_LIMIT_LISTENER.get()
+                    if listener is not None:
+                        listener(retry_after)
                 reason = _describe(exc)
                 if not retryable and not isinstance(exc, openai.APIError):
                     # Not an answer from the endpoint but a surprise on our side (a reply the SDK

@@ -24,7 +24,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
@@ -36,7 +36,7 @@ from paradecom.security import Security
 from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
 from .cache import DecompositionCache, cache_key
-from .llm import Completion, LLMClient, backoff_delay
+from .llm import RATE_LIMIT_LISTENER, Completion, LLMClient, backoff_delay
 from .prompt import build_messages, reask_messages
 from .schema import InvalidAnswer, parse_decomposition
 
@@ -119,6 +119,16 @@ class _Lease:
 
     assignment: task_pb2.TaskAssignment
     settled: bool = False
+    # HTTP 429s met while working on it, and how many of them the leader has heard of.
+    rate_limited: int = 0
+    reported: int = 0
+    retry_after_ms: int = 0
+    rate_limit_met: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def note_rate_limit(self, retry_after: float | None) -> None:
+        self.rate_limited += 1
+        self.retry_after_ms = max(self.retry_after_ms, int((retry_after or 0) * 1000))
+        self.rate_limit_met.set()
 
     @property
     def task_id(self) -> str:
@@ -230,6 +240,21 @@ class DecompositionRunner:
         endpoint refused the request outright.
         """
         usage = task_pb2.Usage()
+        outer = RATE_LIMIT_LISTENER.get()
+
+        def count_rate_limit(retry_after: float | None) -> None:
+            usage.rate_limited += 1
+            usage.retry_after_ms = max(usage.retry_after_ms, int((retry_after or 0) * 1000))
+            if outer is not None:
+                outer(retry_after)
+
+        reset = RATE_LIMIT_LISTENER.set(count_rate_limit)
+        try:
+            return await self._decompose(assignment, usage)
+        finally:
+            RATE_LIMIT_LISTENER.reset(reset)
+
+    async def _decompose(self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage) -> DecompositionOutcome:
         messages = build_messages(assignment)
         parent_title = assignment.task.title
         # The answer format (structured-output mode and schema) is part of what produced an answer.
@@ -422,7 +447,9 @@ class DecompositionRunner:
         ):
             started = time.monotonic()
             log.info("task received", title=assignment.task.title, depth=assignment.depth)
-            # Both side tasks inherit this context, so their lines carry the task's ids too.
+            # Both side tasks inherit this context, so their lines carry the task's ids too, and the
+            # LLM client's 429s reach this lease's heartbeat.
+            RATE_LIMIT_LISTENER.set(held.note_rate_limit)
             heartbeat = asyncio.create_task(self._heartbeat(stub, held))
             work = asyncio.create_task(self._decompose_in_slot(assignment))
             try:
@@ -458,10 +485,18 @@ class DecompositionRunner:
         loop = asyncio.get_running_loop()
         interval = max(MIN_HEARTBEAT_S, held.timeout_s / 3)
         deadline = min(RPC_DEADLINE_S, max(interval, 1.0))
-        request = task_service_pb2.ExtendLeaseRequest(task_id=held.task_id, lease_token=held.token)
         next_at = loop.time() + interval
         while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            # A 429 is reported at once, not at the next tick: the leader slows every runner down.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.rate_limit_met.wait(), max(0.0, next_at - loop.time()))
+            held.rate_limit_met.clear()
+            fresh = held.rate_limited - held.reported
+            request = task_service_pb2.ExtendLeaseRequest(
+                task_id=held.task_id,
+                lease_token=held.token,
+                usage=task_pb2.Usage(rate_limited=fresh, retry_after_ms=held.retry_after_ms if fresh else 0),
+            )
             try:
                 response = await stub.ExtendLease(request, timeout=deadline)
             except grpc.aio.AioRpcError as exc:
@@ -471,6 +506,7 @@ class DecompositionRunner:
                 # The leader may be restarting with our lease intact: try again at the next tick.
                 log.info("heartbeat failed", code=exc.code().name, details=exc.details())
             else:
+                held.reported += fresh
                 if response.cancelled:
                     log.info("project cancelled, abandoning the task")
                     return
