@@ -108,6 +108,52 @@ class DecompositionAnswer(BaseModel):
     subtasks: list[SubtaskAnswer]
 
 
+# Keys of a pydantic JSON schema that only document it: they cost the endpoint's grammar compiler
+# (and OpenAI's strict mode) nothing useful, and `default` contradicts "every property required".
+_SCHEMA_NOISE = frozenset({"title", "default", "description", "examples"})
+
+
+def _strict(node: Any, defs: dict[str, Any]) -> Any:
+    """`node` with $refs inlined, the noise dropped, and every object closed and fully required."""
+    if isinstance(node, list):
+        return [_strict(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _strict(defs[ref.removeprefix("#/$defs/")], defs)
+    out = {k: _strict(v, defs) for k, v in node.items() if k not in _SCHEMA_NOISE and k not in ("$defs", "properties")}
+    if isinstance(node.get("properties"), dict):
+        # Property names are data, not schema keywords: a property called "title" stays.
+        out["properties"] = {name: _strict(sub, defs) for name, sub in node["properties"].items()}
+    if out.get("type") == "object":
+        out["required"] = list(out.get("properties", {}))
+        out["additionalProperties"] = False
+    return out
+
+
+def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of `model` in the form OpenAI's strict structured outputs accept (and vLLM,
+    Ollama and llama.cpp's grammar compilers too): no $defs/$ref, no titles, descriptions or defaults,
+    every object `additionalProperties: false` with all its properties required."""
+    raw = model.model_json_schema()
+    result: dict[str, Any] = _strict(raw, raw.get("$defs", {}))
+    return result
+
+
+def _decomposition_schema() -> dict[str, Any]:
+    schema = strict_json_schema(DecompositionAnswer)
+    # Bounds the parser enforces anyway; in the schema they also stop a constrained small model
+    # from writing subtasks until it runs out of tokens.
+    schema["properties"]["subtasks"].update(minItems=1, maxItems=limits.MAX_SUBTASKS)
+    return schema
+
+
+# What `response_format` sends (json_schema and json_object modes): the answer's shape, derived
+# from the models above so the two cannot drift apart.
+DECOMPOSITION_SCHEMA: dict[str, Any] = _decomposition_schema()
+
+
 def extract_json(text: str) -> Any:
     """The JSON value in `text`: the whole text, else a ```json fenced block, else the first
     `{"subtasks": ...}` object found in surrounding prose. Raises InvalidAnswer when there is none."""

@@ -407,7 +407,7 @@ def complete_once(llm: LLMClient) -> Completion:
 
 def test_complete_retries_transient_errors_then_succeeds() -> None:
     """503 and 429 (Retry-After: 0) are retried; the answer, finish reason and usage come back, and
-    the request asks for a JSON object at temperature 0.2."""
+    the request asks for schema-constrained JSON at temperature 0.2."""
     llm, seen = scripted_llm(
         [
             httpx2.Response(503, json={"error": {"message": "busy"}}),
@@ -419,7 +419,7 @@ def test_complete_retries_transient_errors_then_succeeds() -> None:
     assert completion == Completion(text="{}", finish_reason="stop", prompt_tokens=11, completion_tokens=22)
     assert len(seen) == 3
     body = json.loads(seen[-1].content)
-    assert body["response_format"] == {"type": "json_object"}
+    assert body["response_format"]["type"] == "json_schema", "auto tries strict structured output first"
     assert body["temperature"] == 0.2 and body["max_tokens"] == 2000 and body["model"] == "m"
 
 
