@@ -85,6 +85,7 @@ class DecompositionLeader:
         self.lifecycle = TaskLifecycle(store, self.config, clock=clock, on_change=self.feed.notify)
         # Definitions never change after submission; parsing them once per project, not per lease.
         self._definitions: dict[str, project_pb2.ProjectDefinition] = {}
+        self._contexts: dict[str, project_pb2.ProjectDefinition] = {}
 
     # Projects.
 
@@ -147,6 +148,16 @@ class DecompositionLeader:
             assert row is not None
             self._definitions[project_id] = project_pb2.ProjectDefinition.FromString(row.definition)
         return self._definitions[project_id]
+
+    def _context(self, project_id: str) -> project_pb2.ProjectDefinition:
+        """The definition as runners get it: without the seed tasks, which every assignment would
+        otherwise carry (kilobytes per seed) though a task's own context is all a runner needs."""
+        if project_id not in self._contexts:
+            context = project_pb2.ProjectDefinition()
+            context.CopyFrom(self.definition(project_id))
+            del context.tasks[:]
+            self._contexts[project_id] = context
+        return self._contexts[project_id]
 
     def summary(self, project_id: str) -> project_pb2.ProjectSummary | None:
         row = self.store.get_project(project_id)
@@ -211,7 +222,7 @@ class DecompositionLeader:
             parent_id = parent.parent_id
         ancestors.reverse()
         siblings = self.store.children_titles(task.project_id, task.parent_id, MAX_SIBLING_TITLES + 1)
-        definition = self.definition(task.project_id)
+        definition = self._context(task.project_id)
         return task_pb2.TaskAssignment(
             lease=task_pb2.Lease(
                 task_id=str(task.id),

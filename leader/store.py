@@ -157,7 +157,8 @@ CREATE INDEX IF NOT EXISTS tasks_backoff ON tasks (not_before_ms) WHERE state = 
 CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (lease_expires_ms) WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS tasks_runner ON tasks (runner_id) WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS tasks_project ON tasks (project_id, state);
-CREATE INDEX IF NOT EXISTS tasks_parent ON tasks (parent_id);
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks (parent_id, position);
+CREATE INDEX IF NOT EXISTS tasks_top_level ON tasks (project_id, position) WHERE parent_id IS NULL;
 CREATE INDEX IF NOT EXISTS projects_state ON projects (state);
 """
 

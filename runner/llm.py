@@ -174,16 +174,12 @@ def endpoint_configured(base_url: str | None = None, api_key: str | None = None)
 
 
 def check_endpoint_configured(base_url: str | None = None, api_key: str | None = None) -> None:
-    """Raise ConfigError unless an endpoint is given or set in OPENAI_BASE_URL / OPENAI_API_KEY,
-    or the embedded local model (the `local` extra) can stand in for one.
+    """Raise ConfigError unless an endpoint is given or set in OPENAI_BASE_URL / OPENAI_API_KEY.
 
     Commands that start their own runners call it before starting anything, so a missing setting
     is one line, not a runner process that fails later."""
-    if endpoint_configured(base_url, api_key):
-        return
-    from paradecom.local_llm import check_embedded_available
-
-    check_embedded_available()
+    if not endpoint_configured(base_url, api_key):
+        raise ConfigError(NO_ENDPOINT)
 
 
 class LLMClient:
