@@ -3,14 +3,15 @@
 PY := .venv/bin/python
 NODE_RUNNER := clients/node-runner
 
-.PHONY: install proto proto-check lint test demo clean
+.PHONY: install proto proto-check lint test demo bench clean
 
 install: .venv/.installed
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml tools/package-lock.json
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	@if [ -f $(NODE_RUNNER)/package-lock.json ]; then npm ci --silent --prefix $(NODE_RUNNER); fi
+	npm ci --silent --prefix tools   # buf, for tests/test_proto_lint.py
 	touch $@
 
 proto: install           ## regenerate paradecom/v1 from proto/
@@ -29,6 +30,16 @@ test: install lint
 
 demo: install            ## decompose examples/webshop.yaml on fake-llm with 3 runners
 	scripts/demo.sh
+
+# BENCH_ARGS=--quick for a sanity run (~6 min); the full run takes ~45 min on 2 cores.
+bench: .venv/.bench-installed   ## benchmarks: table on stdout, bench/results.json, docs/performance.png
+	@command -v redis-server >/dev/null || apt-get install -y -q redis-server \
+		|| echo "no redis-server: the Celery comparison will be skipped"
+	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.plot bench/results.json docs/performance.png
+.venv/.bench-installed: .venv/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache

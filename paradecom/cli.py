@@ -28,7 +28,7 @@ from paradecom.security import Security, security_from_args
 from paradecom.v1 import project_pb2
 
 PROG = "paradecom"
-FORMATS = ("json", "markdown")
+FORMATS = ("json", "markdown", "mermaid", "csv")
 DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
 # LLM calls wait on the network, not the CPU: one runner process with --concurrency calls in flight
 # already keeps a CPU busy only a little, and two give a spare when one is restarting. Raise it for

@@ -1,26 +1,40 @@
-"""The result of a decomposition: a project's task tree, as JSON or Markdown.
+"""The result of a decomposition: a project's task tree, as JSON, Markdown, Mermaid or CSV.
 
 `TaskTree.from_proto` reads the leader's GetTaskTreeResponse; `to_dict`/`from_dict` give the
 stable JSON shape documented in docs/tree-format.md, so a saved tree can be read back without the
-leader.
+leader. `to_mermaid` draws the tree and its dependencies as a flowchart; `to_csv` gives one row per
+task for an issue tracker's CSV import.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from paradecom.v1 import project_pb2, project_service_pb2
 
-FORMATS = ("json", "markdown")
+FORMATS = ("json", "markdown", "mermaid", "csv")
 
 _TASK_STATUS_PREFIX = "TASK_STATUS_"
 _PROJECT_STATE_PREFIX = "PROJECT_STATE_"
 _COUNT_KEYS = ("total", "done", "dead", "queued", "leased", "cancelled")
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "calls", "reasks", "failures", "rate_limited", "cache_hits")
+CSV_COLUMNS = (
+    "id",
+    "title",
+    "description",
+    "parent",
+    "depends_on",
+    "estimate_hours",
+    "labels",
+    "acceptance_criteria",
+)
 
 
 @dataclass
@@ -213,13 +227,88 @@ class TaskTree:
             _task_markdown(task, 0, lines)
         return "\n".join(lines)
 
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart, renderable as it is (GitHub, GitLab, mermaid.live): one node per
+        task, a solid arrow from each task to each of its subtasks, and a dashed arrow from each
+        task to the tasks that depend on it (`A -.-> B`: A must be finished before B).
+
+        Node ids are `t` and the task id with dots as underscores (`t1_2_3`); labels are the task
+        id, title and estimate, whitespace collapsed and Mermaid's special characters written as
+        entity codes. Atomic tasks and dead tasks are styled (classes `atomic` and `dead`).
+        """
+        lines = ["---", f"title: {_yaml_quoted(_line(str(self.project.get('name', ''))))}", "---", "flowchart TD"]
+        node_ids: dict[str, str] = {}
+        taken: set[str] = set()
+        for task in self.iter_tasks():
+            node_ids[task.id] = _mermaid_id(task.id, taken)
+            taken.add(node_ids[task.id])
+        for task in self.iter_tasks():
+            label = f"{task.id} {_line(task.title)}"
+            if task.estimate_hours > 0:
+                label += f" ({_hours(task.estimate_hours)})"
+            if task.status != "done":
+                label += f" ({task.status})"
+            lines.append(f'    {node_ids[task.id]}["{_mermaid_text(label)}"]')
+        for task in self.iter_tasks():
+            lines += [f"    {node_ids[task.id]} --> {node_ids[child.id]}" for child in task.children]
+        for task in self.iter_tasks():
+            # A dependency on an id not in the tree (a partial tree) would draw a bare node: leave it out.
+            lines += [f"    {node_ids[dep]} -.-> {node_ids[task.id]}" for dep in task.depends_on if dep in node_ids]
+        atomic = [node_ids[t.id] for t in self.iter_tasks() if t.atomic and t.status != "dead"]
+        dead = [node_ids[t.id] for t in self.iter_tasks() if t.status == "dead"]
+        lines += [
+            "    classDef atomic fill:#e8f5e9,stroke:#2e7d32",
+            "    classDef dead fill:#ffebee,stroke:#c62828,stroke-dasharray: 5 5",
+        ]
+        if atomic:
+            lines.append(f"    class {','.join(atomic)} atomic")
+        if dead:
+            lines.append(f"    class {','.join(dead)} dead")
+        return "\n".join(lines)
+
+    def to_csv(self) -> str:
+        """One row per task (depth first, each task before its subtasks) under a header row, for an
+        issue tracker's CSV import; without a trailing newline.
+
+        Columns (CSV_COLUMNS): id, title, description, parent (the parent's id, empty for a
+        top-level task), depends_on (ids joined by ";"), estimate_hours (empty when unknown),
+        labels (joined by ";": `depth-N`, then `atomic`, the status when it is not `done` such as
+        `dead`, and `stop:<reason>` with the stop reason in lower-case words joined by "-"), and
+        acceptance_criteria (one per line). Descriptions and criteria keep their line breaks; the
+        csv module quotes them. Values are written as they are: a spreadsheet may read a cell that
+        starts with "=" as a formula.
+        """
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for task in self.iter_tasks():
+            labels = [f"depth-{task.depth}"]
+            if task.atomic:
+                labels.append("atomic")
+            if task.status != "done":
+                labels.append(task.status)
+            if task.stop_reason:
+                labels.append(f"stop:{_slug(task.stop_reason)}")
+            writer.writerow(
+                [
+                    task.id,
+                    _line(task.title),
+                    task.description.strip(),
+                    task.parent_id or "",
+                    ";".join(task.depends_on),
+                    f"{task.estimate_hours:g}" if task.estimate_hours > 0 else "",
+                    ";".join(labels),
+                    "\n".join(_line(c) for c in task.acceptance_criteria),
+                ]
+            )
+        return out.getvalue().removesuffix("\n")
+
     def render(self, fmt: str) -> str:
-        """The tree as "json" or "markdown"; ValueError for any other format."""
-        if fmt == "json":
-            return self.to_json()
-        if fmt == "markdown":
-            return self.to_markdown()
-        raise ValueError(f"unknown tree format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        """The tree in one of FORMATS ("json", "markdown", "mermaid", "csv"); ValueError for any other."""
+        renderers = {"json": self.to_json, "markdown": self.to_markdown, "mermaid": self.to_mermaid, "csv": self.to_csv}
+        if fmt not in renderers:
+            raise ValueError(f"unknown tree format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        return renderers[fmt]()
 
     def iter_tasks(self) -> Iterator[TreeTask]:
         """Every task of the tree, depth first: each task before its children, siblings in order."""
@@ -269,3 +358,32 @@ def _hours(hours: float) -> str:
 def _line(text: str) -> str:
     # Titles, criteria and errors come from an LLM or a runner; a newline would break the list.
     return " ".join(text.split())
+
+
+# Mermaid reads "#name;" / "#NN;" in a label as an entity (decimal code point); every character that
+# could end the label, open a shape or edge label, or be taken as HTML is written that way.
+_MERMAID_ESCAPES = str.maketrans({c: f"#{ord(c)};" for c in '"#&<>[]{}|`'})
+
+
+def _mermaid_text(text: str) -> str:
+    return text.translate(_MERMAID_ESCAPES)
+
+
+def _mermaid_id(task_id: str, taken: set[str]) -> str:
+    # Letters, digits and "_" only, starting with "t": never a keyword ("end") nor an edge
+    # marker ("o", "x" right after "--"). Ids from a hand-edited tree may collide once cleaned.
+    base = "t" + re.sub(r"[^0-9A-Za-z_]", "_", task_id)
+    node_id, n = base, 1
+    while node_id in taken:
+        n += 1
+        node_id = f"{base}_{n}"
+    return node_id
+
+
+def _yaml_quoted(text: str) -> str:
+    # A JSON string is a valid YAML double-quoted scalar (Mermaid's front matter is YAML).
+    return json.dumps(text)
+
+
+def _slug(text: str) -> str:
+    return "-".join(re.findall(r"[0-9a-z]+", text.lower()))

@@ -943,12 +943,18 @@ def test_waits_for_a_leader_that_is_not_up_yet() -> None:
     [
         ([], "the following arguments are required: --leader"),
         (["--leader", "nowhere"], "argument --leader: 'nowhere' is not HOST:PORT"),
-        (["--leader", "h:1", "--concurrency", "0"], "argument --concurrency: 0 is out of range: a whole number from 1 to 1024"),
+        (
+            ["--leader", "h:1", "--concurrency", "0"],
+            "argument --concurrency: 0 is out of range: a whole number from 1 to 1024",
+        ),
         (
             ["--leader", "h:1", "--concurrency", "2000"],
             "argument --concurrency: 2000 is out of range: a whole number from 1 to 1024",
         ),
-        (["--leader", "h:1", "--max-reasks", "11"], "argument --max-reasks: 11 is out of range: a whole number from 0 to 10"),
+        (
+            ["--leader", "h:1", "--max-reasks", "11"],
+            "argument --max-reasks: 11 is out of range: a whole number from 0 to 10",
+        ),
         (
             ["--leader", "h:1", "--drain-timeout", "-1"],
             "argument --drain-timeout: -1 is out of range: a number from 0 to 3600",

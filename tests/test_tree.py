@@ -1,14 +1,19 @@
-"""The task tree: conversion from the leader's proto, the JSON and Markdown renderings, and round-trips."""
+"""The task tree: conversion from the leader's proto, the JSON, Markdown, Mermaid and CSV renderings, and
+round-trips."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from paradecom.tree import TaskTree, TreeTask
+from paradecom import cli
+from paradecom.tree import CSV_COLUMNS, FORMATS, TaskTree, TreeTask
 from paradecom.v1 import project_pb2, project_service_pb2
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -68,6 +73,7 @@ def sample_response() -> project_service_pb2.GetTaskTreeResponse:
                         estimate_hours=6,
                         status=DONE,
                         attempts=1,
+                        stop_reason="atomic",
                     ),
                     node(
                         id="1.2",
@@ -90,6 +96,7 @@ def sample_response() -> project_service_pb2.GetTaskTreeResponse:
                                 estimate_hours=4,
                                 status=DONE,
                                 attempts=1,
+                                stop_reason="max depth reached",
                             ),
                             node(
                                 id="1.2.2",
@@ -102,6 +109,7 @@ def sample_response() -> project_service_pb2.GetTaskTreeResponse:
                                 estimate_hours=3.5,
                                 status=DONE,
                                 attempts=1,
+                                stop_reason="max depth reached",
                             ),
                         ],
                     ),
@@ -168,13 +176,90 @@ def test_markdown_matches_golden() -> None:
     _check_golden("tree.md", TaskTree.from_proto(sample_response()).to_markdown())
 
 
+def test_mermaid_matches_golden() -> None:
+    """to_mermaid gives the flowchart with subtask arrows, dashed dependency arrows and styled atomic and
+    dead tasks, checked against tests/golden/tree.mmd."""
+    _check_golden("tree.mmd", TaskTree.from_proto(sample_response()).to_mermaid())
+
+
+def test_csv_matches_golden() -> None:
+    """to_csv gives a header row and one row per task with parent, dependencies, estimate, labels and
+    criteria, checked against tests/golden/tree.csv."""
+    _check_golden("tree.csv", TaskTree.from_proto(sample_response()).to_csv())
+
+
 def test_render_dispatches_and_refuses_unknown_formats() -> None:
-    """render("json") and render("markdown") equal to_json and to_markdown; other formats: ValueError."""
+    """render(fmt) equals the matching to_* method for every format; other formats: ValueError."""
     tree = TaskTree.from_proto(sample_response())
     assert tree.render("json") == tree.to_json()
     assert tree.render("markdown") == tree.to_markdown()
+    assert tree.render("mermaid") == tree.to_mermaid()
+    assert tree.render("csv") == tree.to_csv()
     with pytest.raises(ValueError, match="unknown tree format 'yaml'"):
         tree.render("yaml")
+
+
+def test_cli_offers_every_tree_format() -> None:
+    """The CLI's --format choices are exactly the formats the tree renders."""
+    assert cli.FORMATS == FORMATS
+
+
+def _awkward_tree() -> TaskTree:
+    """Titles and ids that would break Mermaid or CSV if written as they are."""
+    return TaskTree(
+        project={"name": 'Say "hi"\n[now]', "state": "running"},
+        tasks=[
+            TreeTask(
+                id="1",
+                parent_id=None,
+                depth=0,
+                title='Parse "quoted" [brackets] {braces} <b>html</b> & #hash | pipe `tick`\nsecond line',
+                description='Line one, with a comma\nline "two"',
+                acceptance_criteria=["first; with a semicolon", "second,\nwrapped"],
+                status="done",
+                children=[
+                    TreeTask(id="1.1", parent_id="1", depth=1, title="end", status="queued"),
+                    TreeTask(id="1_1", parent_id="1", depth=1, title="o", depends_on=["1.1", "9.9"]),
+                ],
+            )
+        ],
+    )
+
+
+def test_mermaid_escapes_labels_and_makes_safe_ids() -> None:
+    """Quotes, brackets, braces, HTML, "#", "|", backticks and newlines never reach a Mermaid label as
+    they are; node ids are letters, digits and "_" and stay unique; a dependency outside the tree is
+    left out."""
+    text = _awkward_tree().to_mermaid()
+    lines = text.splitlines()
+    assert lines[:4] == ["---", 'title: "Say \\"hi\\" [now]"', "---", "flowchart TD"]
+    labels = re.findall(r'^    (\w+)\["(.*)"\]$', text, flags=re.MULTILINE)
+    assert [node for node, _ in labels] == ["t1", "t1_1", "t1_1_2"]
+    first = labels[0][1]
+    assert first == (
+        "1 Parse #34;quoted#34; #91;brackets#93; #123;braces#125; #60;b#62;html#60;/b#62; #38; #35;hash "
+        "#124; pipe #96;tick#96; second line"
+    )
+    for _, label in labels:
+        assert not set(label) & set('"[]{}<>|`\n')
+    assert labels[1][1] == "1.1 end (queued)"
+    assert "    t1_1 -.-> t1_1_2" in lines
+    assert not any("9_9" in line for line in lines)
+
+
+def test_csv_quotes_fields_and_round_trips_through_the_csv_module() -> None:
+    """Commas, quotes and line breaks in fields survive a trip through csv.reader; criteria are one per
+    line, dependencies joined by ";", unfinished tasks labelled with their status."""
+    rows = list(csv.DictReader(io.StringIO(_awkward_tree().to_csv())))
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert [r["id"] for r in rows] == ["1", "1.1", "1_1"]
+    root = rows[0]
+    assert root["description"] == 'Line one, with a comma\nline "two"'
+    assert root["title"].endswith("tick` second line")
+    assert root["acceptance_criteria"] == "first; with a semicolon\nsecond, wrapped"
+    assert root["parent"] == "" and root["estimate_hours"] == "" and root["labels"] == "depth-0"
+    assert rows[2]["depends_on"] == "1.1;9.9" and rows[2]["parent"] == "1"
+    assert rows[1]["labels"] == "depth-1;queued"
 
 
 def test_dict_round_trip() -> None:
