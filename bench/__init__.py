@@ -1,0 +1,1 @@
+"""Benchmarks and soaks that run real ParaDecom processes (for example `python -m bench.chaos`)."""
