@@ -137,5 +137,8 @@ class Scheduler:
                 self.budget.seconds_until_room(self._typical_estimate),
             ]
             timeout = min([MAX_IDLE_S, *(w for w in waits if w is not None)])
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # lands as the event fires (CPython gh-86296), and the drain that cancels us would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(feed.any_change.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await feed.any_change.wait()

@@ -375,7 +375,8 @@ class DecompositionRunner:
             delay = backoff_delay(failures, RECONNECT_BASE_S, RECONNECT_MAX_S)
             log.info("reconnecting to the leader", delay_s=round(delay, 2), tasks_in_hand=len(self._leases))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
 
     async def _pull_once(self, stub: TaskServiceAsyncStub) -> _StreamEnd:
         """Read one PullTask stream until it ends, fails, drains or stop is requested."""
@@ -488,8 +489,11 @@ class DecompositionRunner:
         next_at = loop.time() + interval
         while True:
             # A 429 is reported at once, not at the next tick: the leader slows every runner down.
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that ends
+            # this heartbeat (CPython gh-86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(held.rate_limit_met.wait(), max(0.0, next_at - loop.time()))
+                async with asyncio.timeout(max(0.0, next_at - loop.time())):
+                    await held.rate_limit_met.wait()
             held.rate_limit_met.clear()
             fresh = held.rate_limited - held.reported
             request = task_service_pb2.ExtendLeaseRequest(
