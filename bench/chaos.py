@@ -744,7 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Both stop the soak through the `finally` below (SIGINT explicitly too: a shell starts background
+    # jobs with it ignored).
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     chaos = Chaos(args, workdir, log)
     code = 1
     try:
@@ -780,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     finally:
         chaos.close()
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if code == 0 and not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
