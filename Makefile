@@ -9,7 +9,7 @@ install: .venv/.installed
 .venv/.installed: pyproject.toml tools/package-lock.json
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench,local]'
 	@if [ -f $(NODE_RUNNER)/package-lock.json ]; then npm ci --silent --prefix $(NODE_RUNNER); fi
 	npm ci --silent --prefix tools   # buf, for tests/test_proto_lint.py
 	touch $@
@@ -28,7 +28,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest
 
-demo: install            ## decompose examples/webshop.yaml on fake-llm with 3 runners
+demo: install            ## decompose examples/webshop.yaml with 3 runners (the embedded model if no endpoint is set)
 	scripts/demo.sh
 
 # BENCH_ARGS=--quick for a sanity run (~6 min); the full run takes ~45 min on 2 cores.
@@ -38,7 +38,7 @@ bench: .venv/.bench-installed   ## benchmarks: table on stdout, bench/results.js
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.plot bench/results.json docs/performance.png
 .venv/.bench-installed: .venv/.installed pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench,local]'
 	touch $@
 
 clean:

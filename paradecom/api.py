@@ -11,13 +11,14 @@ from paradecom.project import ProjectDefinition, load_project
 from paradecom.tree import TaskTree
 
 DEFAULT_RUNNERS = 2
+DEFAULT_CONCURRENCY = 8
 
 
 def parallel_decompose_project(
     project: ProjectDefinition | str | Path,
     runners: int = DEFAULT_RUNNERS,
     *,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     model: str | None = None,
     cache: bool = True,
 ) -> TaskTree:
@@ -26,12 +27,14 @@ def parallel_decompose_project(
     `runners` runner processes, each with `concurrency` LLM calls in flight, work for a local
     leader; `runners=0` runs the sequential fallback in this process. `cache=False` asks the LLM
     even for decompositions already made. The LLM endpoint comes from
-    OPENAI_BASE_URL / OPENAI_API_KEY, as for the CLI. Raises ParaDecomError subclasses with a
-    one-line message on bad input or a failed run.
+    OPENAI_BASE_URL / OPENAI_API_KEY, as for the CLI; with neither set, the embedded model (the
+    `local` extra) is started for the call, `concurrency` then defaulting to 1 instead of 8, and
+    this process's environment points at it until the call returns. Raises ParaDecomError
+    subclasses with a one-line message on bad input, a missing endpoint or a failed run.
     """
     if isinstance(runners, bool) or not isinstance(runners, int) or not 0 <= runners <= limits.MAX_RUNNERS:
         raise ValueError(f"runners must be a whole number from 0 to {limits.MAX_RUNNERS}, not {runners!r}")
-    if (
+    if concurrency is not None and (
         isinstance(concurrency, bool)
         or not isinstance(concurrency, int)
         or not 1 <= concurrency <= limits.MAX_CONCURRENCY
@@ -39,16 +42,44 @@ def parallel_decompose_project(
         raise ValueError(f"concurrency must be a whole number from 1 to {limits.MAX_CONCURRENCY}, not {concurrency!r}")
     definition = project if isinstance(project, ProjectDefinition) else load_project(project)
     definition.validate(source="project")
+    return asyncio.run(_decompose(definition, runners, concurrency, model, cache))
+
+
+async def _decompose(
+    definition: ProjectDefinition, runners: int, concurrency: int | None, model: str | None, cache: bool
+) -> TaskTree:
+    from paradecom.runner.llm import endpoint_configured
+
+    if endpoint_configured():
+        return await _on_endpoint(definition, runners, concurrency or DEFAULT_CONCURRENCY, model, cache, None)
+    from paradecom import local_llm
+
+    local_llm.check_embedded_available()
+    async with local_llm.embedded_environment():
+        concurrency = concurrency or local_llm.EMBEDDED_CONCURRENCY
+        return await _on_endpoint(definition, runners, concurrency, model, cache, local_llm.EMBEDDED_RUNNER_SETTINGS)
+
+
+async def _on_endpoint(
+    definition: ProjectDefinition,
+    runners: int,
+    concurrency: int,
+    model: str | None,
+    cache: bool,
+    runner_settings: dict[str, int] | None,
+) -> TaskTree:
     if runners == 0:
-        return asyncio.run(_sequential(definition, model, cache))
+        from paradecom.runner.cache import DecompositionCache
+        from paradecom.runner.loop import DecompositionRunner
+        from paradecom.sequential import decompose_sequentially
+
+        runner = DecompositionRunner(
+            "",
+            concurrency=1,
+            model=model,
+            cache=DecompositionCache() if cache else None,
+            **(runner_settings or {}),
+        )
+        return await decompose_sequentially(definition, runner)
     options = RunOptions(runners=runners, concurrency=concurrency, model=model, cache=cache)
-    return asyncio.run(run_cluster(definition, options))
-
-
-async def _sequential(definition: ProjectDefinition, model: str | None, cache: bool) -> TaskTree:
-    from paradecom.runner.cache import DecompositionCache
-    from paradecom.runner.loop import DecompositionRunner
-    from paradecom.sequential import decompose_sequentially
-
-    runner = DecompositionRunner("", concurrency=1, model=model, cache=DecompositionCache() if cache else None)
-    return await decompose_sequentially(definition, runner)
+    return await run_cluster(definition, options)

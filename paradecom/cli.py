@@ -1,5 +1,5 @@
-"""`paradecom`: the client CLI (submit, watch, result, run), the fake LLM server (fake-llm) and the
-DevAI scorer (eval).
+"""`paradecom`: the client CLI (submit, watch, result, run), the fake LLM server (fake-llm), the
+embedded model's server (local-llm) and the DevAI scorer (eval).
 
 Exit status: 0 success; 1 the work did not succeed (project failed or cancelled, leader refused);
 2 bad input (flags, project file, configuration) or the leader cannot be reached.
@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from paradecom import limits
 from paradecom.cliargs import Parser, add_logging_flags, address, fail, int_range
@@ -27,6 +29,10 @@ from paradecom.logs import configure_logging
 from paradecom.security import Security, security_from_args
 from paradecom.v1 import project_pb2
 
+if TYPE_CHECKING:
+    from paradecom.project import ProjectDefinition
+    from paradecom.tree import TaskTree
+
 PROG = "paradecom"
 FORMATS = ("json", "markdown", "mermaid", "csv")
 DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
@@ -34,6 +40,7 @@ DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
 # already keeps a CPU busy only a little, and two give a spare when one is restarting. Raise it for
 # endpoints that take many parallel requests.
 DEFAULT_RUNNERS = 2
+DEFAULT_CONCURRENCY = 8
 
 
 def _add_leader(parser: argparse.ArgumentParser) -> None:
@@ -79,9 +86,9 @@ def build_parser() -> Parser:
     p.add_argument(
         "--concurrency",
         type=int_range(1, limits.MAX_CONCURRENCY),
-        default=8,
+        default=None,
         metavar="N",
-        help="LLM calls in flight per runner (default 8)",
+        help=f"LLM calls in flight per runner (default {DEFAULT_CONCURRENCY}; 1 on the embedded model)",
     )
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
     p.add_argument("--no-cache", action="store_true", help="always ask the LLM, never the decomposition cache")
@@ -108,6 +115,11 @@ def build_parser() -> Parser:
     from paradecom import fakellm
 
     fakellm.add_arguments(p)
+
+    p = sub.add_parser("local-llm", help="serve the embedded model (SmolLM2-135M) for runners on other machines")
+    from paradecom import local_llm
+
+    local_llm.add_arguments(p)
 
     p = sub.add_parser("eval", help="decompose DevAI instances and score the trees against their requirements")
     from paradecom import evaluate
@@ -180,28 +192,67 @@ async def _result(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from paradecom.local_cluster import RunOptions, run_cluster
+    # SIGTERM cancels the run like Ctrl-C does, so the leader, the runners and the embedded model
+    # this command started are stopped on the way out instead of being left behind.
+    run_task = asyncio.current_task()
+    assert run_task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, run_task.cancel)
+    try:
+        return await _run_project(args)
+    except asyncio.CancelledError:
+        print(f"{PROG}: stopped", file=sys.stderr)
+        return 143
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_project(args: argparse.Namespace) -> int:
     from paradecom.project import load_project
-    from paradecom.runner.llm import check_endpoint_configured
+    from paradecom.runner.llm import endpoint_configured
 
     project = load_project(args.file)
-    check_endpoint_configured()
+    if endpoint_configured():
+        tree = await _decompose(args, project, args.concurrency or DEFAULT_CONCURRENCY, runner_settings=None)
+    else:
+        # No endpoint: the embedded model, if the `local` extra is installed (else one line saying
+        # what to install or set).
+        from paradecom import local_llm
+
+        local_llm.check_embedded_available()
+        print(
+            f"{PROG}: no OPENAI_BASE_URL or OPENAI_API_KEY set: using the embedded {local_llm.MODEL_NAME} "
+            "(a very small local model; set OPENAI_BASE_URL for a real one)",
+            file=sys.stderr,
+            flush=True,
+        )
+        async with local_llm.embedded_environment():
+            concurrency = args.concurrency or local_llm.EMBEDDED_CONCURRENCY
+            tree = await _decompose(args, project, concurrency, runner_settings=local_llm.EMBEDDED_RUNNER_SETTINGS)
+    print(tree.render(args.format))
+    return 0
+
+
+async def _decompose(
+    args: argparse.Namespace, project: ProjectDefinition, concurrency: int, runner_settings: dict[str, int] | None
+) -> TaskTree:
+    from paradecom.local_cluster import RunOptions, run_cluster
+
     if args.runners == 0:
         from paradecom.runner.cache import DecompositionCache
         from paradecom.runner.loop import DecompositionRunner
         from paradecom.sequential import decompose_sequentially
 
         runner = DecompositionRunner(
-            "", concurrency=1, model=args.model, cache=None if args.no_cache else DecompositionCache()
+            "",
+            concurrency=1,
+            model=args.model,
+            cache=None if args.no_cache else DecompositionCache(),
+            **(runner_settings or {}),
         )
-        tree = await decompose_sequentially(project, runner, on_progress=_progress_printer())
-    else:
-        options = RunOptions(
-            runners=args.runners, concurrency=args.concurrency, model=args.model, cache=not args.no_cache
-        )
-        tree = await run_cluster(project, options, on_progress=_progress_printer())
-    print(tree.render(args.format))
-    return 0
+        return await decompose_sequentially(project, runner, on_progress=_progress_printer())
+    options = RunOptions(runners=args.runners, concurrency=concurrency, model=args.model, cache=not args.no_cache)
+    return await run_cluster(project, options, on_progress=_progress_printer())
 
 
 async def _budget(args: argparse.Namespace) -> int:
@@ -230,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         from paradecom import evaluate
 
         return evaluate.main_from_args(args)
+    if args.command == "local-llm":
+        from paradecom import local_llm
+
+        return local_llm.main_from_args(args)
     configure_logging(args.log_format, args.log_level)
     try:
         return asyncio.run(COMMANDS[args.command](args))

@@ -4,7 +4,8 @@ hand-written requirements.
 Every `*.json` file directly in DIR (sorted by name; `--limit K` keeps the first K) is a DevAI
 instance: `name`, `query` (the project description ParaDecom sees) and `requirements`, a list of
 `{requirement_id, prerequisites, criteria, category}` that ParaDecom never sees. Each instance is
-decomposed with `parallel_decompose_project`, one after another, and its tree gets two scores:
+decomposed with `parallel_decompose_project`, one after another (on the configured endpoint, or
+the embedded model when none is set), and its tree gets two scores:
 
 - **coverage**: the share of requirements whose `criteria` text is covered by at least one leaf
   task, i.e. the leaf's best `similarity` reaches `--threshold` (default 0.5);
@@ -19,8 +20,11 @@ criterion's content words (lowercased, letters and digits split apart, stop word
 stemmed; see `content_words`) that also occur in the leaf's title, description and acceptance
 criteria. The definitions, with the reasons for each choice, are in docs/quality.md.
 
-Exit status: 0 every instance was decomposed and scored; 1 some decomposition failed (the others
-are still reported); 2 bad input (DIR, a file that is not a DevAI instance, flags, no endpoint).
+`--save-trees OUTDIR` keeps each tree; `--from-trees OUTDIR` scores kept trees again without an LLM.
+
+Exit status: 0 every instance was decomposed and scored; 1 some instance failed: its run failed, or
+every top-level task was dead-lettered (the others are still reported); 2 bad input (DIR, a file
+that is not a DevAI instance, a missing saved tree, flags, no endpoint).
 """
 
 from __future__ import annotations
@@ -307,6 +311,19 @@ def score_tree(tree: TaskTree, requirements: Sequence[Requirement], threshold: f
     )
 
 
+def dead_roots(tree: TaskTree) -> str | None:
+    """Why nothing was decomposed, when every top-level task is dead (else None).
+
+    The project then still ends "done" (dead letters do not fail a project), but the tree says
+    nothing about the model: an unreachable endpoint looks the same. Such an instance is reported
+    as failed rather than scored 0.
+    """
+    if tree.tasks and all(t.status == "dead" for t in tree.tasks):
+        last = " ".join(tree.tasks[0].last_error.split()) or "no error recorded"
+        return f"every top-level task is dead; last error: {last}"
+    return None
+
+
 # --- instances -------------------------------------------------------------------------------------
 
 
@@ -577,9 +594,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
         type=int_range(1, limits.MAX_CONCURRENCY),
-        default=8,
+        default=None,
         metavar="N",
-        help="LLM calls in flight per runner (default 8)",
+        help="LLM calls in flight per runner (default 8; 1 on the embedded model)",
     )
     parser.add_argument(
         "--max-depth",
@@ -616,54 +633,111 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also write each instance's tree as OUTDIR/NAME.tree.json (created if missing)",
     )
+    parser.add_argument(
+        "--from-trees",
+        metavar="TREEDIR",
+        default=None,
+        help="score the trees a run with --save-trees TREEDIR wrote instead of decomposing again "
+        "(no LLM; --runners, --max-depth, --model and --cache do not apply)",
+    )
     add_logging_flags(parser)
+
+
+def _saved_tree_path(directory: str, inst: Instance) -> Path:
+    return Path(directory, f"{inst.path.stem}.tree.json")
+
+
+def _load_saved_tree(directory: str, inst: Instance) -> TaskTree:
+    from paradecom.tree import TaskTree
+
+    path = _saved_tree_path(directory, inst)
+    try:
+        return TaskTree.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ProjectFileError(f"{path}: no saved tree for {inst.path.name}") from None
+    except OSError as exc:
+        raise ProjectFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        # JSONDecodeError is a ValueError; from_dict raises ValueError for a missing key.
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ProjectFileError(f"{path}: not a saved task tree: {first}") from None
+
+
+def _result(inst: Instance, tree: TaskTree, seconds: float, threshold: float) -> Result:
+    dead = dead_roots(tree)
+    if dead is not None:
+        return Result(inst.name, inst.path.name, seconds, error=dead)
+    return Result(inst.name, inst.path.name, seconds, score=score_tree(tree, inst.requirements, threshold))
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `paradecom eval` from options parsed by a parser `add_arguments` set up; the exit code."""
-    from paradecom.api import parallel_decompose_project
     from paradecom.logs import configure_logging
-    from paradecom.runner.llm import check_endpoint_configured
 
     configure_logging(args.log_format, args.log_level)
+    saved: dict[str, TaskTree] = {}
     try:
         paths = find_instances(args.dir, args.limit)
         instances = [load_instance(p) for p in paths]
-        if args.save_trees:
-            os.makedirs(args.save_trees, exist_ok=True)
-        check_endpoint_configured()
+        if args.from_trees:
+            # Every tree is read before anything is printed, so a missing one is one line, exit 2.
+            saved = {inst.path.name: _load_saved_tree(args.from_trees, inst) for inst in instances}
+        else:
+            if args.save_trees:
+                os.makedirs(args.save_trees, exist_ok=True)
+            # Imported only now: the runner's LLM client (openai) is slow to import, bad input is not.
+            from paradecom.runner.llm import endpoint_configured
+
+            if not endpoint_configured():
+                # As for `paradecom run`: the embedded model if installed, else one line saying how.
+                from paradecom import local_llm
+
+                local_llm.check_embedded_available()
+                print(
+                    f"{PROG}: no OPENAI_BASE_URL or OPENAI_API_KEY set: using the embedded model, "
+                    "started for each instance",
+                    file=sys.stderr,
+                    flush=True,
+                )
     except (ProjectFileError, ConfigError) as exc:
         return fail(PROG, str(exc))
     except OSError as exc:
         return fail(PROG, f"{args.save_trees}: cannot create: {exc.strerror or exc}")
     results: list[Result] = []
+    interrupted = False
     try:
         for i, inst in enumerate(instances, 1):
-            inst.definition.max_depth = args.max_depth
-            started = time.monotonic()
-            try:
-                tree = parallel_decompose_project(
-                    inst.definition,
-                    runners=args.runners,
-                    concurrency=args.concurrency,
-                    model=args.model,
-                    cache=args.cache,
-                )
-            except ConfigError as exc:
-                return fail(PROG, str(exc))
-            except ParaDecomError as exc:
-                result = Result(inst.name, inst.path.name, time.monotonic() - started, error=str(exc))
+            if args.from_trees:
+                result = _result(inst, saved[inst.path.name], 0.0, args.threshold)
             else:
-                score = score_tree(tree, inst.requirements, args.threshold)
-                result = Result(inst.name, inst.path.name, time.monotonic() - started, score=score)
-                if args.save_trees:
-                    Path(args.save_trees, f"{inst.path.stem}.tree.json").write_text(tree.to_json() + "\n")
+                from paradecom.api import parallel_decompose_project
+
+                inst.definition.max_depth = args.max_depth
+                started = time.monotonic()
+                try:
+                    tree = parallel_decompose_project(
+                        inst.definition,
+                        runners=args.runners,
+                        concurrency=args.concurrency,
+                        model=args.model,
+                        cache=args.cache,
+                    )
+                except ConfigError as exc:
+                    return fail(PROG, str(exc))
+                except ParaDecomError as exc:
+                    result = Result(inst.name, inst.path.name, time.monotonic() - started, error=str(exc))
+                else:
+                    result = _result(inst, tree, time.monotonic() - started, args.threshold)
+                    if args.save_trees:
+                        _saved_tree_path(args.save_trees, inst).write_text(tree.to_json() + "\n", encoding="utf-8")
             results.append(result)
             print(_progress(i, len(instances), result), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        return 130
+        # Ctrl-C: report the instances finished so far, then exit 130.
+        interrupted = True
     settings = {
         "dir": args.dir,
+        "from_trees": args.from_trees,
         "runners": args.runners,
         "concurrency": args.concurrency,
         "max_depth": args.max_depth,
@@ -674,6 +748,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         "similarity": "recall of criterion content words in leaf title+description+acceptance criteria",
     }
     print(to_json(results, settings) if args.format == "json" else to_table(results))
+    if interrupted:
+        return 130
     return 1 if any(r.error is not None for r in results) else 0
 
 

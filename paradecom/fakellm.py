@@ -73,6 +73,8 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 LISTEN_BACKLOG = 4_096
 # In-flight answers of a fake server are not worth waiting for at shutdown.
 SHUTDOWN_TIMEOUT_S = 1.0
+# --response-format-support: the most demanding response_format kind still accepted.
+RESPONSE_FORMAT_SUPPORT = ("json_schema", "json_object", "none")
 
 _TITLE_RE = re.compile(r"^[ \t]*Task to decompose:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 _DEPTH_RE = re.compile(r"^[ \t]*Task depth:[ \t]*(-?\d{1,9})[ \t]*$", re.MULTILINE)
@@ -108,6 +110,7 @@ class Options:
     slow_rate: float = 0.0
     slow_latency: float = 10.0
     rpm: int = 0
+    response_format_support: str = "json_schema"
     rpm_window: float = RPM_WINDOW_S
 
 
@@ -257,6 +260,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="length of --rpm's sliding window in seconds, to make tests quick (default 60: a minute)",
     )
     parser.add_argument(
+        "--response-format-support",
+        choices=RESPONSE_FORMAT_SUPPORT,
+        default="json_schema",
+        help="response_format kinds accepted: json_schema = every kind (OpenAI, vLLM); json_object = "
+        "json_object only, json_schema answered 400 (llama.cpp); none = any response_format answered 400 "
+        "(default json_schema)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="console",
@@ -277,6 +288,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         slow_rate=args.slow_rate,
         slow_latency=args.slow_latency,
         rpm=args.rpm,
+        response_format_support=args.response_format_support,
         rpm_window=args.rpm_window,
     )
 
@@ -387,6 +399,11 @@ class Stats:
         self.completion_tokens = 0
         self.max_in_flight = self.in_flight
         self.by_model: collections.Counter[str] = collections.Counter()
+        # response_format types seen (accepted or not; "none" for a request without one), those
+        # refused, and the type of the last request's.
+        self.response_formats: collections.Counter[str] = collections.Counter()
+        self.response_format_rejected = 0
+        self.last_response_format: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -403,6 +420,9 @@ class Stats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "by_model": dict(self.by_model),
+            "response_formats": dict(self.response_formats),
+            "response_format_rejected": self.response_format_rejected,
+            "last_response_format": self.last_response_format,
         }
 
 
@@ -441,6 +461,23 @@ class FakeLLM:
         window.append(now)
         return None
 
+    def _refuse_response_format(self, response_format: Any) -> web.Response | None:
+        """Record the request's response_format; a 400 if --response-format-support refuses it."""
+        stats = self.stats
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        kind = str(kind) if kind is not None else ("none" if response_format is None else "invalid")
+        stats.response_formats[kind] += 1
+        stats.last_response_format = kind
+        support = self.options.response_format_support
+        if kind == "none" or support == "json_schema":
+            return None
+        if support == "json_object" and kind in ("json_object", "text"):
+            return None
+        stats.response_format_rejected += 1
+        # Worded like llama.cpp's server, which takes json_object but not json_schema.
+        message = f"response_format type {kind} is not supported"
+        return _error(400, message, "invalid_request_error", "unsupported_response_format")
+
     async def chat_completions(self, request: web.Request) -> web.Response:
         stats = self.stats
         stats.requests += 1
@@ -477,6 +514,9 @@ class FakeLLM:
         if not isinstance(model, str) or not model:
             model = DEFAULT_MODEL
         stats.by_model[model] += 1
+        refusal = self._refuse_response_format(body.get("response_format"))
+        if refusal is not None:
+            return refusal
 
         if opts.rpm:
             wait = self._rpm_retry_after()

@@ -32,9 +32,10 @@ from typing import Any, cast
 import openai
 import structlog
 
+from paradecom import limits
 from paradecom.errors import ConfigError, DecompositionError
 
-from .schema import DECOMPOSITION_SCHEMA
+from .schema import decomposition_schema
 
 log = structlog.get_logger("paradecom.runner.llm")
 
@@ -55,6 +56,13 @@ BACKOFF_MAX_S = 20.0
 MAX_RETRY_AFTER_S = 60.0
 # Without a key the SDK refuses to build a client; local servers ignore the header anyway.
 UNUSED_API_KEY = "unused"
+
+MAX_TOKENS_LIMIT = 1_000_000
+MAX_TIMEOUT_S = 3_600.0
+ENV_STRUCTURED_OUTPUT = "PARADECOM_STRUCTURED_OUTPUT"
+ENV_MAX_TOKENS = "PARADECOM_MAX_TOKENS"
+ENV_LLM_TIMEOUT = "PARADECOM_LLM_TIMEOUT"
+ENV_MAX_SUBTASKS = "PARADECOM_MAX_SUBTASKS"
 
 STRUCTURED_OUTPUT_MODES = ("auto", "json_schema", "json_object", "prompt")
 # What `auto` tries, in order: the first the endpoint does not refuse is kept.
@@ -145,15 +153,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def response_format_for(mode: str) -> dict[str, Any] | None:
+def response_format_for(mode: str, schema: Mapping[str, Any]) -> dict[str, Any] | None:
     """The `response_format` a request carries in structured-output `mode` (None: none at all)."""
     if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": DECOMPOSITION_SCHEMA},
-        }
+        return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": schema}}
     if mode == "json_object":
-        return {"type": "json_object", "schema": DECOMPOSITION_SCHEMA}
+        return {"type": "json_object", "schema": schema}
     if mode == "prompt":
         return None
     raise ValueError(f"no response_format for structured output mode {mode!r}")
@@ -182,11 +187,37 @@ def check_endpoint_configured(base_url: str | None = None, api_key: str | None =
         raise ConfigError(NO_ENDPOINT)
 
 
+def _env_setting(name: str, parse: type[int] | type[float], low: float, high: float) -> float | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = parse(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={text} is out of range {low:g}..{high:g}")
+    return value
+
+
+def default_structured_output() -> str:
+    """$PARADECOM_STRUCTURED_OUTPUT, else auto; ConfigError if it names no mode."""
+    mode = os.environ.get(ENV_STRUCTURED_OUTPUT, "").strip() or "auto"
+    if mode not in STRUCTURED_OUTPUT_MODES:
+        raise ConfigError(f"{ENV_STRUCTURED_OUTPUT}={mode!r} is not one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
+    return mode
+
+
 class LLMClient:
     """Chat completions against one model at one OpenAI-compatible endpoint.
 
     The endpoint comes from the arguments or else the openai client's own variables:
     OPENAI_BASE_URL, OPENAI_API_KEY. A base URL without a key is a local server that needs none.
+    Settings not given come from $PARADECOM_STRUCTURED_OUTPUT, $PARADECOM_MAX_TOKENS,
+    $PARADECOM_LLM_TIMEOUT and $PARADECOM_MAX_SUBTASKS when set (how `paradecom run` tunes its
+    runners for the embedded model), else the defaults: auto, 2000 tokens, 120 s, and a schema
+    allowing the most subtasks any task may have. `max_subtasks` is the schema's bound on the
+    number of subtasks.
     """
 
     def __init__(
@@ -195,17 +226,27 @@ class LLMClient:
         *,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
+        timeout: float | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None = None,
         temperature: float = DEFAULT_TEMPERATURE,
         backoff_base: float = BACKOFF_BASE_S,
         backoff_max: float = BACKOFF_MAX_S,
-        structured_output: str = "auto",
+        structured_output: str | None = None,
+        max_subtasks: int | None = None,
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if structured_output is None:
+            structured_output = default_structured_output()
+        if max_tokens is None:
+            max_tokens = int(_env_setting(ENV_MAX_TOKENS, int, 1, MAX_TOKENS_LIMIT) or DEFAULT_MAX_TOKENS)
+        if timeout is None:
+            timeout = _env_setting(ENV_LLM_TIMEOUT, float, 1.0, MAX_TIMEOUT_S) or DEFAULT_TIMEOUT_S
+        if max_subtasks is None:
+            max_subtasks = int(_env_setting(ENV_MAX_SUBTASKS, int, 1, limits.MAX_SUBTASKS) or limits.MAX_SUBTASKS)
+        self.schema = decomposition_schema(max_subtasks)
         if structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
         self.model = model
@@ -243,7 +284,7 @@ class LLMClient:
     @property
     def answer_format(self) -> dict[str, Any]:
         """What besides the prompt shapes an answer (part of the decomposition cache's key)."""
-        return {"structured_output": self.structured_output, "schema": DECOMPOSITION_SCHEMA}
+        return {"structured_output": self.structured_output, "schema": self.schema}
 
     def _probe_lock(self) -> asyncio.Lock:
         # Made on first use, on the loop that uses it.
@@ -283,7 +324,7 @@ class LLMClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _request(self, messages: Sequence[Mapping[str, str]], mode: str) -> Completion:
-        response_format = response_format_for(mode)
+        response_format = response_format_for(mode, self.schema)
         extra: dict[str, Any] = {} if response_format is None else {"response_format": response_format}
         response = await self._client.chat.completions.create(
             model=self.model,

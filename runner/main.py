@@ -16,10 +16,19 @@ from paradecom.logs import configure_logging
 from paradecom.security import add_security_flags, security_from_args
 
 from .cache import DecompositionCache
+from .llm import ENV_MAX_SUBTASKS, ENV_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_MODES, LLMClient
 from .loop import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, DEFAULT_MODEL, DecompositionRunner
 
 PROG = "paradecom-runner"
 MAX_REASKS_LIMIT = 10
+DEFAULT_MAX_REASKS = 2
+ENV_MAX_REASKS = "PARADECOM_MAX_REASKS"
+
+
+def _structured_output(text: str) -> str:
+    if text not in STRUCTURED_OUTPUT_MODES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
+    return text
 
 
 def _non_empty(limit: int) -> Callable[[str], str]:
@@ -65,9 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-reasks",
         type=int_range(0, MAX_REASKS_LIMIT),
-        default=2,
+        # A string default goes through `type`, so a bad $PARADECOM_MAX_REASKS is a flag error.
+        default=os.environ.get(ENV_MAX_REASKS) or DEFAULT_MAX_REASKS,
         metavar="N",
-        help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT} (default 2)",
+        help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT} "
+        f"(default ${ENV_MAX_REASKS}, else {DEFAULT_MAX_REASKS})",
+    )
+    parser.add_argument(
+        "--structured-output",
+        type=_structured_output,
+        default=os.environ.get(ENV_STRUCTURED_OUTPUT) or "auto",
+        metavar="MODE",
+        help="how the answer's JSON schema is sent: json_schema (OpenAI, vLLM, Ollama), json_object "
+        "(llama-cpp-python's server), prompt (no response_format), or auto: the first of those the "
+        f"endpoint accepts, learned on the first call (default ${ENV_STRUCTURED_OUTPUT}, else auto)",
     )
     parser.add_argument(
         "--min-subtasks",
@@ -79,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-subtasks",
         type=int_range(1, limits.MAX_SUBTASKS),
-        default=DEFAULT_MAX_SUBTASKS,
+        default=os.environ.get(ENV_MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS,
         metavar="N",
-        help=f"more subtasks than this is an invalid answer, re-asked (default {DEFAULT_MAX_SUBTASKS})",
+        help="more subtasks than this is an invalid answer, re-asked; the answer's schema says so too "
+        f"(default ${ENV_MAX_SUBTASKS}, else {DEFAULT_MAX_SUBTASKS})",
     )
     parser.add_argument(
         "--no-cache",
@@ -101,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(runner: DecompositionRunner) -> None:
+async def _serve(runner: DecompositionRunner, llm: LLMClient) -> None:
     loop = asyncio.get_running_loop()
     # The first signal drains; a second one releases what is left at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -111,6 +132,7 @@ async def _serve(runner: DecompositionRunner) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        await llm.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         credentials = security_from_args(args, server=False)
+        llm = LLMClient(args.model, structured_output=args.structured_output, max_subtasks=args.max_subtasks)
         runner = DecompositionRunner(
             args.leader,
             concurrency=args.concurrency,
@@ -133,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             max_subtasks=args.max_subtasks,
             cache=None if args.no_cache else DecompositionCache(),
             security=credentials,
+            llm=llm,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(runner))
+        asyncio.run(_serve(runner, llm))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

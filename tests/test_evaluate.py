@@ -17,6 +17,7 @@ from paradecom.errors import ProjectFileError
 from paradecom.evaluate import (
     Requirement,
     content_words,
+    dead_roots,
     parse_requirements,
     score_tree,
     similarity,
@@ -324,10 +325,12 @@ def test_eval_end_to_end_on_fake_llm(fake_llm: Callable[..., str], tmp_path: Pat
     data_dir.mkdir()
     files = devai_files(data_dir)
     (data_dir / "README.md").write_text("not an instance, and not read")
+    trees = tmp_path / "trees"
+    args = [*PARADECOM, "eval", str(data_dir), "--limit", "2", "--format", "json"]
     result = run_cli(
-        [*PARADECOM, "eval", str(data_dir), "--limit", "2", "--runners", "1", "--max-depth", "1", "--format", "json"],
+        [*args, "--runners", "1", "--max-depth", "1", "--save-trees", str(trees)],
         env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key"},
-        timeout=110,
+        timeout=100,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -342,6 +345,12 @@ def test_eval_end_to_end_on_fake_llm(fake_llm: Callable[..., str], tmp_path: Pat
         assert 0.0 <= item["coverage"] <= 1.0
     assert report["mean"]["scored"] == 2 and 0.0 <= report["mean"]["coverage"] <= 1.0
     assert "2/2" in result.stderr  # one progress line per instance
+    # The saved trees score the same again, with no LLM at all.
+    again = run_cli([*args, "--from-trees", str(trees)], env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert again.returncode == 0, again.stderr
+    rescored = json.loads(again.stdout)["instances"]
+    for first, second in zip(report["instances"], rescored, strict=True):
+        assert {k: v for k, v in first.items() if k != "seconds"} == {k: v for k, v in second.items() if k != "seconds"}
 
 
 def test_self_and_repeated_prerequisites_are_dropped() -> None:
@@ -382,3 +391,24 @@ def test_covered_dependency_agreement_judges_only_covered_ends() -> None:
         1,
         1.0,
     )
+
+
+def test_a_tree_whose_roots_are_all_dead_is_a_failure_not_a_zero() -> None:
+    """Every top-level task dead (an unreachable endpoint, say) names the error; one live root is scored."""
+    dead = task("1", "root")
+    dead.status, dead.last_error = "dead", "LLM request failed 5 times,\nlast: Connection error."
+    assert (
+        dead_roots(tree(dead))
+        == "every top-level task is dead; last error: LLM request failed 5 times, last: Connection error."
+    )
+    assert dead_roots(tree(dead, task("2", "seed", task("2.1", "alpha")))) is None
+    assert dead_roots(good_fashion_tree()) is None
+
+
+def test_from_trees_without_a_saved_tree_is_a_one_line_error(tmp_path: Path) -> None:
+    """--from-trees names the saved tree it cannot find, exit 2, before scoring anything."""
+    data_dir = tmp_path / "devai"
+    data_dir.mkdir()
+    devai_files(data_dir)
+    (tmp_path / "trees").mkdir()
+    assert_one_line_error([str(data_dir), "--from-trees", str(tmp_path / "trees")], "no saved tree for")

