@@ -48,14 +48,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from paradecom import limits
+from paradecom.cliargs import Parser, address, float_range, int_range
+from paradecom.grpc_options import parse_address
 from paradecom.logs import LOG_FORMATS, LogFormat, configure_logging
 
 PROG = "paradecom fake-llm"
@@ -114,84 +115,27 @@ class Options:
     rpm_window: float = RPM_WINDOW_S
 
 
-class _OneLineArgumentParser(argparse.ArgumentParser):
-    """Reports a bad flag as one line, `paradecom fake-llm: error: ...`, and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text!r}") from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
-        return value
-
-    return parse
-
-
-def split_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT (or [IPv6]:PORT) as (host, port); ValueError with a readable message if invalid."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"must be HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"port must be an integer from 0 to 65535, got {port_text!r}") from None
-    if not 0 <= port <= 65_535:
-        raise ValueError(f"port must be from 0 to 65535, got {port}")
-    return host, port
-
-
-def _listen_address(text: str) -> str:
-    try:
-        split_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add fake-llm's options to `parser`; every range is checked while parsing (exit 2)."""
-    rate = _float_in(0.0, 1.0)
-    seconds = _float_in(0.0, MAX_LATENCY_S)
+    rate = float_range(0.0, 1.0)
+    seconds = float_range(0.0, MAX_LATENCY_S)
     parser.add_argument(
         "--listen",
         required=True,
-        type=_listen_address,
+        type=address,
         metavar="HOST:PORT",
         help="address to serve on; port 0 picks a free port (printed as `listening HOST:PORT`)",
     )
     parser.add_argument(
         "--fanout",
-        type=_int_in(1, limits.MAX_SUBTASKS),
+        type=int_range(1, limits.MAX_SUBTASKS),
         default=3,
         metavar="N",
         help=f"children in every answer, 1..{limits.MAX_SUBTASKS} (default 3)",
     )
     parser.add_argument(
         "--atomic-depth",
-        type=_int_in(1, MAX_ATOMIC_DEPTH),
+        type=int_range(1, MAX_ATOMIC_DEPTH),
         default=2,
         metavar="D",
         help="children at this depth or deeper are atomic (default 2)",
@@ -205,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=_int_in(0, MAX_SEED),
+        type=int_range(0, MAX_SEED),
         default=0,
         metavar="N",
         help="seed of the fault draws; the same seed gives the same faults in the same order (default 0)",
@@ -247,14 +191,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rpm",
-        type=_int_in(0, MAX_RPM),
+        type=int_range(0, MAX_RPM),
         default=0,
         metavar="N",
         help="requests per minute over a sliding window, beyond which 429; 0 = no limit (default 0)",
     )
     parser.add_argument(
         "--rpm-window",
-        type=_float_in(0.1, 3600.0),
+        type=float_range(0.1, 3600.0),
         default=RPM_WINDOW_S,
         metavar="S",
         help="length of --rpm's sliding window in seconds, to make tests quick (default 60: a minute)",
@@ -655,7 +599,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     configure_logging(log_format)
     options = options_from_args(args)
     try:
-        host, port = split_listen(args.listen)
+        host, port = parse_address(args.listen)
         sock = _bind(host, port)
     except (ValueError, OSError) as exc:
         # An address that does not resolve or is taken is the user's to fix, like a bad flag.
@@ -673,7 +617,7 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m paradecom.fakellm`: parse `argv` (default sys.argv[1:]) and serve."""
-    parser = _OneLineArgumentParser(prog=PROG, description="Fake OpenAI-compatible chat server for tests.")
+    parser = Parser(prog=PROG, description="Fake OpenAI-compatible chat server for tests.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return main_from_args(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from paradecom import with_parent
 from paradecom.client import LeaderClient
 from paradecom.errors import ParaDecomError
 from paradecom.project import ProjectDefinition
@@ -67,8 +69,7 @@ async def _spawn(name: str, args: list[str], workdir: Path) -> _Child:
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *args,
+            *with_parent.command(os.getpid(), [sys.executable, *args]),
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             stdin=asyncio.subprocess.DEVNULL,

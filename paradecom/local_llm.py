@@ -35,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
+from paradecom import with_parent
 from paradecom.errors import ConfigError, ParaDecomError
 
 PROG = "paradecom local-llm"
@@ -68,6 +69,8 @@ _HEADER_BYTES = 8 * 1024 * 1024
 EMBEDDED_MAX_REASKS = 4
 EMBEDDED_MAX_SUBTASKS = 5
 EMBEDDED_RUNNER_ENV = {
+    # The cache key's endpoint: the model file, not the free port it is served on this time.
+    "PARADECOM_ENDPOINT_ID": f"embedded:{MODEL_PACKAGE}/{GGUF_NAME}",
     "PARADECOM_STRUCTURED_OUTPUT": "json_object",
     "PARADECOM_MAX_TOKENS": "800",
     "PARADECOM_MAX_REASKS": str(EMBEDDED_MAX_REASKS),
@@ -217,7 +220,7 @@ async def embedded_server(
         log_path = Path(tmp) / "server.log"
         with log_path.open("wb") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                *server_command(gguf, host, port, threads=threads),
+                *with_parent.command(os.getpid(), server_command(gguf, host, port, threads=threads)),
                 stdout=log_file,
                 stderr=log_file,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -270,24 +273,14 @@ async def embedded_environment() -> AsyncIterator[str]:
 # --- paradecom local-llm ------------------------------------------------------------------------
 
 
-def _listen_address(text: str) -> str:
-    from paradecom.fakellm import split_listen
-
-    try:
-        split_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `paradecom local-llm`'s options to `parser`."""
-    from paradecom.cliargs import int_range
+    from paradecom.cliargs import address, int_range
 
     parser.add_argument(
         "--listen",
         default="127.0.0.1:0",
-        type=_listen_address,
+        type=address,
         metavar="HOST:PORT",
         help="address to serve on (default 127.0.0.1:0, a free port; printed as `listening HOST:PORT`)",
     )
@@ -335,9 +328,9 @@ def main_from_args(args: argparse.Namespace) -> int:
     """Serve the embedded model until SIGTERM or SIGINT (exit 0); 2 without the `local` extra or on a
     bad address, 1 when the server fails."""
     from paradecom.cliargs import fail
-    from paradecom.fakellm import split_listen
+    from paradecom.grpc_options import parse_address
 
-    host, port = split_listen(args.listen)
+    host, port = parse_address(args.listen)
     try:
         return asyncio.run(_serve(args, host, port))
     except ConfigError as exc:

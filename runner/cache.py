@@ -1,5 +1,6 @@
 """The decomposition cache: a validated answer stored under the hash of (model, prompt, answer
-format), so decomposing the same project again makes no LLM call.
+format), the answer format naming the endpoint too, so decomposing the same project again makes no
+LLM call, and two endpoints serving different models under one name never share answers.
 
 One SQLite file shared by every runner process on the machine (WAL mode lets them read and write
 at once). Default place: $PARADECOM_CACHE_DIR, else $XDG_CACHE_HOME/paradecom, else

@@ -63,6 +63,9 @@ ENV_STRUCTURED_OUTPUT = "PARADECOM_STRUCTURED_OUTPUT"
 ENV_MAX_TOKENS = "PARADECOM_MAX_TOKENS"
 ENV_LLM_TIMEOUT = "PARADECOM_LLM_TIMEOUT"
 ENV_MAX_SUBTASKS = "PARADECOM_MAX_SUBTASKS"
+# Names the endpoint in the decomposition cache's key when its URL does not: a server started on a
+# free port for each run (the embedded model) is the same model at a new address every time.
+ENV_ENDPOINT_ID = "PARADECOM_ENDPOINT_ID"
 
 STRUCTURED_OUTPUT_MODES = ("auto", "json_schema", "json_object", "prompt")
 # What `auto` tries, in order: the first the endpoint does not refuse is kept.
@@ -262,6 +265,7 @@ class LLMClient:
         if client is not None:
             self.base_url = str(client.base_url)
             self._client = client
+            self.endpoint_id = os.environ.get(ENV_ENDPOINT_ID) or self.base_url
             return
         if not endpoint_configured(base_url, api_key):
             # A runner cannot start the embedded model itself: whoever starts it points it there.
@@ -276,6 +280,7 @@ class LLMClient:
         )
         # Kept for log lines; the key never is.
         self.base_url = str(self._client.base_url)
+        self.endpoint_id = os.environ.get(ENV_ENDPOINT_ID) or self.base_url
 
     async def close(self) -> None:
         """Close the HTTP connections."""
@@ -283,8 +288,10 @@ class LLMClient:
 
     @property
     def answer_format(self) -> dict[str, Any]:
-        """What besides the prompt shapes an answer (part of the decomposition cache's key)."""
-        return {"structured_output": self.structured_output, "schema": self.schema}
+        """What besides the model and the prompt shapes an answer (part of the decomposition
+        cache's key): the endpoint (two servers may serve different models under one name), the
+        structured-output mode and the schema."""
+        return {"endpoint": self.endpoint_id, "structured_output": self.structured_output, "schema": self.schema}
 
     def _probe_lock(self) -> asyncio.Lock:
         # Made on first use, on the loop that uses it.

@@ -37,7 +37,7 @@ from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_p
 
 from .cache import DecompositionCache, cache_key
 from .llm import RATE_LIMIT_LISTENER, Completion, LLMClient, backoff_delay
-from .prompt import build_messages, reask_messages
+from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, build_messages, reask_messages
 from .schema import InvalidAnswer, parse_decomposition
 
 if TYPE_CHECKING:
@@ -67,11 +67,6 @@ DEFAULT_LEASE_TIMEOUT_S = 30.0
 MIN_HEARTBEAT_S = 0.05
 REASON_SHUTDOWN = "runner shutting down"
 DEFAULT_MODEL = "gpt-4o-mini"
-# The fan-out asked of the LLM: more children than the maximum is an invalid answer (re-asked);
-# fewer than the minimum makes the task a leaf (a stop rule, recorded on the task).
-DEFAULT_MIN_SUBTASKS = 2
-DEFAULT_MAX_SUBTASKS = 7
-
 # The leader may be restarting: try again.
 _TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # The lease is no longer ours (expired, reassigned, released, project cancelled): stop working on it.
@@ -255,7 +250,7 @@ class DecompositionRunner:
             RATE_LIMIT_LISTENER.reset(reset)
 
     async def _decompose(self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage) -> DecompositionOutcome:
-        messages = build_messages(assignment)
+        messages = build_messages(assignment, self.min_subtasks, self.max_subtasks)
         parent_title = assignment.task.title
         # The answer format (structured-output mode and schema) is part of what produced an answer.
         key = cache_key(self.model, messages, getattr(self._llm, "answer_format", None)) if self.cache else ""

@@ -17,7 +17,8 @@ from paradecom.security import add_security_flags, security_from_args
 
 from .cache import DecompositionCache
 from .llm import ENV_MAX_SUBTASKS, ENV_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_MODES, LLMClient
-from .loop import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, DEFAULT_MODEL, DecompositionRunner
+from .loop import DEFAULT_MODEL, DecompositionRunner
+from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
 
 PROG = "paradecom-runner"
 MAX_REASKS_LIMIT = 10

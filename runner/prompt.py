@@ -20,15 +20,29 @@ from collections.abc import Sequence
 from paradecom import limits
 from paradecom.v1 import project_pb2, task_pb2
 
+# The fan-out asked of the LLM by default (the runner's --min/--max-subtasks): more children than
+# the maximum is an invalid answer (re-asked); fewer than the minimum makes the task a leaf (a stop
+# rule, recorded on the task).
+DEFAULT_MIN_SUBTASKS = 2
+DEFAULT_MAX_SUBTASKS = 7
+
 # Short on purpose: SmolLM2-135M, the embedded model, was measured to copy the example answer or
-# repeat one subtask far more often under a longer list of rules (0-2 valid answers in 6 DevAI
-# projects) than under these few lines and the closing line of the task's message (6 in 6).
-SYSTEM_PROMPT = """You split one software task into smaller subtasks.
+# repeat one subtask far more often under a long list of rules (0-2 valid answers in 6 DevAI
+# projects) than under a few lines and the closing line of the task's message (6 in 6). Every rule
+# the answer is held to is still here, once.
+SYSTEM_PROMPT = """You split one software task into smaller subtasks that together cover all of it, \
+without overlapping each other or the sibling tasks you are shown.
 Each subtask: a numbered title starting with a verb ("Step 1: Load the data"), a one-sentence \
-description, one testable acceptance criterion, depends_on: the keys of subtasks it needs first, and \
-"atomic": true when one person can do it without splitting it further.
+description, 1 to 5 testable acceptance criteria, depends_on: the keys of sibling subtasks it needs \
+first (no cycles), "atomic": true when one person can do it without splitting it further, with the \
+reason in "atomic_reason", and "estimate_hours": the effort in hours.
 Answer with JSON only, {"subtasks": [...]}, like the example answer."""
-CLOSING_LINE = "Write 2 to 5 subtasks for this task, each a different part of the work, in this project's own words."
+
+
+def closing_line(min_subtasks: int, max_subtasks: int) -> str:
+    """The task message's last line: how many subtasks to write (the runner's fan-out bounds)."""
+    count = f"{min_subtasks} to {max_subtasks}" if min_subtasks < max_subtasks else str(max_subtasks)
+    return f"Write {count} subtasks for this task, each a different part of the work, in this project's own words."
 
 
 def _example_assignment() -> task_pb2.TaskAssignment:
@@ -99,7 +113,7 @@ def _describe_task(spec: project_pb2.TaskSpec) -> str:
     return "\n".join(lines)
 
 
-def _task_prompt(assignment: task_pb2.TaskAssignment) -> str:
+def _task_prompt(assignment: task_pb2.TaskAssignment, min_subtasks: int, max_subtasks: int) -> str:
     project = assignment.project
     task = assignment.task
     sections = [f"# Project\nName: {project.name}\nDescription: {project.description}"]
@@ -135,26 +149,28 @@ def _task_prompt(assignment: task_pb2.TaskAssignment) -> str:
                 f"Task to decompose: {' '.join(task.title.split())}",
                 f"Task depth: {depth}",
                 f"Its subtasks will be at depth {depth + 1}. {depth_note}",
-                CLOSING_LINE,
+                closing_line(min_subtasks, max_subtasks),
             ]
         )
     )
     return "\n\n".join(sections)
 
 
-_EXAMPLE = [
-    {"role": "user", "content": _task_prompt(_example_assignment())},
-    {"role": "assistant", "content": json.dumps(EXAMPLE_ANSWER)},
-]
-
-
-def build_messages(assignment: task_pb2.TaskAssignment) -> list[dict[str, str]]:
-    """The messages that ask for the decomposition of `assignment`'s task: the rules, the worked
-    example, and the task itself (always the last message, a user message)."""
+def build_messages(
+    assignment: task_pb2.TaskAssignment,
+    min_subtasks: int = DEFAULT_MIN_SUBTASKS,
+    max_subtasks: int = DEFAULT_MAX_SUBTASKS,
+) -> list[dict[str, str]]:
+    """The messages that ask for the decomposition of `assignment`'s task into `min_subtasks` to
+    `max_subtasks` subtasks: the rules, the worked example, and the task itself (always the last
+    message, a user message)."""
+    if not 1 <= min_subtasks <= max_subtasks <= limits.MAX_SUBTASKS:
+        raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        *(dict(m) for m in _EXAMPLE),
-        {"role": "user", "content": _task_prompt(assignment)},
+        {"role": "user", "content": _task_prompt(_example_assignment(), min_subtasks, max_subtasks)},
+        {"role": "assistant", "content": json.dumps(EXAMPLE_ANSWER)},
+        {"role": "user", "content": _task_prompt(assignment, min_subtasks, max_subtasks)},
     ]
 
 

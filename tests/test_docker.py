@@ -261,6 +261,7 @@ def test_compose_settings_come_from_the_environment(compose_config: Callable[...
         "PARADECOM_MODEL": "gpt-4o-mini",
         "PARADECOM_TOKEN_FILE": "/etc/paradecom/token",
         "PARADECOM_LEADER_PORT": "6000",
+        "PARADECOM_STRUCTURED_OUTPUT": "json_object",
     }
     config = compose_config(COMPOSE, env=env)
     runner = config["services"]["runner"]
@@ -269,6 +270,12 @@ def test_compose_settings_come_from_the_environment(compose_config: Callable[...
         "OPENAI_BASE_URL": "https://api.openai.com/v1",
         "OPENAI_API_KEY": "sk-test",
         "PARADECOM_MODEL": "gpt-4o-mini",
+        "PARADECOM_STRUCTURED_OUTPUT": "json_object",
+        # Unset: the runner's own defaults.
+        "PARADECOM_MAX_SUBTASKS": "",
+        "PARADECOM_MAX_TOKENS": "",
+        "PARADECOM_MAX_REASKS": "",
+        "PARADECOM_LLM_TIMEOUT": "600",
     }
     assert config["secrets"]["paradecom_token"]["file"] == "/etc/paradecom/token"
     ports = config["services"]["leader"]["ports"]

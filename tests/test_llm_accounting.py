@@ -56,6 +56,24 @@ def test_rerun_is_answered_from_the_cache(fake_llm: Callable[..., str], project_
     assert stats(base_url)["requests"] == 8
 
 
+def test_cache_is_per_endpoint(fake_llm: Callable[..., str], project_file: Path) -> None:
+    """Two endpoints serving one model name never share answers; a server that moved (same
+    PARADECOM_ENDPOINT_ID, the embedded model on a new free port) still hits the cache."""
+    first_url = fake_llm("--fanout", "3", "--atomic-depth", "5")
+    second_url = fake_llm("--fanout", "3", "--atomic-depth", "5")
+    run(project_file, first_url)
+    run(project_file, second_url)
+    assert stats(first_url)["requests"] == 4
+    assert stats(second_url)["requests"] == 4, "the second endpoint was answered from the first's cache"
+
+    env = {"OPENAI_API_KEY": "k", "PARADECOM_ENDPOINT_ID": "the-same-model"}
+    for url in (first_url, second_url):
+        result = run_cli([*PARADECOM, "run", str(project_file), "--runners", "1"], env={**env, "OPENAI_BASE_URL": url})
+        assert result.returncode == 0, result.stderr
+    assert stats(first_url)["requests"] == 8
+    assert stats(second_url)["requests"] == 4, "one endpoint id, yet the cache missed"
+
+
 def test_reasks_and_failures_are_counted_per_project(fake_llm: Callable[..., str], project_file: Path) -> None:
     """Malformed answers are re-asked; the re-asks show in the project's usage."""
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--malformed-rate", "0.4", "--seed", "3")

@@ -293,6 +293,23 @@ def test_build_messages_has_marker_lines_and_context() -> None:
         assert text in user
 
 
+def test_build_messages_states_the_rules_and_the_configured_fan_out() -> None:
+    """The prompt asks for the runner's --min/--max-subtasks and states every rule an answer is
+    held to: coverage without overlap, verb titles, 1-5 criteria, sibling-only dependencies,
+    atomic with a reason, an estimate in hours."""
+    default = build_messages(make_assignment())
+    assert "Write 2 to 7 subtasks" in default[-1]["content"]
+    narrow = build_messages(make_assignment(), 3, 4)
+    assert "Write 3 to 4 subtasks" in narrow[-1]["content"] and "Write 3 to 4 subtasks" in narrow[1]["content"]
+    assert "Write 5 subtasks" in build_messages(make_assignment(), 5, 5)[-1]["content"]
+    system = default[0]["content"]
+    for rule in ("cover all of it", "without overlapping", "starting with a verb", "1 to 5 testable acceptance",
+                 "sibling subtasks", "atomic_reason", "estimate_hours"):  # fmt: skip
+        assert rule in system, rule
+    with pytest.raises(ValueError):
+        build_messages(make_assignment(), 4, 3)
+
+
 def test_build_messages_keeps_marker_title_on_one_line() -> None:
     """A title with a newline still yields one machine-readable marker line."""
     assignment = make_assignment()

@@ -1,0 +1,52 @@
+"""A `paradecom run` killed outright (SIGKILL: no cleanup of its own) leaves no process behind:
+its leader and runners get SIGTERM from the kernel when it dies (paradecom/with_parent.py)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import Proc, wait_for
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux only")
+def test_children_of_a_killed_run_stop(fake_llm: Callable[..., str], tmp_path: Path) -> None:
+    base_url = fake_llm("--latency", "30")
+    project = tmp_path / "p.yaml"
+    project.write_text("name: Slow\ndescription: Answers take long.\nmax_depth: 1\n")
+    run = Proc(
+        [sys.executable, "-m", "paradecom.cli", "run", str(project), "--runners", "2", "--no-cache"],
+        env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k"},
+    )
+    try:
+        wait_for(lambda: "1 leased" in run.stderr, 60, what="a task to be leased")
+        children = children_of(run.popen.pid)
+        assert len(children) == 3, children  # the leader and two runners
+        run.signal(signal.SIGKILL)
+        run.wait()
+        wait_for(lambda: not any(alive(pid) for pid in children), 30, what=f"{children} to exit")
+    finally:
+        run.stop()
