@@ -279,6 +279,13 @@ class DecompositionRunner:
                 subtasks = parse_decomposition(completion.text, parent_title)
                 if len(subtasks) > self.max_subtasks:
                     raise InvalidAnswer([f"{len(subtasks)} subtasks: give at most {self.max_subtasks}"])
+                if len(subtasks) < self.min_subtasks and answer_number < answers:
+                    # Asked once more before the stop rule makes the task a leaf: small models often
+                    # stop after one subtask, and a leaf this early is rarely what the user wants.
+                    plural = "" if len(subtasks) == 1 else "s"
+                    raise InvalidAnswer(
+                        [f"{len(subtasks)} subtask{plural}: give at least {self.min_subtasks}, each a different part"]
+                    )
             except InvalidAnswer as exc:
                 errors = exc.errors
                 log.info("answer rejected", answer=answer_number, of=answers, errors=errors[:5])

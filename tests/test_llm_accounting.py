@@ -112,6 +112,8 @@ def test_stop_reasons_are_recorded(
     tree = json.loads(run_cli([*PARADECOM, "result", "--leader", leader2, project_id, "--wait"]).stdout)
     (root,) = tree["tasks"]
     assert root["children"] == [] and root["stop_reason"] == "fewer than 4 subtasks"
+    # Asked again (twice, the default re-asks) before the stop rule took the answer.
+    assert stats(base_url3)["requests"] == 3 and tree["project"]["usage"]["reasks"] == 2
 
     # A task budget of 4: the root's 3 children fill it, so they are not decomposed further.
     path.write_text("name: Blog\ndescription: Posts and comments.\nmax_depth: 3\nmax_tasks: 4\n")
