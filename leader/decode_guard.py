@@ -13,6 +13,7 @@ its bytes, since the token interceptor's refusal handlers do not decode the requ
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -59,7 +60,8 @@ async def _checked(
 
 
 async def _settle(result: Any) -> Any:
-    # grpc.aio takes both coroutine and plain-function behaviours; so does the wrapper.
+    # Every servicer of the leader (ours, health, reflection) is a coroutine; a plain function
+    # would be called on the event loop here rather than in grpc's thread pool.
     return await result if inspect.isawaitable(result) else result
 
 
@@ -91,8 +93,11 @@ def _wrap_streaming_response(behaviour: Callable[..., Any], method: str, *, requ
         async def guarded_generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if isinstance(request, _Undecodable):
                 await _refuse(context, method, request)
-            async for response in behaviour(checked(request, context), context):
-                yield response
+            # Closed with the wrapper rather than left to the garbage collector on its own, so the
+            # servicer's `finally` (PullTask's disconnect) runs when the call ends.
+            async with contextlib.aclosing(behaviour(checked(request, context), context)) as responses:
+                async for response in responses:
+                    yield response
 
         return guarded_generator
 
