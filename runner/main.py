@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # As they were: main() may run inside a program (a test) that has its own.
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None, early: EarlyStop) -> int:
