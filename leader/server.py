@@ -27,6 +27,7 @@ from paradecom.v1 import (
 )
 
 from .core import DecompositionLeader
+from .decode_guard import DecodeErrorInterceptor
 from .lease_clock import LeaseClock
 from .lifecycle import LeaseConfig
 from .llm_budget import LlmBudget
@@ -70,7 +71,11 @@ class LeaderServer:
         self.clock = LeaseClock(self.leader)
         self.health = health.aio.HealthServicer()
         token = settings.security.token
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[TokenInterceptor(token)] if token else None)
+        # The token is checked first: a caller without it is refused UNAUTHENTICATED, bytes unread.
+        interceptors: list[grpc.aio.ServerInterceptor] = [DecodeErrorInterceptor()]
+        if token:
+            interceptors.insert(0, TokenInterceptor(token))
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self.port = 0
         self._background: list[asyncio.Task[None]] = []
 

@@ -23,6 +23,11 @@ MAX_KEY_CHARS = 64
 MAX_TASKS_PER_PROJECT = 200_000
 MAX_PROJECT_TOKENS = 10**12
 
+# LLM answers. A real answer is a few KB (2,000 tokens by default) and no model writes a million
+# characters in one answer; anything longer is a model stuck in a loop, refused before it is
+# parsed (an InvalidAnswer, re-asked) so it cannot tie up the runner's event loop.
+MAX_ANSWER_CHARS = 1_000_000
+
 # Cluster.
 MAX_RUNNERS = 64  # `paradecom run --runners`
 MAX_CONCURRENCY = 1_024  # tasks in flight per runner (`--concurrency`, PullTask.max_in_flight)

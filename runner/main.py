@@ -1,32 +1,51 @@
-"""`paradecom-runner`: the runner process. Exit 0 after a clean stop, 2 on bad flags or settings."""
+"""`paradecom-runner`: the runner process. Exit 0 after a clean stop, 2 on bad flags or settings.
+
+Only the standard library is imported at the top: `main` first installs the handler that makes a
+SIGTERM harmless, then imports the rest (grpc, openai and pydantic take most of a second), so a
+runner stopped while it is still starting exits 0 like any other.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
+import threading
+import types
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from paradecom import limits
-from paradecom.cliargs import Parser, add_logging_flags, address, float_range, int_range
-from paradecom.errors import ConfigError
-from paradecom.logs import configure_logging
-from paradecom.security import add_security_flags, security_from_args
-
-from .cache import DecompositionCache
-from .llm import ENV_MAX_SUBTASKS, ENV_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_MODES, LLMClient
-from .loop import DEFAULT_MODEL, DecompositionRunner
-from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
+if TYPE_CHECKING:
+    from .llm import LLMClient
+    from .loop import DecompositionRunner
 
 PROG = "paradecom-runner"
 MAX_REASKS_LIMIT = 10
 DEFAULT_MAX_REASKS = 2
 ENV_MAX_REASKS = "PARADECOM_MAX_REASKS"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class EarlyStop:
+    """Counts SIGTERM/SIGINT received before the event loop's own handlers take over (while the
+    runner imports, parses its flags and builds its parts), instead of dying of them."""
+
+    def __init__(self) -> None:
+        self.signals = 0
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: types.FrameType | None) -> None:
+        # Only a count: a signal handler runs between any two bytecodes, so it touches nothing else.
+        self.signals += 1
 
 
 def _structured_output(text: str) -> str:
+    from .llm import STRUCTURED_OUTPUT_MODES
+
     if text not in STRUCTURED_OUTPUT_MODES:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
     return text
@@ -45,6 +64,14 @@ def _non_empty(limit: int) -> Callable[[str], str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The runner's flags; every range is checked while parsing."""
+    from paradecom import limits
+    from paradecom.cliargs import Parser, add_logging_flags, address, float_range, int_range
+    from paradecom.security import add_security_flags
+
+    from .llm import ENV_MAX_SUBTASKS, ENV_STRUCTURED_OUTPUT
+    from .loop import DEFAULT_MODEL
+    from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
+
     parser = Parser(
         prog=PROG,
         description="Pull tasks from a ParaDecom leader, decompose them with an LLM, submit the results. "
@@ -123,21 +150,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(runner: DecompositionRunner, llm: LLMClient) -> None:
+async def _serve(runner: DecompositionRunner, llm: LLMClient, early: EarlyStop) -> None:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     # The first signal drains; a second one releases what is left at once.
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, runner.request_stop)
+    # Signals that came while starting count as if they came now (the handlers above are in place,
+    # so none falls between the two).
+    for _ in range(early.signals):
+        runner.request_stop()
     try:
         await runner.run()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+        # Until main() returns a signal stays harmless: the runner is already stopping.
+        early.install()
         await llm.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the runner until SIGTERM or SIGINT; the process's exit code."""
+    # First of all, before the imports in _main: from here on a stop signal is recorded, not fatal.
+    # (Signal handlers belong to the main thread; called from another, main leaves them alone.)
+    early = EarlyStop()
+    owns_signals = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if owns_signals else {}
+    if owns_signals:
+        early.install()
+    try:
+        return _main(argv, early)
+    finally:
+        # As they were: main() may run inside a program (a test) that has its own.
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None, early: EarlyStop) -> int:
+    import asyncio
+
+    from paradecom.errors import ConfigError
+    from paradecom.logs import configure_logging
+    from paradecom.security import security_from_args
+
+    from .cache import DecompositionCache
+    from .llm import LLMClient
+    from .loop import DecompositionRunner
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.min_subtasks > args.max_subtasks:
@@ -163,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(runner, llm))
+        asyncio.run(_serve(runner, llm, early))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -98,6 +98,9 @@ _TITLE_LINE_RE = re.compile(r"^Task to decompose:.*$", re.MULTILINE)
 _DEPTH_LINE_RE = re.compile(r"^Task depth:.*$", re.MULTILINE)
 # A re-ask repeats at most this many errors; the first ones are enough to steer a correction.
 _MAX_REASK_ERRORS = 20
+# An answer over limits.MAX_ANSWER_CHARS is shown back only this far: enough for the model to see
+# what it did, and the re-ask stays within the endpoint's request and context limits.
+_OVERSIZED_ANSWER_SHOWN_CHARS = 2_000
 
 
 def _bullets(items: Sequence[str]) -> str:
@@ -192,6 +195,8 @@ def reask_messages(messages: Sequence[dict[str, str]], bad_answer: str, errors: 
         len(messages) - 1,
     )
     task_prompt = messages[task_index].get("content", "") if messages else ""
+    if len(bad_answer) > limits.MAX_ANSWER_CHARS:
+        bad_answer = bad_answer[:_OVERSIZED_ANSWER_SHOWN_CHARS] + f"… [{len(bad_answer):,} characters in all]"
     # The marker lines are repeated because readers of the prompt (the fake LLM among them) look
     # only at the last user message; the last occurrence is ours, earlier ones may be quoted text.
     markers = "\n".join(

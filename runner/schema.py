@@ -35,6 +35,9 @@ _STEP_NUMBER_RE = re.compile(r"^(?:step\s*)?\d{1,3}\s*[:.)\-\u2013]\s+(?=\S)", r
 
 # Errors beyond this many add nothing for the LLM to act on and only lengthen the re-ask.
 MAX_REPORTED_ERRORS = 20
+# JSON decodes tried on one answer (the whole text, fenced blocks, objects in prose): keeps the
+# search linear in the answer's length. Real answers need one to a few.
+MAX_JSON_DECODE_ATTEMPTS = 32
 
 
 class InvalidAnswer(ParaDecomError):
@@ -54,8 +57,11 @@ def _as_text(value: Any) -> Any:
     # Models often write keys as numbers ("key": 1, "depends_on": [1, 2]); the meaning is the same.
     if isinstance(value, bool):
         return value
-    if isinstance(value, int | float):
-        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, int):
+        # Not through float(): an int of thousands of digits overflows it.
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
     return value
 
 
@@ -159,29 +165,63 @@ def decomposition_schema(max_subtasks: int = limits.MAX_SUBTASKS) -> dict[str, A
 DECOMPOSITION_SCHEMA: dict[str, Any] = decomposition_schema()
 
 
+def _loads(text: str) -> Any:
+    """json.loads, with every way it can refuse text raised as json.JSONDecodeError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        # Brackets nested deeper than the interpreter's recursion limit (a model stuck repeating one).
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4,300 digits (sys.get_int_max_str_digits).
+        raise json.JSONDecodeError("a number with too many digits to read", text, 0) from None
+
+
 def extract_json(text: str) -> Any:
     """The JSON value in `text`: the whole text, else a ```json fenced block, else the first
-    `{"subtasks": ...}` object found in surrounding prose. Raises InvalidAnswer when there is none."""
+    `{"subtasks": ...}` object found in surrounding prose. Raises InvalidAnswer when there is none,
+    or when `text` is longer than limits.MAX_ANSWER_CHARS (it is then not read at all).
+
+    At most MAX_JSON_DECODE_ATTEMPTS decodes are tried in all: each failed one costs time in
+    proportion to the text's length (JSONDecodeError counts the lines before the error), so trying
+    every `{` of a long answer would be quadratic.
+    """
+    if len(text) > limits.MAX_ANSWER_CHARS:
+        raise InvalidAnswer(
+            [f"the answer is {len(text):,} characters, more than the limit of {limits.MAX_ANSWER_CHARS:,}: "
+             "write a much shorter answer"]
+        )  # fmt: skip
     stripped = text.strip().lstrip("\ufeff")
     if not stripped:
         raise InvalidAnswer(["the answer is empty; expected a JSON object"])
     try:
-        return json.loads(stripped)
+        return _loads(stripped)
     except json.JSONDecodeError as exc:
         first_error = exc
+    attempts = 1
     for block in _FENCE_RE.findall(stripped):
+        if attempts >= MAX_JSON_DECODE_ATTEMPTS:
+            break
+        attempts += 1
         try:
-            return json.loads(block)
+            return _loads(block)
         except json.JSONDecodeError:
             continue
     # Prose around the object: take the first object that has our top-level field. Any other
     # object (a lone subtask inside a cut-off answer, an example in the prose) would only turn a
-    # clear "not valid JSON" into a misleading shape error.
+    # clear "not valid JSON" into a misleading shape error. Without the field's name in the text
+    # no object can have it, so the search is skipped.
     decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", stripped):
+    candidates = re.finditer(r"\{", stripped) if '"subtasks"' in stripped else iter(())
+    for match in candidates:
+        if attempts >= MAX_JSON_DECODE_ATTEMPTS:
+            break
+        attempts += 1
         try:
             value, _ = decoder.raw_decode(stripped, match.start())
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError, as is a too-long integer
             continue
         if isinstance(value, dict) and "subtasks" in value:
             return value

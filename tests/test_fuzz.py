@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from helpers import Proc, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -306,21 +308,78 @@ def _unary_methods() -> list[pb_descriptor.MethodDescriptor]:
     return [m for m in METHODS if not m.server_streaming and m.input_type.fields]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a request whose bytes are not a valid protobuf fails in grpc's request deserializer "
-    "(the generated add_*Servicer_to_server handlers), which answers UNKNOWN 'Unexpected DecodeError' "
-    "instead of INVALID_ARGUMENT; fixable with a server interceptor that wraps request_deserializer",
-)
+CORRUPT = b"\xff\xff\xff\xff"  # field 31, wire type 7: no such wire type, so never a valid message
+
+
 @pytest.mark.parametrize("method", _unary_methods(), ids=lambda m: f"{m.containing_service.name}.{m.name}")
 def test_corrupt_request_bytes_are_invalid_argument(target: Target, method: pb_descriptor.MethodDescriptor) -> None:
-    """Bytes that are not a valid protobuf of the request type get INVALID_ARGUMENT, not UNKNOWN."""
+    """Bytes that are not a valid protobuf of the request type get INVALID_ARGUMENT with a one-line
+    message naming the type, not UNKNOWN (grpc's own answer to a failed request decode)."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     raw: Callable[..., Any] = target.channel.unary_unary(path)  # bytes in, bytes out
     with pytest.raises(grpc.RpcError) as err:
-        raw(b"\xff\xff\xff\xff", timeout=10)
+        raw(CORRUPT, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()  # type: ignore[attr-defined]
+    details: str = err.value.details()  # type: ignore[attr-defined]
+    assert method.input_type.full_name in details and "\n" not in details, details
     wait_for(lambda: target.proc.popen.poll() is None, what="the leader to be alive")
+
+
+# Every server-streaming RPC, Health.Watch included: the request is decoded before the stream starts.
+STREAMING_METHODS = [m for s in SERVICES for m in s.methods if m.server_streaming and not m.client_streaming]
+
+
+@pytest.mark.parametrize("method", STREAMING_METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}")
+def test_corrupt_request_bytes_to_a_stream_are_invalid_argument(
+    target: Target, method: pb_descriptor.MethodDescriptor
+) -> None:
+    """A server-streaming call (PullTask, WatchProject, Health.Watch) opened with corrupt request
+    bytes ends at once with INVALID_ARGUMENT, before any response."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    raw: Callable[..., Any] = target.channel.unary_stream(path)
+    with pytest.raises(grpc.RpcError) as err:
+        next(iter(raw(CORRUPT, timeout=10)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()  # type: ignore[attr-defined]
+    assert_serving(target)
+
+
+def test_corrupt_message_in_a_bidi_stream_is_invalid_argument(target: Target) -> None:
+    """Server reflection's bidirectional stream: a valid request is answered, and a corrupt one
+    after it ends the stream with INVALID_ARGUMENT (each message is checked as it is read)."""
+    path = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    valid = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+    raw: Callable[..., Any] = target.channel.stream_stream(path)
+    responses = raw(iter([valid, CORRUPT]), timeout=10)
+    first = reflection_pb2.ServerReflectionResponse.FromString(next(responses))
+    assert first.list_services_response.service
+    with pytest.raises(grpc.RpcError) as err:
+        next(responses)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()  # type: ignore[attr-defined]
+    assert_serving(target)
+
+
+def test_corrupt_request_without_the_token_is_unauthenticated(
+    start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
+) -> None:
+    """With a token set, corrupt bytes without the token are UNAUTHENTICATED (the token is checked
+    before the request is decoded), and the same bytes with the token are INVALID_ARGUMENT."""
+    token_file = tmp_path / "token"
+    token_file.write_text("fuzz-token-0123456789\n")
+    _, address = start_leader("--auth-token-file", str(token_file))
+    with grpc.insecure_channel(address) as channel:
+        raw: Callable[..., Any] = channel.unary_unary("/paradecom.v1.ProjectService/SubmitProject")
+        for metadata, expected in (
+            (None, grpc.StatusCode.UNAUTHENTICATED),
+            ([("authorization", "Bearer wrong")], grpc.StatusCode.UNAUTHENTICATED),
+            ([("authorization", "Bearer fuzz-token-0123456789")], grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                raw(CORRUPT, metadata=metadata, timeout=10)
+            assert err.value.code() == expected, err.value.details()  # type: ignore[attr-defined]
+        stream: Callable[..., Any] = channel.unary_stream("/paradecom.v1.TaskService/PullTask")
+        with pytest.raises(grpc.RpcError) as err:
+            next(iter(stream(CORRUPT, timeout=10)))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value.details()  # type: ignore[attr-defined]
 
 
 def test_leader_log_has_no_unexpected_error(target: Target) -> None:
