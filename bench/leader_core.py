@@ -6,7 +6,9 @@ everything else (gRPC, protobuf on the wire, the event loop).
 Per task, for a flat project of K seeds: lease (`lease_tasks` in batches of 16, as a runner with 16
 free slots gets them: the grant transaction plus building each assignment), serialize (the
 assignment as it goes on the wire), accept (`process_results` with 3 subtasks, one transaction) and
-summary (what every WatchProject update and GetProject reads).
+summary (what every WatchProject update and GetProject reads). Then, on a second project of K seeds,
+accept again with each batch's 16 results in one transaction (`accept_many`, what the group commit
+does when results arrive together): `accept_group_us`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ BATCH = 16
 
 def measure(k: int) -> dict[str, Any]:
     from paradecom.leader.core import DecompositionLeader
+    from paradecom.leader.lifecycle import Accepted, Result
     from paradecom.leader.store import SqliteStore
 
     with tempfile.TemporaryDirectory(prefix="paradecom-bench-core-") as tmp:
@@ -64,6 +67,15 @@ def measure(k: int) -> dict[str, Any]:
                 done += len(batch)
                 if not batch:
                     raise RuntimeError("the leader handed out no task while some were queued")
+            group = 0.0
+            project_id = leader.generate_work_queue(flat_project(k))
+            while batch := leader.lease_tasks("bench-runner", BATCH):
+                results = [Result(a.lease.task_id, a.lease.token, subtasks, task_pb2.Usage(calls=1)) for a in batch]
+                t0 = time.process_time()
+                answers = leader.lifecycle.accept_many(results)
+                group += time.process_time() - t0
+                if not all(isinstance(a, Accepted) for a in answers):
+                    raise RuntimeError(f"a grouped result was refused: {answers}")
         finally:
             store.close()
     us: Callable[[float], float] = lambda seconds: round(seconds / k * 1e6, 1)  # noqa: E731
@@ -75,6 +87,7 @@ def measure(k: int) -> dict[str, Any]:
         "accept_us": us(accept),
         "summary_us": us(summary),
         "total_us": us(lease + serialize + accept + summary),
+        "accept_group_us": us(group),
         "assignment_bytes": round(sum(sizes) / len(sizes)),
     }
 
@@ -85,7 +98,8 @@ def leader_core(ks: tuple[int, ...], log: Callable[[str], None]) -> dict[str, An
         row = measure(k)
         log(
             f"  K={k}: lease {row['lease_us']} µs, serialize {row['serialize_us']} µs, accept {row['accept_us']} µs, "
-            f"summary {row['summary_us']} µs per task; assignments of {row['assignment_bytes']:,} bytes"
+            f"summary {row['summary_us']} µs per task (accept in groups of {BATCH}: {row['accept_group_us']} µs); "
+            f"assignments of {row['assignment_bytes']:,} bytes"
         )
         rows.append(row)
     return {"batch": BATCH, "rows": rows}

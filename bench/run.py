@@ -61,7 +61,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f"leader store+lifecycle CPU per task, no gRPC (flat K={row['tasks']})",
                     row["total_us"], "µs", None, None,
                     f"lease {row['lease_us']:g}, accept {row['accept_us']:g}, serialize {row['serialize_us']:g}, "
-                    f"summary {row['summary_us']:g} µs; assignment {row['assignment_bytes']:,} B",
+                    f"summary {row['summary_us']:g} µs; assignment {row['assignment_bytes']:,} B"
+                    + (f"; accept in groups of 16: {row['accept_group_us']:g} µs" if "accept_group_us" in row else ""),
                 )
             )  # fmt: skip
     lc = results.get("leader")

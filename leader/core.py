@@ -19,7 +19,8 @@ from paradecom.project import ProjectDefinition
 from paradecom.v1 import project_pb2, task_pb2
 
 from .consolidate import build_tree
-from .lifecycle import MAX_SIBLING_TITLES, STATUS, Accepted, LeaseConfig, TaskLifecycle
+from .group_commit import ResultGroups
+from .lifecycle import MAX_SIBLING_TITLES, STATUS, Accepted, LeaseConfig, Result, TaskLifecycle
 from .store import (
     CANCELLED,
     DEAD,
@@ -83,6 +84,7 @@ class DecompositionLeader:
         self.clock = clock
         self.feed = ChangeFeed()
         self.lifecycle = TaskLifecycle(store, self.config, clock=clock, on_change=self.feed.notify)
+        self.result_groups = ResultGroups(self.lifecycle)
         # Definitions never change after submission; parsing them once per project, not per lease.
         self._definitions: dict[str, project_pb2.ProjectDefinition] = {}
         self._contexts: dict[str, project_pb2.ProjectDefinition] = {}
@@ -253,6 +255,20 @@ class DecompositionLeader:
         """File a task's subtasks under its lease; queue the children that need decomposing. No
         subtasks with a `stop_reason` makes the task a leaf for that reason."""
         return self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
+
+    async def submit_result(
+        self,
+        task_id: str,
+        lease_token: str,
+        subtasks: Sequence[task_pb2.Subtask],
+        usage: task_pb2.Usage | None = None,
+        stop_reason: str = "",
+    ) -> Accepted:
+        """`process_results` for the RPC: in one transaction with the results that arrive with it
+        (group commit), returned once that transaction has committed."""
+        return await self.result_groups.accept(
+            Result(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
+        )
 
     def extend_lease(self, task_id: str, lease_token: str) -> tuple[int, bool]:
         return self.lifecycle.extend(task_id, lease_token)

@@ -14,7 +14,11 @@ Rules kept here:
   answered OK without a change (idempotent) and a different one is refused.
 - Each transition is one store transaction, committed before the caller acknowledges it, and it
   keeps the project's counters in step; when a project has nothing queued or leased it is
-  consolidated in the same transaction.
+  consolidated in the same transaction. Results may share a transaction (`accept_many`, the group
+  commit): each is still answered only after the commit that holds it.
+- A lease lost with its runner (expired) is the runner's loss, not the task's failure: the first
+  one is requeued at once, without the retry backoff; a task that loses a second lease (it may be
+  what kills its runners) waits out the backoff as a failure does. The attempt is charged either way.
 """
 
 from __future__ import annotations
@@ -107,6 +111,17 @@ class Accepted:
     children_queued: int
 
 
+@dataclass(frozen=True)
+class Result:
+    """One runner's result, as `accept` takes it (for `accept_many`)."""
+
+    task_id: str
+    token: str
+    subtasks: Sequence[task_pb2.Subtask]
+    usage: task_pb2.Usage
+    stop_reason: str = ""
+
+
 def _digest(subtasks: Sequence[task_pb2.Subtask], stop_reason: str) -> str:
     h = hashlib.sha256(stop_reason.encode())
     for s in subtasks:
@@ -148,8 +163,12 @@ class TaskLifecycle:
         # Derived from the store (rebuilt at start, kept in step by every transition): how many
         # live leases each runner holds, so dispatch needs no query to find a free slot.
         self.leases_by_runner: Counter[str] = Counter()
-        for task_id in store.leased_task_ids():
-            task = store.get_task(task_id)
+        self._count_leases()
+
+    def _count_leases(self) -> None:
+        self.leases_by_runner.clear()
+        for task_id in self.store.leased_task_ids():
+            task = self.store.get_task(task_id)
             if task and task.runner_id:
                 self.leases_by_runner[task.runner_id] += 1
 
@@ -231,9 +250,14 @@ class TaskLifecycle:
             project.leases_expired += 1
             self.store.update_project(project)
         if retryable and task.attempts < self.config.max_attempts:
-            delay = min(self.config.retry_backoff_s * 2 ** (task.attempts - 1), self.config.max_retry_backoff_s)
-            # Jitter spreads retries of tasks that failed together (an endpoint outage).
-            task.not_before_ms = self._now_ms() + int(delay * 1000 * random.uniform(0.8, 1.2))
+            if expired and task.attempts == 1:
+                # The first lost lease: its runner died or lost the leader, so another runner may
+                # take the task at once (a SIGKILLed runner's leases come back in one lease timeout).
+                task.not_before_ms = 0
+            else:
+                delay = min(self.config.retry_backoff_s * 2 ** (task.attempts - 1), self.config.max_retry_backoff_s)
+                # Jitter spreads retries of tasks that failed together (an endpoint outage).
+                task.not_before_ms = self._now_ms() + int(delay * 1000 * random.uniform(0.8, 1.2))
             self._move(task, QUEUED)
             return QUEUED
         self._move(task, DEAD)
@@ -306,42 +330,84 @@ class TaskLifecycle:
     ) -> Accepted:
         """The result of a task: store its children, queue those that need decomposing. With no
         subtasks and a `stop_reason`, the task itself becomes a leaf for that reason."""
-        digest = _digest(subtasks, stop_reason)
         with self.store.transaction():
-            task = self._task(task_id)
-            if task.state == DONE and task.lease_token == token and task.result_digest is not None:
-                if task.result_digest == digest:
-                    return Accepted(duplicate=True, children_queued=0)
-                raise LeaseError(f"task {task_id}: a different result was already accepted under this lease")
-            task = self._leased(task_id, token)
-            if subtasks:
-                errors = subtask_errors(
-                    [SubtaskShape(s.key, s.title, list(s.depends_on)) for s in subtasks], parent_title=task.title
-                )
-                if errors:
-                    raise InvalidResult(f"task {task_id}: " + "; ".join(errors[:10]))
-            elif not stop_reason:
-                raise InvalidResult(f"task {task_id}: no subtasks and no stop_reason")
-            project = self.store.get_project(task.project_id)
-            assert project is not None
-            cap = project.max_tasks or limits.MAX_TASKS_PER_PROJECT
-            if sum(project.counts.values()) + len(subtasks) > cap:
-                # Storing these children would pass the task budget: the task stays a leaf.
-                subtasks, stop_reason = [], BUDGET_TASKS
-            children = [self._child(task, i, s, project.max_depth) for i, s in enumerate(subtasks, 1)]
-            self.store.insert_tasks(children)
-            queued = sum(c.state == QUEUED for c in children)
-            project.counts[DONE] = project.counts.get(DONE, 0) + len(children) - queued
-            project.counts[QUEUED] = project.counts.get(QUEUED, 0) + queued
-            _add_usage(project, usage)
-            self.store.update_project(project)
-            task.result_digest = digest
-            task.stop_reason = "" if subtasks else stop_reason[:MAX_STOP_REASON_CHARS]
-            task.last_error = ""
-            self._move(task, DONE)
-            self._finish_if_drained(task.project_id)
+            task, accepted = self._accept(Result(task_id, token, subtasks, usage, stop_reason))
         self.on_change(task.project_id)
-        return Accepted(duplicate=False, children_queued=queued)
+        return accepted
+
+    def accept_many(self, results: Sequence[Result]) -> list[Accepted | Exception]:
+        """Several results in one transaction (the group commit): one COMMIT and one write of each
+        project row for the lot. Each entry of the answer is what `accept` would have returned or
+        raised for that result (a LeaseError, or an unexpected error); the caller answers none of
+        them before this returns, the group committed.
+
+        A refusal that does not keep its changes (`keep_changes`) is raised before the result
+        changed anything, so refusing one result leaves the others in the transaction intact. An
+        unexpected error rolls the whole group back, and its results are then taken one at a time,
+        so that error fails only its own result."""
+        answers: list[Accepted | Exception] = []
+        changed: set[str] = set()
+        try:
+            with self.store.transaction():
+                for result in results:
+                    try:
+                        task, accepted = self._accept(result)
+                    except LeaseError as exc:
+                        answers.append(exc)
+                        continue
+                    answers.append(accepted)
+                    changed.add(task.project_id)
+        except Exception:
+            # The rollback undid the store but not the lease index kept beside it.
+            self._count_leases()
+            return [self._accept_alone(r) for r in results]
+        for project_id in changed:
+            self.on_change(project_id)
+        return answers
+
+    def _accept_alone(self, r: Result) -> Accepted | Exception:
+        try:
+            return self.accept(r.task_id, r.token, r.subtasks, r.usage, r.stop_reason)
+        except Exception as exc:  # handed to its caller, which answers it (INTERNAL unless a LeaseError)
+            return exc
+
+    def _accept(self, r: Result) -> tuple[TaskRow, Accepted]:
+        """The work of `accept`, inside the caller's transaction."""
+        task_id, token, subtasks, usage, stop_reason = r.task_id, r.token, r.subtasks, r.usage, r.stop_reason
+        digest = _digest(subtasks, stop_reason)
+        task = self._task(task_id)
+        if task.state == DONE and task.lease_token == token and task.result_digest is not None:
+            if task.result_digest == digest:
+                return task, Accepted(duplicate=True, children_queued=0)
+            raise LeaseError(f"task {task_id}: a different result was already accepted under this lease")
+        task = self._leased(task_id, token)
+        if subtasks:
+            errors = subtask_errors(
+                [SubtaskShape(s.key, s.title, list(s.depends_on)) for s in subtasks], parent_title=task.title
+            )
+            if errors:
+                raise InvalidResult(f"task {task_id}: " + "; ".join(errors[:10]))
+        elif not stop_reason:
+            raise InvalidResult(f"task {task_id}: no subtasks and no stop_reason")
+        project = self.store.get_project(task.project_id)
+        assert project is not None
+        cap = project.max_tasks or limits.MAX_TASKS_PER_PROJECT
+        if sum(project.counts.values()) + len(subtasks) > cap:
+            # Storing these children would pass the task budget: the task stays a leaf.
+            subtasks, stop_reason = [], BUDGET_TASKS
+        children = [self._child(task, i, s, project.max_depth) for i, s in enumerate(subtasks, 1)]
+        self.store.insert_tasks(children)
+        queued = sum(c.state == QUEUED for c in children)
+        project.counts[DONE] = project.counts.get(DONE, 0) + len(children) - queued
+        project.counts[QUEUED] = project.counts.get(QUEUED, 0) + queued
+        _add_usage(project, usage)
+        self.store.update_project(project)
+        task.result_digest = digest
+        task.stop_reason = "" if subtasks else stop_reason[:MAX_STOP_REASON_CHARS]
+        task.last_error = ""
+        self._move(task, DONE)
+        self._finish_if_drained(task.project_id)
+        return task, Accepted(duplicate=False, children_queued=queued)
 
     @staticmethod
     def _child(parent: TaskRow, position: int, s: task_pb2.Subtask, max_depth: int) -> TaskRow:

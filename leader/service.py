@@ -142,19 +142,23 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def SubmitResult(
         self, request: task_service_pb2.SubmitResultRequest, context: Context
     ) -> task_service_pb2.SubmitResultResponse:
-        def call() -> task_service_pb2.SubmitResultResponse:
+        def check() -> None:
             _require_id("task_id", request.task_id)
             _require_id("lease_token", request.lease_token)
             _check_subtasks(list(request.subtasks), request.stop_reason)
             _check_usage(request.usage)
-            done = self.leader.process_results(
+
+        await _guard(context, check)
+        try:
+            # Answered only once the group commit holding this result has committed.
+            done = await self.leader.submit_result(
                 request.task_id, request.lease_token, request.subtasks, request.usage, request.stop_reason
             )
-            if not done.duplicate:
-                self.scheduler.settled(request.task_id, request.usage, ok=True)
-            return task_service_pb2.SubmitResultResponse(duplicate=done.duplicate, children_queued=done.children_queued)
-
-        return await _guard(context, call)
+        except Exception as exc:
+            await _abort(context, exc)
+        if not done.duplicate:
+            self.scheduler.settled(request.task_id, request.usage, ok=True)
+        return task_service_pb2.SubmitResultResponse(duplicate=done.duplicate, children_queued=done.children_queued)
 
     async def ExtendLease(
         self, request: task_service_pb2.ExtendLeaseRequest, context: Context

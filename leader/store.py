@@ -13,6 +13,7 @@ thread would cost more than the work while putting shared state on two threads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -126,6 +127,13 @@ CREATE TABLE IF NOT EXISTS projects (
     max_tasks INTEGER NOT NULL DEFAULT 0,
     max_tokens INTEGER NOT NULL DEFAULT 0
 );
+-- The definition apart from the row the leader rewrites at every transition: SQLite writes a whole
+-- row, so a definition kept in it (hundreds of KB for a project of thousands of seeds) went to the
+-- WAL at every commit. Stores written before this table keep the definition in projects.definition.
+CREATE TABLE IF NOT EXISTS project_definitions (
+    project_id TEXT PRIMARY KEY REFERENCES projects(id),
+    definition BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY,
     project_id TEXT NOT NULL REFERENCES projects(id),
@@ -170,6 +178,11 @@ _TASK_COLUMNS = (
 _PROJECT_COLUMNS = (
     "id, seq, name, definition, max_depth, state, error, created_ms, finished_ms, counts,"
     " late_results_refused, leases_expired, usage, max_tasks, max_tokens"
+)
+_PROJECT_SELECT = (
+    "SELECT p.id, p.seq, p.name, COALESCE(d.definition, p.definition), p.max_depth, p.state, p.error,"
+    " p.created_ms, p.finished_ms, p.counts, p.late_results_refused, p.leases_expired, p.usage, p.max_tasks,"
+    " p.max_tokens FROM projects p LEFT JOIN project_definitions d ON d.project_id = p.id"
 )
 
 
@@ -231,6 +244,13 @@ class SqliteStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self._depth = 0
+        # The rows of running projects, kept in memory: the leader is the store's only writer, and
+        # every transition reads and changes its project's counters. `update_project` inside a
+        # transaction only marks the row; it is written once, just before COMMIT, whatever the
+        # number of transitions in that transaction (a grant of 16 tasks, a group of results).
+        self._projects: dict[str, ProjectRow] = {}
+        self._dirty: dict[str, ProjectRow] = {}  # changed in this transaction, written at its end
+        self._touched: set[str] = set()  # handed out in this transaction (the caller may change them)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -249,35 +269,87 @@ class SqliteStore:
         try:
             yield
         except BaseException as exc:
-            self._db.execute("COMMIT" if getattr(exc, "keep_changes", False) else "ROLLBACK")
+            if getattr(exc, "keep_changes", False):
+                self._commit()
+            else:
+                self._db.execute("ROLLBACK")
+                self._forget_touched()
             raise
         else:
-            self._db.execute("COMMIT")
+            self._commit()
         finally:
             self._depth = 0
+            self._dirty.clear()
+            self._touched.clear()
+
+    def _commit(self) -> None:
+        try:
+            for row in self._dirty.values():
+                self._db.execute(
+                    "UPDATE projects SET state = ?, error = ?, finished_ms = ?, counts = ?, late_results_refused = ?,"
+                    " leases_expired = ?, usage = ? WHERE id = ?",
+                    (row.state, row.error, row.finished_ms, json.dumps(row.counts), row.late_results_refused,
+                     row.leases_expired, json.dumps(row.usage), row.id),
+                )  # fmt: skip
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._forget_touched()
+            raise
+        # A row changed without `update_project` would differ from the store; reading it again
+        # costs less than finding out. Finished projects leave the cache (they change no more).
+        for project_id in self._touched:
+            cached = self._projects.get(project_id)
+            if cached is not None and (project_id not in self._dirty or cached.state != RUNNING):
+                del self._projects[project_id]
+
+    def _forget_touched(self) -> None:
+        """After a rollback the cached rows handed out in the transaction may hold its changes."""
+        for project_id in self._touched:
+            self._projects.pop(project_id, None)
 
     # Projects.
 
     def insert_project(self, row: ProjectRow) -> None:
         self._db.execute(
             f"INSERT INTO projects ({_PROJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.id, *_project_values(row)),
+            (row.id, *_project_values(row)[:2], b"", *_project_values(row)[3:]),
+        )
+        self._db.execute(
+            "INSERT INTO project_definitions (project_id, definition) VALUES (?, ?)", (row.id, row.definition)
         )
 
     def update_project(self, row: ProjectRow) -> None:
-        cols = [c.strip() for c in _PROJECT_COLUMNS.split(",")][1:]
-        self._db.execute(
-            f"UPDATE projects SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
-            (*_project_values(row), row.id),
-        )
+        """Inside a transaction: written at its commit (only the columns that change after
+        submission: state, error, finished_ms, counters, usage). Outside one: written now."""
+        if self._depth:
+            self._dirty[row.id] = row
+            self._projects[row.id] = row
+            self._touched.add(row.id)
+            return
+        with self.transaction():
+            self.update_project(row)
 
     def get_project(self, project_id: str) -> ProjectRow | None:
-        row = self._db.execute(f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = ?", (project_id,)).fetchone()
-        return _project(row) if row else None
+        """The project's row. Inside a transaction, the same object for the same project until the
+        commit, so changes made to it by one transition are seen by the next."""
+        row = self._projects.get(project_id)
+        if row is None:
+            found = self._db.execute(f"{_PROJECT_SELECT} WHERE p.id = ?", (project_id,)).fetchone()
+            if found is None:
+                return None
+            row = _project(found)
+            if row.state == RUNNING:
+                self._projects[project_id] = row
+        if self._depth:
+            self._touched.add(project_id)
+            return row
+        # Outside a transaction the caller gets a copy, so a change it makes cannot reach the cache.
+        return dataclasses.replace(row, counts=dict(row.counts), usage=dict(row.usage))
 
     def list_projects(self, limit: int, before_seq: int | None) -> list[ProjectRow]:
         rows = self._db.execute(
-            f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+            f"{_PROJECT_SELECT} WHERE p.seq < ? ORDER BY p.seq DESC LIMIT ?",
             (before_seq if before_seq is not None else 2**62, limit),
         ).fetchall()
         return [_project(r) for r in rows]
