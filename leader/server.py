@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
+from paradecom.metrics_server import MetricsServer
 from paradecom.security import Security, TokenInterceptor, server_credentials
 from paradecom.v1 import (
     admin_service_pb2,
@@ -30,6 +31,7 @@ from .core import DecompositionLeader
 from .lease_clock import LeaseClock
 from .lifecycle import LeaseConfig
 from .llm_budget import LlmBudget
+from .metrics import LeaderMetrics
 from .scheduler import Scheduler
 from .service import AdminService, ProjectService, TaskService
 from .store import SqliteStore
@@ -54,6 +56,7 @@ class LeaderSettings:
     llm_rpm: int = 0
     llm_tpm: int = 0
     security: Security = field(default_factory=Security)
+    metrics_listen: str = ""  # HOST:PORT for Prometheus' /metrics; "" serves none
 
 
 class LeaderServer:
@@ -68,6 +71,12 @@ class LeaderServer:
         self.leader = DecompositionLeader(self.store, settings.lease, default_max_depth=settings.max_depth)
         self.scheduler = Scheduler(self.leader, LlmBudget(settings.llm_rpm, settings.llm_tpm))
         self.clock = LeaseClock(self.leader)
+        self.metrics: LeaderMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        if settings.metrics_listen:
+            self.metrics = LeaderMetrics(self.leader, self.scheduler)
+            self.leader.observer = self.metrics
+            self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics.registry)
         self.health = health.aio.HealthServicer()
         token = settings.security.token
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[TokenInterceptor(token)] if token else None)
@@ -93,6 +102,8 @@ class LeaderServer:
             self.port = 0
         if not self.port:
             raise ConfigError(f"cannot listen on {self.settings.listen}: address in use or not available")
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -125,6 +136,8 @@ class LeaderServer:
         for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         self.store.close()
         log.info("leader stopped")
 
@@ -147,4 +160,6 @@ async def serve(settings: LeaderSettings) -> None:
         if started:
             await server.stop()
         else:
+            if server.metrics_server is not None:
+                await server.metrics_server.stop()
             server.store.close()

@@ -13,11 +13,13 @@ from paradecom import limits
 from paradecom.cliargs import Parser, add_logging_flags, address, float_range, int_range
 from paradecom.errors import ConfigError
 from paradecom.logs import configure_logging
+from paradecom.metrics_server import MetricsServer
 from paradecom.security import add_security_flags, security_from_args
 
 from .cache import DecompositionCache
 from .llm import ENV_MAX_SUBTASKS, ENV_STRUCTURED_OUTPUT, STRUCTURED_OUTPUT_MODES, LLMClient
 from .loop import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, DEFAULT_MODEL, DecompositionRunner
+from .metrics import RunnerMetrics
 
 PROG = "paradecom-runner"
 MAX_REASKS_LIMIT = 10
@@ -118,11 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM, seconds to let tasks in hand finish before releasing them (default 30)",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        type=address,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; the line "
+        "`metrics HOST:PORT` on stderr says which); default: none",
+    )
     add_logging_flags(parser)
     return parser
 
 
-async def _serve(runner: DecompositionRunner, llm: LLMClient) -> None:
+async def _serve(runner: DecompositionRunner, llm: LLMClient, metrics_listen: str | None = None) -> None:
+    metrics = None
+    if metrics_listen and runner.metrics:
+        metrics = MetricsServer(metrics_listen, runner.metrics.registry)
+        try:
+            await metrics.start()
+        except ConfigError:
+            await llm.close()
+            raise
     loop = asyncio.get_running_loop()
     # The first signal drains; a second one releases what is left at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -133,6 +151,8 @@ async def _serve(runner: DecompositionRunner, llm: LLMClient) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await llm.close()
+        if metrics is not None:
+            await metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
             cache=None if args.no_cache else DecompositionCache(),
             security=credentials,
             llm=llm,
+            metrics=RunnerMetrics() if args.metrics_listen else None,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(runner, llm))
+        asyncio.run(_serve(runner, llm, args.metrics_listen))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
