@@ -192,3 +192,34 @@ def test_metrics_listen_bad_address_is_one_line(start_leader: Callable[..., tupl
     assert "Traceback" not in done.stderr
     bad = run_cli([sys.executable, "-m", "paradecom.runner.main", "--leader", leader, "--metrics-listen", "nope"])
     assert bad.returncode == 2 and "--metrics-listen" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_readme_lists_every_metric(tmp_path: Path) -> None:
+    """Every metric a leader and a runner expose is named in the README's Metrics section."""
+    from prometheus_client import generate_latest
+
+    from paradecom.leader.core import DecompositionLeader
+    from paradecom.leader.metrics import LeaderMetrics
+    from paradecom.leader.scheduler import Scheduler
+    from paradecom.leader.store import SqliteStore
+    from paradecom.runner.metrics import RunnerMetrics
+
+    store = SqliteStore(":memory:")
+    try:
+        leader = DecompositionLeader(store)
+        registries = [LeaderMetrics(leader, Scheduler(leader)).registry, RunnerMetrics().registry]
+        names = {
+            family.name
+            for registry in registries
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            if not family.name.endswith("_created")  # prometheus_client's start-time samples
+        }
+    finally:
+        store.close()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Metrics") : readme.index("## Guarantees")]
+    assert len(names) >= 25
+    for name in sorted(names):
+        # The parser names counters without `_total`; the README gives the exposed name.
+        shown = f"`{name}_total" if f"`{name}_total" in section else f"`{name}"
+        assert shown in section, name
