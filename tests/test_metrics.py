@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import urllib.request
@@ -50,8 +51,6 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 def submit(leader: str, tmp_path: Path, **fields: object) -> str:
-    import json
-
     path = tmp_path / "project.json"
     path.write_text(json.dumps({"name": "Metrics", "description": "A project to count.", **fields}))
     done = run_cli([*PARADECOM, "submit", "--leader", leader, str(path)])
@@ -223,3 +222,29 @@ def test_readme_lists_every_metric(tmp_path: Path) -> None:
         # The parser names counters without `_total`; the README gives the exposed name.
         shown = f"`{name}_total" if f"`{name}_total" in section else f"`{name}"
         assert shown in section, name
+
+
+def test_rate_limits_and_calls_are_counted_at_both_ends(
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
+    tmp_path: Path,
+) -> None:
+    """fake-llm answers some requests 429: the runner's and the leader's 429 counters agree with
+    what fake-llm refused, and answered calls + 429s are every request it got."""
+    base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--rate-limit-rate", "0.4", "--seed", "3")
+    leader_proc, leader = start_leader("--metrics-listen", "127.0.0.1:0")
+    m = metrics_address(leader_proc)
+    runner = start_runner(leader, base_url, "--concurrency", "2", "--metrics-listen", "127.0.0.1:0")
+    r = metrics_address(runner)
+    submit(leader, tmp_path, tasks=[{"title": f"Part {i}"} for i in range(6)], max_depth=1)
+    wait_for(lambda: value(scrape(m), "paradecom_projects", state="done") == 1, timeout=90, what="project done")
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=5) as resp:
+        seen = json.loads(resp.read())
+    at_leader, at_runner = scrape(m), scrape(r)
+    assert seen["rate_limited"] > 0, "no 429 was injected: the test proves nothing"
+    assert value(at_leader, "paradecom_llm_rate_limited_total") == seen["rate_limited"]
+    assert value(at_runner, "paradecom_runner_llm_rate_limited_total") == seen["rate_limited"]
+    calls = value(at_leader, "paradecom_llm_calls_total")
+    assert calls == value(at_runner, "paradecom_runner_llm_calls_total")
+    assert calls is not None and calls + seen["rate_limited"] == seen["requests"]
