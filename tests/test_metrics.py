@@ -189,6 +189,14 @@ def test_metrics_listen_bad_address_is_one_line(start_leader: Callable[..., tupl
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("paradecom-leader: error: cannot serve metrics on"), done.stderr
     assert "Traceback" not in done.stderr
+    taken = run_cli(
+        [sys.executable, "-m", "paradecom.runner.main", "--leader", leader, "--metrics-listen", leader],
+        env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+        timeout=30,
+    )
+    assert taken.returncode == 2, taken.stderr
+    assert taken.stderr.strip().splitlines()[-1].startswith("paradecom-runner: error: cannot serve metrics on")
+    assert "Traceback" not in taken.stderr
     bad = run_cli([sys.executable, "-m", "paradecom.runner.main", "--leader", leader, "--metrics-listen", "nope"])
     assert bad.returncode == 2 and "--metrics-listen" in bad.stderr and "Traceback" not in bad.stderr
 
