@@ -316,9 +316,10 @@ def sequential(sizes: Sizes, repeat: int, log: Log) -> dict[str, Any]:
                     [*cli, "--runners", "0", "--log-level", "warning"], env, workdir, k * latency * 3 + 120
                 )
                 _check_tree_json(seq, k, FLAT_FANOUT)
-                # In-run time: from the first progress line (project queued) to the line saying done.
-                progress = [(t, line) for t, line in seq.stderr_lines if " running: " in line or " done: " in line]
-                if not progress or " done: " not in progress[-1][1]:
+                # In-run time: from the first progress line (project queued) to the line saying done
+                # (progress is JSON lines, one per change, when stderr is not a terminal).
+                progress = [(t, json.loads(line)["state"]) for t, line in seq.stderr_lines if line.startswith("{")]
+                if not progress or progress[-1][1] != "done":
                     raise BenchError(f"paradecom run --runners 0 printed no progress: {seq.tail()}")
                 seq_wall = progress[-1][0] - progress[0][0]
                 # The same project through `paradecom run` with K slots: the whole command, cold.

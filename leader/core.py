@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from paradecom import limits
 from paradecom.project import ProjectDefinition
@@ -67,6 +68,16 @@ class ChangeFeed:
             del self._watchers[project_id]
 
 
+class LeaseObserver(Protocol):
+    """Told of the lease events the store keeps no count of (the metrics in leader/metrics.py)."""
+
+    def granted(self, task_ids: Sequence[str]) -> None: ...
+
+    def extended(self) -> None: ...
+
+    def settled(self, task_id: str, *, accepted: bool) -> None: ...
+
+
 class DecompositionLeader:
     """Projects in, leases out, results in, trees out; every change durable before it returns."""
 
@@ -77,8 +88,10 @@ class DecompositionLeader:
         *,
         default_max_depth: int = limits.DEFAULT_MAX_DEPTH,
         clock: Callable[[], float] = time.time,
+        observer: LeaseObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.config = config or LeaseConfig()
         self.default_max_depth = default_max_depth
         self.clock = clock
@@ -205,7 +218,10 @@ class DecompositionLeader:
 
     def lease_tasks(self, runner_id: str, limit: int) -> list[task_pb2.TaskAssignment]:
         """Lease up to `limit` ready tasks to a runner, each with the context to decompose it."""
-        return [self._assignment(t) for t in self.lifecycle.grant(runner_id, limit)]
+        assignments = [self._assignment(t) for t in self.lifecycle.grant(runner_id, limit)]
+        if self.observer and assignments:
+            self.observer.granted([a.lease.task_id for a in assignments])
+        return assignments
 
     def _assignment(self, task: TaskRow) -> task_pb2.TaskAssignment:
         assert task.lease_token is not None and task.lease_expires_ms is not None
@@ -254,7 +270,10 @@ class DecompositionLeader:
     ) -> Accepted:
         """File a task's subtasks under its lease; queue the children that need decomposing. No
         subtasks with a `stop_reason` makes the task a leaf for that reason."""
-        return self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
+        accepted = self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
+        if self.observer and not accepted.duplicate:
+            self.observer.settled(task_id, accepted=True)
+        return accepted
 
     async def submit_result(
         self,
@@ -271,15 +290,23 @@ class DecompositionLeader:
         )
 
     def extend_lease(self, task_id: str, lease_token: str) -> tuple[int, bool]:
-        return self.lifecycle.extend(task_id, lease_token)
+        expires_ms, cancelled = self.lifecycle.extend(task_id, lease_token)
+        if self.observer and not cancelled:
+            self.observer.extended()
+        return expires_ms, cancelled
 
     def fail_task(
         self, task_id: str, lease_token: str, error: str, retryable: bool, usage: task_pb2.Usage | None = None
     ) -> project_pb2.TaskStatus.ValueType:
-        return STATUS[self.lifecycle.fail(task_id, lease_token, error, retryable, usage or task_pb2.Usage())]
+        state = self.lifecycle.fail(task_id, lease_token, error, retryable, usage or task_pb2.Usage())
+        if self.observer:
+            self.observer.settled(task_id, accepted=False)
+        return STATUS[state]
 
     def release_task(self, task_id: str, lease_token: str, reason: str) -> None:
         self.lifecycle.release(task_id, lease_token, reason)
+        if self.observer:
+            self.observer.settled(task_id, accepted=False)
 
     def seconds_until(self, due_ms: int | None) -> float | None:
         return None if due_ms is None else max(0.0, due_ms / 1000 - self.clock())

@@ -16,9 +16,8 @@ Rules kept here:
   keeps the project's counters in step; when a project has nothing queued or leased it is
   consolidated in the same transaction. Results may share a transaction (`accept_many`, the group
   commit): each is still answered only after the commit that holds it.
-- A lease lost with its runner (expired) is the runner's loss, not the task's failure: the first
-  one is requeued at once, without the retry backoff; a task that loses a second lease (it may be
-  what kills its runners) waits out the backoff as a failure does. The attempt is charged either way.
+- An expired lease is retried with backoff like a failure (ARCHITECTURE.md, promise 3): the task
+  may be what kills its runners. The reassignment benchmark meets its target with it.
 """
 
 from __future__ import annotations
@@ -250,14 +249,9 @@ class TaskLifecycle:
             project.leases_expired += 1
             self.store.update_project(project)
         if retryable and task.attempts < self.config.max_attempts:
-            if expired and task.attempts == 1:
-                # The first lost lease: its runner died or lost the leader, so another runner may
-                # take the task at once (a SIGKILLed runner's leases come back in one lease timeout).
-                task.not_before_ms = 0
-            else:
-                delay = min(self.config.retry_backoff_s * 2 ** (task.attempts - 1), self.config.max_retry_backoff_s)
-                # Jitter spreads retries of tasks that failed together (an endpoint outage).
-                task.not_before_ms = self._now_ms() + int(delay * 1000 * random.uniform(0.8, 1.2))
+            delay = min(self.config.retry_backoff_s * 2 ** (task.attempts - 1), self.config.max_retry_backoff_s)
+            # Jitter spreads retries of tasks that failed together (an endpoint outage).
+            task.not_before_ms = self._now_ms() + int(delay * 1000 * random.uniform(0.8, 1.2))
             self._move(task, QUEUED)
             return QUEUED
         self._move(task, DEAD)

@@ -65,6 +65,14 @@ def build_parser() -> Parser:
         metavar="N",
         help="LLM tokens per minute over all runners together (default 0: no limit)",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        type=address,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; the line "
+        "`metrics HOST:PORT` on stderr says which); default: none",
+    )
     add_security_flags(parser, server=True)
     add_logging_flags(parser)
     return parser  # fmt: skip
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LeaderSettings(
             listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth,
             llm_rpm=args.llm_rpm, llm_tpm=args.llm_tpm, security=security,
+            metrics_listen=args.metrics_listen or "",
         )  # fmt: skip
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -28,6 +28,7 @@ class RunnerSession:
     runner_id: str
     max_in_flight: int
     peer: str = ""
+    connected_ms: int = 0  # when the stream opened (Unix ms), for ListRunners
     outbox: asyncio.Queue[task_service_pb2.PullTaskResponse | None] = field(default_factory=asyncio.Queue)
 
 
@@ -49,7 +50,7 @@ class Scheduler:
         old = self.sessions.get(runner_id)
         if old is not None:
             self._close(old)
-        session = RunnerSession(runner_id, max_in_flight, peer)
+        session = RunnerSession(runner_id, max_in_flight, peer, int(self.leader.clock() * 1000))
         self.sessions[runner_id] = session
         log.info("runner connected", runner_id=runner_id, max_in_flight=max_in_flight, peer=peer)
         self.leader.feed.any_change.set()

@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sqlite3
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -35,6 +36,11 @@ from .scheduler import Scheduler
 from .service import AdminService, ProjectService, TaskService
 from .store import SqliteStore
 
+if TYPE_CHECKING:
+    from paradecom.metrics_server import MetricsServer
+
+    from .metrics import LeaderMetrics
+
 log = structlog.get_logger("paradecom.leader")
 
 SERVICE_NAMES = (
@@ -55,6 +61,7 @@ class LeaderSettings:
     llm_rpm: int = 0
     llm_tpm: int = 0
     security: Security = field(default_factory=Security)
+    metrics_listen: str = ""  # HOST:PORT for Prometheus' /metrics; "" serves none
 
 
 class LeaderServer:
@@ -69,6 +76,17 @@ class LeaderServer:
         self.leader = DecompositionLeader(self.store, settings.lease, default_max_depth=settings.max_depth)
         self.scheduler = Scheduler(self.leader, LlmBudget(settings.llm_rpm, settings.llm_tpm))
         self.clock = LeaseClock(self.leader)
+        self.metrics: LeaderMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        if settings.metrics_listen:
+            # Imported only when asked for: aiohttp adds a quarter of a second to every start.
+            from paradecom.metrics_server import MetricsServer
+
+            from .metrics import LeaderMetrics
+
+            self.metrics = LeaderMetrics(self.leader, self.scheduler)
+            self.leader.observer = self.metrics
+            self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics.registry)
         self.health = health.aio.HealthServicer()
         token = settings.security.token
         # The token is checked first: a caller without it is refused UNAUTHENTICATED, bytes unread.
@@ -98,6 +116,8 @@ class LeaderServer:
             self.port = 0
         if not self.port:
             raise ConfigError(f"cannot listen on {self.settings.listen}: address in use or not available")
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -130,6 +150,8 @@ class LeaderServer:
         for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         self.store.close()
         log.info("leader stopped")
 
@@ -152,4 +174,6 @@ async def serve(settings: LeaderSettings) -> None:
         if started:
             await server.stop()
         else:
+            if server.metrics_server is not None:
+                await server.metrics_server.stop()
             server.store.close()

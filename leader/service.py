@@ -294,7 +294,7 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
 
 
 class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
-    """Operating the leader: the global LLM budget."""
+    """Operating the leader: the global LLM budget, the runners it knows."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -327,3 +327,27 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
             return admin_service_pb2.SetLlmBudgetResponse(budget=self._budget())
 
         return await _guard(context, call)
+
+    async def ListRunners(
+        self, request: admin_service_pb2.ListRunnersRequest, context: Context
+    ) -> admin_service_pb2.ListRunnersResponse:
+        leases = self.scheduler.leader.lifecycle.leases_by_runner
+        sessions = self.scheduler.sessions
+        runners = [
+            admin_service_pb2.RunnerInfo(
+                runner_id=s.runner_id,
+                connected=True,
+                in_flight=leases.get(s.runner_id, 0),
+                max_in_flight=s.max_in_flight,
+                peer=s.peer,
+                connected_at_unix_ms=s.connected_ms,
+            )
+            for s in sorted(sessions.values(), key=lambda s: s.runner_id)
+        ]
+        # Runners whose stream dropped but whose leases live on until the disconnect grace ends.
+        runners += [
+            admin_service_pb2.RunnerInfo(runner_id=runner_id, connected=False, in_flight=count)
+            for runner_id, count in sorted(leases.items())
+            if runner_id not in sessions and count > 0
+        ]
+        return admin_service_pb2.ListRunnersResponse(runners=runners)

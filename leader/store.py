@@ -85,6 +85,18 @@ class ProjectRow:
     max_tokens: int = 0  # 0: no token budget
 
 
+@dataclass(frozen=True)
+class ProjectStats:
+    """A project's counters without its definition: what a metrics scrape reads."""
+
+    id: str
+    state: str
+    counts: dict[str, int]
+    late_results_refused: int
+    leases_expired: int
+    usage: dict[str, int]
+
+
 class Store(Protocol):
     """What the leader needs from a store. Writes happen only inside `transaction()`."""
 
@@ -106,6 +118,7 @@ class Store(Protocol):
     def leased_task_ids(self, runner_id: str | None = None, project_id: str | None = None) -> list[int]: ...
     def open_task_ids(self, project_id: str) -> list[int]: ...
     def running_project_ids(self) -> list[str]: ...
+    def project_stats(self) -> list[ProjectStats]: ...
     def close(self) -> None: ...
 
 
@@ -360,6 +373,12 @@ class SqliteStore:
 
     def running_project_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT id FROM projects WHERE state = ?", (RUNNING,))]
+
+    def project_stats(self) -> list[ProjectStats]:
+        rows = self._db.execute(
+            "SELECT id, state, counts, late_results_refused, leases_expired, usage FROM projects"
+        ).fetchall()
+        return [ProjectStats(r[0], r[1], json.loads(r[2]), r[3], r[4], json.loads(r[5])) for r in rows]
 
     # Tasks.
 

@@ -1,4 +1,4 @@
-"""`paradecom`: the client CLI (submit, watch, result, run), the fake LLM server (fake-llm), the
+"""`paradecom`: the client CLI (submit, watch, result, run, status, budget), the fake LLM server (fake-llm), the
 embedded model's server (local-llm) and the DevAI scorer (eval).
 
 Exit status: 0 success; 1 the work did not succeed (project failed or cancelled, leader refused);
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from paradecom import limits
 from paradecom.cliargs import Parser, add_logging_flags, address, fail, int_range
@@ -30,6 +29,7 @@ from paradecom.security import Security, security_from_args
 from paradecom.v1 import project_pb2
 
 if TYPE_CHECKING:
+    from paradecom.progress import ProgressReporter
     from paradecom.project import ProjectDefinition
     from paradecom.tree import TaskTree
 
@@ -41,6 +41,8 @@ DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
 # endpoints that take many parallel requests.
 DEFAULT_RUNNERS = 2
 DEFAULT_CONCURRENCY = 8
+DEFAULT_STATUS_PROJECTS = 20
+MAX_STATUS_PROJECTS = 1_000
 
 
 def _add_leader(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +57,12 @@ def _add_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="json", help="output format (default json)")
 
 
+def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help=f"{what} as JSON lines, one object per change, even on a terminal"
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="ParaDecom: decompose software projects into task trees with LLMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
@@ -63,9 +71,10 @@ def build_parser() -> Parser:
     _add_leader(p)
     p.add_argument("file", help="project file (YAML or JSON; - for stdin)")
 
-    p = sub.add_parser("watch", help="follow a project's progress until it ends")
+    p = sub.add_parser("watch", help="follow a project's progress until it ends (on stdout)")
     _add_leader(p)
     p.add_argument("project_id")
+    _add_json(p, "progress on stdout")
 
     p = sub.add_parser("result", help="print a project's task tree")
     _add_leader(p)
@@ -93,6 +102,18 @@ def build_parser() -> Parser:
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
     p.add_argument("--no-cache", action="store_true", help="always ask the LLM, never the decomposition cache")
     _add_format(p)
+    _add_json(p, "progress on stderr")
+
+    p = sub.add_parser("status", help="list a leader's projects and connected runners")
+    _add_leader(p)
+    p.add_argument(
+        "--limit",
+        type=int_range(1, MAX_STATUS_PROJECTS),
+        default=DEFAULT_STATUS_PROJECTS,
+        metavar="N",
+        help=f"projects to list, newest first, 1 to {MAX_STATUS_PROJECTS} (default {DEFAULT_STATUS_PROJECTS})",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object with `projects` and `runners`")
 
     p = sub.add_parser("budget", help="show or change the leader's global LLM budget while it runs")
     _add_leader(p)
@@ -126,26 +147,16 @@ def build_parser() -> Parser:
 
     evaluate.add_arguments(p)
 
-    for name in ("submit", "watch", "result", "run", "budget"):
+    for name in ("submit", "watch", "result", "run", "status", "budget"):
         add_logging_flags(sub.choices[name])
     return parser  # fmt: skip
 
 
-def _progress_printer(
-    stream: object = sys.stderr, every_s: float = 1.0
-) -> Callable[[project_pb2.ProjectSummary], None]:
-    """Prints a progress line when the project ends, or at most once per `every_s`."""
-    from paradecom.client import TERMINAL_STATES, progress_line
+def _progress(args: argparse.Namespace, stream: TextIO) -> ProgressReporter:
+    """The live display on a terminal, JSON lines elsewhere or with --json."""
+    from paradecom.progress import ProgressReporter
 
-    last = [0.0]
-
-    def show(summary: project_pb2.ProjectSummary) -> None:
-        now = time.monotonic()
-        if summary.state in TERMINAL_STATES or now - last[0] >= every_s:
-            last[0] = now
-            print(progress_line(summary), file=stream, flush=True)  # type: ignore[call-overload]
-
-    return show
+    return ProgressReporter(stream, json_lines=True if args.json else None)
 
 
 def _security(args: argparse.Namespace) -> Security:
@@ -163,11 +174,24 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    from paradecom.client import LeaderClient, progress_line
+    from paradecom.client import LeaderClient
+
+    # Progress is what `watch` is for, so it goes to stdout (`run` keeps stdout for the tree).
+    async with LeaderClient(args.leader, _security(args)) as client:
+        with _progress(args, sys.stdout) as show:
+            summary = await client.wait(args.project_id, show)
+    return 0 if summary.state == project_pb2.PROJECT_STATE_DONE else 1
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from paradecom.client import LeaderClient
+    from paradecom.status import render_status, status_json
 
     async with LeaderClient(args.leader, _security(args)) as client:
-        summary = await client.wait(args.project_id, lambda s: print(progress_line(s), flush=True))
-    return 0 if summary.state == project_pb2.PROJECT_STATE_DONE else 1
+        projects = await client.projects(args.limit)
+        runners = await client.runners()
+    print(json.dumps(status_json(projects, runners), indent=2) if args.json else render_status(projects, runners))
+    return 0
 
 
 async def _result(args: argparse.Namespace) -> int:
@@ -250,9 +274,11 @@ async def _decompose(
             cache=None if args.no_cache else DecompositionCache(),
             **(runner_settings or {}),
         )
-        return await decompose_sequentially(project, runner, on_progress=_progress_printer())
+        with _progress(args, sys.stderr) as show:
+            return await decompose_sequentially(project, runner, on_progress=show)
     options = RunOptions(runners=args.runners, concurrency=concurrency, model=args.model, cache=not args.no_cache)
-    return await run_cluster(project, options, on_progress=_progress_printer())
+    with _progress(args, sys.stderr) as show:
+        return await run_cluster(project, options, on_progress=show)
 
 
 async def _budget(args: argparse.Namespace) -> int:
@@ -268,7 +294,9 @@ async def _budget(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"submit": _submit, "watch": _watch, "result": _result, "run": _run, "budget": _budget}
+COMMANDS = {
+    "submit": _submit, "watch": _watch, "result": _result, "run": _run, "status": _status, "budget": _budget,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,32 @@ class LeaderClient:
             raise self._error(exc) from None
         return resp.project
 
+    async def projects(self, limit: int) -> list[project_pb2.ProjectSummary]:
+        """Up to `limit` projects, newest first (ListProjects, page by page)."""
+        found: list[project_pb2.ProjectSummary] = []
+        token = ""
+        try:
+            while len(found) < limit:
+                request = project_service_pb2.ListProjectsRequest(
+                    page_size=min(limit - len(found), 1000), page_token=token
+                )
+                resp = await self._stub.ListProjects(request, timeout=CALL_TIMEOUT_S)
+                found.extend(resp.projects)
+                token = resp.next_page_token
+                if not token:
+                    break
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return found[:limit]
+
+    async def runners(self) -> list[admin_service_pb2.RunnerInfo]:
+        """The runners the leader knows now: connected, or holding leases in their disconnect grace."""
+        try:
+            resp = await self._admin.ListRunners(admin_service_pb2.ListRunnersRequest(), timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return list(resp.runners)
+
     async def budget(self, rpm: int | None = None, tpm: int | None = None) -> admin_service_pb2.LlmBudget:
         """The leader's LLM budget; with rpm and/or tpm, change it first (the other keeps its value)."""
         try:

@@ -37,6 +37,7 @@ from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_p
 
 from .cache import DecompositionCache, cache_key
 from .llm import RATE_LIMIT_LISTENER, Completion, LLMClient, backoff_delay
+from .metrics import RunnerMetrics
 from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, build_messages, reask_messages
 from .schema import InvalidAnswer, parse_decomposition
 
@@ -196,6 +197,7 @@ class DecompositionRunner:
         max_subtasks: int = DEFAULT_MAX_SUBTASKS,
         cache: DecompositionCache | None = None,
         security: Security | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         if not 1 <= concurrency <= limits.MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be 1 to {limits.MAX_CONCURRENCY}, not {concurrency}")
@@ -215,6 +217,7 @@ class DecompositionRunner:
         self.max_subtasks = max_subtasks
         self.cache = cache
         self.security = security
+        self.metrics = metrics
         self._owns_llm = llm is None
         self._llm: ChatClient = llm if llm is not None else LLMClient(self.model)
         self._stop_requested = False
@@ -248,6 +251,8 @@ class DecompositionRunner:
             return await self._decompose(assignment, usage)
         finally:
             RATE_LIMIT_LISTENER.reset(reset)
+            if self.metrics:
+                self.metrics.usage(usage)
 
     async def _decompose(self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage) -> DecompositionOutcome:
         messages = build_messages(assignment, self.min_subtasks, self.max_subtasks)
@@ -266,10 +271,14 @@ class DecompositionRunner:
         errors: list[str] = []
         answers = self.max_reasks + 1
         for answer_number in range(1, answers + 1):
+            called = time.monotonic()
             try:
                 completion = await self._llm.complete(messages)
             except DecompositionError as exc:
                 raise DecompositionFailed(str(exc), retryable=exc.retryable, usage=usage) from exc
+            finally:
+                if self.metrics:
+                    self.metrics.llm_call_seconds.observe(time.monotonic() - called)
             _add_usage(usage, completion)
             try:
                 if completion.finish_reason == "length":
@@ -432,11 +441,15 @@ class DecompositionRunner:
         self._leases[task] = held
         self._tokens.add(held.token)
         task.add_done_callback(self._forget)
+        if self.metrics:
+            self.metrics.tasks_in_hand.inc()
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         held = self._leases.pop(task, None)
         if held is not None:
             self._tokens.discard(held.token)
+            if self.metrics:
+                self.metrics.tasks_in_hand.dec()
         if not task.cancelled() and task.exception() is not None:
             # _work handles every error it expects; anything here is a bug worth a traceback.
             log.error("lease task crashed", task_id=held.task_id if held else "", exc_info=task.exception())
@@ -532,6 +545,8 @@ class DecompositionRunner:
         )
         response = await self._settle("SubmitResult", held, lambda: stub.SubmitResult(request, timeout=RPC_DEADLINE_S))
         if response is not None:
+            if self.metrics:
+                self.metrics.tasks_done.inc()
             log.info(
                 "result submitted",
                 subtasks=len(outcome.subtasks),
@@ -543,6 +558,8 @@ class DecompositionRunner:
 
     async def _fail(self, stub: TaskServiceAsyncStub, held: _Lease, exc: DecompositionError) -> None:
         usage = exc.usage if isinstance(exc, DecompositionFailed) else task_pb2.Usage()
+        if self.metrics:
+            self.metrics.tasks_failed.inc()
         log.warning("decomposition failed", error=str(exc), retryable=exc.retryable, llm_calls=usage.calls)
         request = task_service_pb2.FailTaskRequest(
             task_id=held.task_id,

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from paradecom.metrics_server import MetricsServer
+
     from .llm import LLMClient
     from .loop import DecompositionRunner
 
@@ -146,13 +148,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM, seconds to let tasks in hand finish before releasing them (default 30)",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        type=address,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; the line "
+        "`metrics HOST:PORT` on stderr says which); default: none",
+    )
     add_logging_flags(parser)
     return parser
 
 
-async def _serve(runner: DecompositionRunner, llm: LLMClient, early: EarlyStop) -> None:
+async def _serve(
+    runner: DecompositionRunner, llm: LLMClient, early: EarlyStop, metrics_listen: str | None = None
+) -> None:
     import asyncio
 
+    from paradecom.errors import ConfigError
+
+    metrics: MetricsServer | None = None
+    if metrics_listen and runner.metrics:
+        # Imported only when asked for: aiohttp adds a quarter of a second to every start.
+        from paradecom.metrics_server import MetricsServer
+
+        metrics = MetricsServer(metrics_listen, runner.metrics.registry)
+        try:
+            await metrics.start()
+        except ConfigError:
+            await llm.close()
+            raise
     loop = asyncio.get_running_loop()
     # The first signal drains; a second one releases what is left at once.
     for sig in STOP_SIGNALS:
@@ -169,6 +194,8 @@ async def _serve(runner: DecompositionRunner, llm: LLMClient, early: EarlyStop) 
         # Until main() returns a signal stays harmless: the runner is already stopping.
         early.install()
         await llm.close()
+        if metrics is not None:
+            await metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +226,7 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
     from .cache import DecompositionCache
     from .llm import LLMClient
     from .loop import DecompositionRunner
+    from .metrics import RunnerMetrics
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -220,12 +248,13 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
             cache=None if args.no_cache else DecompositionCache(),
             security=credentials,
             llm=llm,
+            metrics=RunnerMetrics() if args.metrics_listen else None,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(runner, llm, early))
+        asyncio.run(_serve(runner, llm, early, args.metrics_listen))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

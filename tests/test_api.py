@@ -72,7 +72,11 @@ def test_paradecom_run_prints_the_tree(llm_env: str, tmp_path: Path, runners: st
     tree = json.loads(result.stdout)
     assert tree["project"]["state"] == "done"
     assert len(shape(tree["tasks"])) == 13
-    assert "done: 13 done" in result.stderr
+    # Progress off a terminal: one JSON object per change on stderr, the last one the end.
+    progress = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert progress[0]["state"] == "running" and progress[0]["queued"] == 1
+    assert progress[-1]["state"] == "done" and progress[-1]["done"] == 13
+    assert [p["done"] for p in progress] == sorted(p["done"] for p in progress), "done never goes back"
 
 
 def test_paradecom_run_without_an_endpoint_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "compose.yaml"
 COMPOSE_TLS = DOCKER / "compose.tls.yaml"
+COMPOSE_METRICS = DOCKER / "compose.metrics.yaml"
+PROMETHEUS_CONFIG = DOCKER / "prometheus.yml"
 TOKEN = "compose-token-0123456789abcdef"
 SECRET = "/run/secrets/paradecom_token"
 # What an image's `python` is; its console scripts are the ones beside this interpreter.
@@ -282,6 +285,25 @@ def test_compose_settings_come_from_the_environment(compose_config: Callable[...
     assert ports in ([{"published": 6000, "target": 50051}], [{"published": "6000", "target": 50051}], ["6000:50051"])
 
 
+def test_metrics_override_scrapes_the_leader_and_every_runner(compose_config: Callable[..., dict[str, Any]]) -> None:
+    """compose.metrics.yaml adds a Prometheus whose configuration scrapes the port the leader and
+    the runners serve metrics on (their --metrics-listen), the runners found by their service name."""
+    base = compose_config(COMPOSE)["services"]
+    config = compose_config(COMPOSE, COMPOSE_METRICS)
+    assert set(config["services"]) == {"leader", "runner", "local-llm", "prometheus"}
+    prometheus = config["services"]["prometheus"]
+    sources = [v["source"] if isinstance(v, dict) else v.split(":")[0] for v in prometheus["volumes"]]
+    assert str(PROMETHEUS_CONFIG) in sources, sources
+    for name in ("leader", "runner"):
+        cmd = config["services"][name]["command"]
+        assert cmd == base[name]["command"], "the override leaves the services alone"
+        assert cmd[cmd.index("--metrics-listen") + 1] == "0.0.0.0:9100"
+    jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    assert jobs["paradecom-leader"]["static_configs"][0]["targets"] == ["leader:9100"]
+    runners = jobs["paradecom-runner"]["dns_sd_configs"][0]
+    assert runners["names"] == ["runner"] and runners["port"] == 9100
+
+
 def test_tls_override_adds_only_the_tls_settings(compose_config: Callable[..., dict[str, Any]]) -> None:
     """compose.tls.yaml restates compose.yaml's commands and adds only the TLS flags, the certificate
     secrets they name, and the health check's TLS settings."""
@@ -464,7 +486,8 @@ def test_compose_commands_decompose_a_project_outside_containers(
     with the token, and answer the health check; the CLI refuses to submit without the token."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    swap = {"0.0.0.0:50051": "127.0.0.1:0", "/data/leader.db": str(tmp_path / "leader.db"), SECRET: str(token_file)}
+    swap = {"0.0.0.0:50051": "127.0.0.1:0", "/data/leader.db": str(tmp_path / "leader.db"), SECRET: str(token_file),
+            "0.0.0.0:9100": "127.0.0.1:0"}  # fmt: skip
     leader_service = raw_service(COMPOSE, "leader")
     leader = Proc(host_command(image_command("leader", leader_service["command"]), swap))
     procs.append(leader)
@@ -492,6 +515,12 @@ def test_compose_commands_decompose_a_project_outside_containers(
 
     probe = run_cli(host_command(healthcheck("leader"), {}), env={"PARADECOM_HEALTH_ADDRESS": address})
     assert probe.returncode == 0, probe.stderr
+
+    # What Prometheus scrapes (docker/compose.metrics.yaml): the leader's metrics saw the result.
+    metrics = next(line.split()[1] for line in leader.stderr_lines if line.startswith("metrics "))
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert "paradecom_results_accepted_total 1.0" in text, text
 
 
 def test_docs_name_docker_files_that_exist() -> None:

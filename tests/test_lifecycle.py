@@ -43,6 +43,8 @@ def test_grant_charges_an_attempt_and_fences_old_tokens(tmp_path: Path) -> None:
     assert first.lease.attempt == 1 and first.depth == 0 and first.max_depth == 2
     clock.now += 11
     assert leader.lifecycle.expire_due() == 1
+    assert leader.lease_tasks("r2", 5) == [], "the retry waits out its backoff"
+    clock.now += 2
     (second,) = leader.lease_tasks("r2", 5)
     assert second.lease.attempt == 2 and second.lease.token != first.lease.token
     with pytest.raises(StaleLease):
@@ -52,29 +54,6 @@ def test_grant_charges_an_attempt_and_fences_old_tokens(tmp_path: Path) -> None:
     summary = leader.summary(pid)
     assert summary is not None and summary.late_results_refused == 1, "the stale heartbeat is not counted"
     assert summary.leases_expired == 1
-
-
-def test_a_first_lost_lease_is_requeued_at_once_a_second_waits_its_backoff(tmp_path: Path) -> None:
-    """Losing a lease (the runner died) costs the task no backoff the first time, an attempt
-    still; a task losing a second lease waits out the retry backoff, and max_attempts still holds."""
-    leader, clock = make(tmp_path, max_attempts=3, retry_backoff_s=1.0)
-    pid = leader.generate_work_queue(PROJECT)
-    assert len(leader.lease_tasks("r1", 1)) == 1
-    clock.now += 11
-    assert leader.lifecycle.expire_due() == 1
-    (second,) = leader.lease_tasks("r2", 1)
-    assert second.lease.attempt == 2, "requeued without backoff, the attempt charged"
-    clock.now += 11
-    assert leader.lifecycle.expire_due() == 1
-    assert leader.lease_tasks("r3", 1) == [], "the second lost lease waits out the backoff"
-    clock.now += 2.5  # backoff 1 s x 2^(2-1) = 2 s, jitter up to +20 %
-    (third,) = leader.lease_tasks("r3", 1)
-    assert third.lease.attempt == 3
-    clock.now += 11
-    leader.lifecycle.expire_due()
-    summary = leader.summary(pid)
-    assert summary is not None and summary.dead == 1 and summary.leases_expired == 3
-    assert summary.state == project_pb2.PROJECT_STATE_DONE
 
 
 def test_max_attempts_dead_letters_and_the_project_still_finishes(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -146,3 +148,92 @@ class SetLlmBudgetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetLlmBudgetResponse: _TypeAlias = SetLlmBudgetResponse  # noqa: Y015
+
+@_typing.final
+class ListRunnersRequest(_message.Message):
+    """Empty: lists every runner the leader knows now (at most the connected runners plus those in
+    their disconnect grace, so no paging).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunnersRequest: _TypeAlias = ListRunnersRequest  # noqa: Y015
+
+@_typing.final
+class RunnerInfo(_message.Message):
+    """One runner as the leader sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNER_ID_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    CONNECTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    runner_id: _builtins.str
+    """The id the runner gave in PullTaskRequest.runner_id."""
+    connected: _builtins.bool
+    """True while its PullTask stream is open; false when it dropped but the runner still holds
+    leases, which expire after the disconnect grace unless it keeps heartbeating them.
+    """
+    in_flight: _builtins.int
+    """Tasks it holds under a lease now."""
+    max_in_flight: _builtins.int
+    """The max_in_flight it asked for when it connected; 0 when not connected."""
+    peer: _builtins.str
+    """Its address as the leader's gRPC server sees it (for example "ipv4:10.0.0.7:51234"); empty
+    when not connected.
+    """
+    connected_at_unix_ms: _builtins.int
+    """When its current stream opened, in milliseconds since the Unix epoch; 0 when not connected."""
+    def __init__(
+        self,
+        *,
+        runner_id: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        in_flight: _builtins.int = ...,
+        max_in_flight: _builtins.int = ...,
+        peer: _builtins.str = ...,
+        connected_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "connected_at_unix_ms", b"connected_at_unix_ms", "in_flight", b"in_flight", "max_in_flight", b"max_in_flight", "peer", b"peer", "runner_id", b"runner_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunnerInfo: _TypeAlias = RunnerInfo  # noqa: Y015
+
+@_typing.final
+class ListRunnersResponse(_message.Message):
+    """The runners, connected ones first, each group by runner_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runners(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunnerInfo]:
+        """Every runner the leader knows now."""
+
+    def __init__(
+        self,
+        *,
+        runners: _abc.Iterable[Global___RunnerInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runners", b"runners"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunnersResponse: _TypeAlias = ListRunnersResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class AdminServiceStub:
                 request_serializer=paradecom_dot_v1_dot_admin__service__pb2.SetLlmBudgetRequest.SerializeToString,
                 response_deserializer=paradecom_dot_v1_dot_admin__service__pb2.SetLlmBudgetResponse.FromString,
                 _registered_method=True)
+        self.ListRunners = channel.unary_unary(
+                '/paradecom.v1.AdminService/ListRunners',
+                request_serializer=paradecom_dot_v1_dot_admin__service__pb2.ListRunnersRequest.SerializeToString,
+                response_deserializer=paradecom_dot_v1_dot_admin__service__pb2.ListRunnersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -65,6 +70,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRunners(self, request, context):
+        """Lists the runners the leader knows now: those with an open PullTask stream, and those whose
+        stream dropped while they still hold leases (within the disconnect grace).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetLlmBudget,
                     request_deserializer=paradecom_dot_v1_dot_admin__service__pb2.SetLlmBudgetRequest.FromString,
                     response_serializer=paradecom_dot_v1_dot_admin__service__pb2.SetLlmBudgetResponse.SerializeToString,
+            ),
+            'ListRunners': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunners,
+                    request_deserializer=paradecom_dot_v1_dot_admin__service__pb2.ListRunnersRequest.FromString,
+                    response_serializer=paradecom_dot_v1_dot_admin__service__pb2.ListRunnersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class AdminService:
             '/paradecom.v1.AdminService/SetLlmBudget',
             paradecom_dot_v1_dot_admin__service__pb2.SetLlmBudgetRequest.SerializeToString,
             paradecom_dot_v1_dot_admin__service__pb2.SetLlmBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunners(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paradecom.v1.AdminService/ListRunners',
+            paradecom_dot_v1_dot_admin__service__pb2.ListRunnersRequest.SerializeToString,
+            paradecom_dot_v1_dot_admin__service__pb2.ListRunnersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class AdminServiceStub:
     """Reads the global LLM budget and how dispatch is adapting to the endpoint."""
     SetLlmBudget: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetLlmBudgetRequest, _admin_service_pb2.SetLlmBudgetResponse]
     """Changes the global LLM budget; takes effect at the next dispatch."""
+    ListRunners: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRunnersRequest, _admin_service_pb2.ListRunnersResponse]
+    """Lists the runners the leader knows now: those with an open PullTask stream, and those whose
+    stream dropped while they still hold leases (within the disconnect grace).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -47,6 +51,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Reads the global LLM budget and how dispatch is adapting to the endpoint."""
     SetLlmBudget: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetLlmBudgetRequest, _admin_service_pb2.SetLlmBudgetResponse]  # type: ignore[assignment]
     """Changes the global LLM budget; takes effect at the next dispatch."""
+    ListRunners: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRunnersRequest, _admin_service_pb2.ListRunnersResponse]  # type: ignore[assignment]
+    """Lists the runners the leader knows now: those with an open PullTask stream, and those whose
+    stream dropped while they still hold leases (within the disconnect grace).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operating the leader while it runs."""
@@ -66,5 +74,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetLlmBudgetResponse, _abc.Awaitable[_admin_service_pb2.SetLlmBudgetResponse]]:
         """Changes the global LLM budget; takes effect at the next dispatch."""
+
+    @_abc_1.abstractmethod
+    def ListRunners(
+        self,
+        request: _admin_service_pb2.ListRunnersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListRunnersResponse, _abc.Awaitable[_admin_service_pb2.ListRunnersResponse]]:
+        """Lists the runners the leader knows now: those with an open PullTask stream, and those whose
+        stream dropped while they still hold leases (within the disconnect grace).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
