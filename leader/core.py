@@ -285,9 +285,12 @@ class DecompositionLeader:
     ) -> Accepted:
         """`process_results` for the RPC: in one transaction with the results that arrive with it
         (group commit), returned once that transaction has committed."""
-        return await self.result_groups.accept(
+        accepted = await self.result_groups.accept(
             Result(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
         )
+        if self.observer and not accepted.duplicate:
+            self.observer.settled(task_id, accepted=True)
+        return accepted
 
     def extend_lease(self, task_id: str, lease_token: str) -> tuple[int, bool]:
         expires_ms, cancelled = self.lifecycle.extend(task_id, lease_token)

@@ -35,7 +35,7 @@ import structlog
 from paradecom import limits
 from paradecom.errors import ConfigError, DecompositionError
 
-from .schema import decomposition_schema
+from .schema import decomposition_schema, grammar_schema
 
 log = structlog.get_logger("paradecom.runner.llm")
 
@@ -161,7 +161,7 @@ def response_format_for(mode: str, schema: Mapping[str, Any]) -> dict[str, Any] 
     if mode == "json_schema":
         return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": schema}}
     if mode == "json_object":
-        return {"type": "json_object", "schema": schema}
+        return {"type": "json_object", "schema": grammar_schema(dict(schema))}
     if mode == "prompt":
         return None
     raise ValueError(f"no response_format for structured output mode {mode!r}")

@@ -8,6 +8,7 @@ flag, a negative estimate, a dependency that names no sibling): those go back to
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -158,6 +159,28 @@ def decomposition_schema(max_subtasks: int = limits.MAX_SUBTASKS) -> dict[str, A
     # model from writing subtasks until it runs out of tokens.
     schema["properties"]["subtasks"].update(minItems=1, maxItems=max_subtasks)
     return schema
+
+
+# Lengths a grammar-constrained answer is held to (json_object mode: llama.cpp turns the schema into
+# a grammar). Without them a very small model fills one string until it hits max_tokens, and the
+# cut-off answer is refused. OpenAI's strict mode does not take maxLength, so json_schema mode
+# sends the schema without them; longer strings are clipped after parsing anyway.
+GRAMMAR_STRING_BOUNDS = {"key": 8, "title": 120, "description": 400, "atomic_reason": 200}
+GRAMMAR_CRITERION_CHARS = 200
+GRAMMAR_MAX_CRITERIA = 5
+
+
+def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` (a decomposition schema) with the length bounds a grammar can enforce."""
+    bounded = copy.deepcopy(schema)
+    item = bounded["properties"]["subtasks"]["items"]["properties"]
+    for name, length in GRAMMAR_STRING_BOUNDS.items():
+        item[name]["maxLength"] = length
+    item["acceptance_criteria"]["items"]["maxLength"] = GRAMMAR_CRITERION_CHARS
+    item["acceptance_criteria"]["maxItems"] = GRAMMAR_MAX_CRITERIA
+    item["depends_on"]["items"]["maxLength"] = GRAMMAR_STRING_BOUNDS["key"]
+    item["depends_on"]["maxItems"] = bounded["properties"]["subtasks"]["maxItems"]
+    return bounded
 
 
 # What `response_format` sends (json_schema and json_object modes): the answer's shape, derived

@@ -3,13 +3,21 @@ its leader and runners get SIGTERM from the kernel when it dies (paradecom/with_
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Proc, wait_for
+
+
+def stats(base_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=5) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
 
 
 def children_of(pid: int) -> set[int]:
@@ -42,7 +50,8 @@ def test_children_of_a_killed_run_stop(fake_llm: Callable[..., str], tmp_path: P
         env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k"},
     )
     try:
-        wait_for(lambda: "1 leased" in run.stderr, 60, what="a task to be leased")
+        # fake-llm has a request: the leader and the runners are up, a task is in hand.
+        wait_for(lambda: stats(base_url)["requests"] >= 1, 60, what="an LLM request")
         children = children_of(run.popen.pid)
         assert len(children) == 3, children  # the leader and two runners
         run.signal(signal.SIGKILL)

@@ -18,7 +18,7 @@ from helpers import Proc, run_cli
 from paradecom import limits
 from paradecom.runner.llm import LLMClient, rejects_response_format, response_format_for
 from paradecom.runner.prompt import EXAMPLE_ANSWER
-from paradecom.runner.schema import DECOMPOSITION_SCHEMA, decomposition_schema, parse_decomposition
+from paradecom.runner.schema import DECOMPOSITION_SCHEMA, decomposition_schema, grammar_schema, parse_decomposition
 
 PROMPT = [
     {"role": "system", "content": "You decompose tasks."},
@@ -99,7 +99,12 @@ def test_response_formats_per_mode() -> None:
         "type": "json_schema",
         "json_schema": {"name": "decomposition", "strict": True, "schema": schema},
     }
-    assert response_format_for("json_object", schema) == {"type": "json_object", "schema": schema}
+    # json_object goes to llama.cpp, which makes a grammar of it: string lengths are bounded there.
+    bounded = response_format_for("json_object", schema)
+    assert bounded == {"type": "json_object", "schema": grammar_schema(schema)} and bounded["schema"] != schema
+    item = bounded["schema"]["properties"]["subtasks"]["items"]["properties"]
+    assert item["title"]["maxLength"] == 120 and item["acceptance_criteria"]["maxItems"] == 5
+    assert "maxLength" not in json.dumps(schema), "json_schema mode (OpenAI strict) must not get maxLength"
     assert response_format_for("prompt", schema) is None
 
 
@@ -127,7 +132,7 @@ def test_request_body_carries_the_schema_through_the_openai_client() -> None:
 
     asyncio.run(go())
     body = json.loads(seen[0].content)
-    assert body["response_format"] == {"type": "json_object", "schema": decomposition_schema(4)}
+    assert body["response_format"] == {"type": "json_object", "schema": grammar_schema(decomposition_schema(4))}
 
 
 def _status_error(status: int, body: object) -> openai.APIStatusError:
