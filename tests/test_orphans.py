@@ -1,5 +1,5 @@
 """A `paradecom run` killed outright (SIGKILL: no cleanup of its own) leaves no process behind:
-its leader and runners get SIGTERM from the kernel when it dies (paradecom/with_parent.py)."""
+its leader and runners are killed by the kernel when it dies (paradecom/with_parent.py)."""
 
 from __future__ import annotations
 
