@@ -82,6 +82,12 @@ class _StoreCollector(Collector):
                        usage("rate_limited"))  # fmt: skip
         yield _counter("paradecom_llm_reasks", "Re-asks after an invalid LLM answer.", usage("reasks"))
         yield _counter("paradecom_llm_cache_hits", "Tasks answered from a runner's cache.", usage("cache_hits"))
+        yield _counter("paradecom_assignment_messages", "PullTask stream messages that carried assignments "
+                       "(fewer than the leases granted when runners take batches).",
+                       self.scheduler.assignment_messages)  # fmt: skip
+        yield _counter("paradecom_result_transactions", "Store transactions that accepted results (fewer than "
+                       "the results when they arrive together: group commit).",
+                       self.leader.result_groups.groups)  # fmt: skip
         sessions = list(self.scheduler.sessions.values())
         yield GaugeMetricFamily(
             "paradecom_runners_connected", "Runners with an open PullTask stream.", value=len(sessions)

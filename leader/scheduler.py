@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from paradecom import limits
 from paradecom.v1 import task_pb2, task_service_pb2
 
 from .core import DecompositionLeader
@@ -29,7 +31,43 @@ class RunnerSession:
     max_in_flight: int
     peer: str = ""
     connected_ms: int = 0  # when the stream opened (Unix ms), for ListRunners
+    max_batch: int = 1  # assignments per message; 1 for a runner that did not ask for batches
     outbox: asyncio.Queue[task_service_pb2.PullTaskResponse | None] = field(default_factory=asyncio.Queue)
+
+
+def _messages(
+    assignments: list[task_pb2.TaskAssignment], sizes: list[int], max_batch: int
+) -> Iterator[task_service_pb2.PullTaskResponse]:
+    """The stream messages that carry `assignments`: one each, or batches of up to `max_batch`
+    assignments and about `limits.BATCH_BYTES` (a batch holds at least one, whatever its size)."""
+    if max_batch <= 1:
+        for assignment in assignments:
+            yield task_service_pb2.PullTaskResponse(assignment=assignment)
+        return
+    batch: list[task_pb2.TaskAssignment] = []
+    batch_bytes = 0
+    for assignment, size in zip(assignments, sizes, strict=True):
+        if batch and (len(batch) == max_batch or batch_bytes + size > limits.BATCH_BYTES):
+            yield _batch_message(batch)
+            batch, batch_bytes = [], 0
+        batch.append(assignment)
+        batch_bytes += size
+    if batch:
+        yield _batch_message(batch)
+
+
+def _batch_message(batch: list[task_pb2.TaskAssignment]) -> task_service_pb2.PullTaskResponse:
+    if len(batch) == 1:
+        return task_service_pb2.PullTaskResponse(assignment=batch[0])
+    return task_service_pb2.PullTaskResponse(batch=task_service_pb2.AssignmentBatch(assignments=batch))
+
+
+def _assignments(message: task_service_pb2.PullTaskResponse | None) -> Sequence[task_pb2.TaskAssignment]:
+    if message is None:
+        return ()
+    if message.HasField("assignment"):
+        return (message.assignment,)
+    return message.batch.assignments
 
 
 class Scheduler:
@@ -44,15 +82,17 @@ class Scheduler:
         # Token estimates of the tasks in flight, to correct the budget when their usage comes back.
         self._estimates: dict[str, int] = {}
         self._typical_estimate = estimate_tokens(0)
+        # Stream messages that carried assignments (fewer than the leases granted when batched).
+        self.assignment_messages = 0
 
-    def connect(self, runner_id: str, max_in_flight: int, peer: str = "") -> RunnerSession:
+    def connect(self, runner_id: str, max_in_flight: int, peer: str = "", *, max_batch: int = 1) -> RunnerSession:
         """Register a runner's stream; a new stream with the same runner id replaces the old one."""
         old = self.sessions.get(runner_id)
         if old is not None:
             self._close(old)
-        session = RunnerSession(runner_id, max_in_flight, peer, int(self.leader.clock() * 1000))
+        session = RunnerSession(runner_id, max_in_flight, peer, int(self.leader.clock() * 1000), max(1, max_batch))
         self.sessions[runner_id] = session
-        log.info("runner connected", runner_id=runner_id, max_in_flight=max_in_flight, peer=peer)
+        log.info("runner connected", runner_id=runner_id, max_in_flight=max_in_flight, max_batch=max_batch, peer=peer)
         self.leader.feed.any_change.set()
         return session
 
@@ -68,10 +108,11 @@ class Scheduler:
     def _close(self, session: RunnerSession) -> None:
         while not session.outbox.empty():
             item = session.outbox.get_nowait()
-            if item is not None and item.HasField("assignment"):
-                lease = item.assignment.lease
+            for assignment in _assignments(item):
                 with contextlib.suppress(LeaseError):
-                    self.leader.release_task(lease.task_id, lease.token, "assignment not delivered")
+                    self.leader.release_task(
+                        assignment.lease.task_id, assignment.lease.token, "assignment not delivered"
+                    )
         session.outbox.put_nowait(None)
 
     def drain(self, reason: str) -> None:
@@ -101,12 +142,17 @@ class Scheduler:
             if allowed <= 0:
                 break  # the budget holds everything back; run() wakes when it has room
             assignments = self.leader.lease_tasks(session.runner_id, allowed)
+            sizes = []
             for assignment in assignments:
-                estimate = estimate_tokens(assignment.ByteSize())
+                size = assignment.ByteSize()
+                sizes.append(size)
+                estimate = estimate_tokens(size)
                 self._estimates[assignment.lease.task_id] = estimate
                 self._typical_estimate = estimate
                 self.budget.spend(1, estimate)
-                session.outbox.put_nowait(task_service_pb2.PullTaskResponse(assignment=assignment))
+            for message in _messages(assignments, sizes, session.max_batch):
+                session.outbox.put_nowait(message)
+                self.assignment_messages += 1
             handed += len(assignments)
             if len(assignments) < allowed:
                 break  # the queue is empty

@@ -3,6 +3,7 @@ place where errors become gRPC status codes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -45,19 +46,21 @@ class BadRequest(Exception):
     """A request field is missing or out of range: INVALID_ARGUMENT with this message."""
 
 
-async def _abort(context: Context, exc: Exception) -> NoReturn:
-    """Map an expected error to its status code. Unexpected errors are logged and become INTERNAL."""
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status code and message an error is answered with. Unexpected errors are logged and
+    become INTERNAL."""
     if isinstance(exc, LeaseError):
-        code = getattr(grpc.StatusCode, exc.code)
-    elif isinstance(exc, (BadRequest, ProjectFileError)):
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    elif isinstance(exc, KeyError):
-        code = grpc.StatusCode.NOT_FOUND
-    else:
-        log.exception("unexpected error", error=str(exc))
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the leader; see its log")
-    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    await context.abort(code, message)
+        return getattr(grpc.StatusCode, exc.code), str(exc)
+    if isinstance(exc, (BadRequest, ProjectFileError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, KeyError):
+        return grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else str(exc)
+    log.error("unexpected error", error=str(exc), exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error in the leader; see its log"
+
+
+async def _abort(context: Context, exc: Exception) -> NoReturn:
+    await context.abort(*_status(exc))
 
 
 async def _guard(context: Context, call: Callable[[], T]) -> T:
@@ -127,9 +130,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"max_in_flight must be from 1 to {limits.MAX_CONCURRENCY}"
             )
+        if not 0 <= request.max_batch <= limits.MAX_BATCH:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_batch must be from 0 to {limits.MAX_BATCH}")
         if self.scheduler.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "leader is shutting down")
-        session = self.scheduler.connect(request.runner_id, request.max_in_flight, context.peer())
+        session = self.scheduler.connect(
+            request.runner_id, request.max_in_flight, context.peer(), max_batch=request.max_batch
+        )
         try:
             while True:
                 item = await session.outbox.get()
@@ -142,20 +149,42 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def SubmitResult(
         self, request: task_service_pb2.SubmitResultRequest, context: Context
     ) -> task_service_pb2.SubmitResultResponse:
-        def check() -> None:
-            _require_id("task_id", request.task_id)
-            _require_id("lease_token", request.lease_token)
-            _check_subtasks(list(request.subtasks), request.stop_reason)
-            _check_usage(request.usage)
-
-        await _guard(context, check)
         try:
-            # Answered only once the group commit holding this result has committed.
-            done = await self.leader.submit_result(
-                request.task_id, request.lease_token, request.subtasks, request.usage, request.stop_reason
-            )
+            return await self._accept(request)
         except Exception as exc:
             await _abort(context, exc)
+
+    async def SubmitResults(
+        self, request: task_service_pb2.SubmitResultsRequest, context: Context
+    ) -> task_service_pb2.SubmitResultsResponse:
+        if not 1 <= len(request.results) <= limits.MAX_BATCH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"results: 1 to {limits.MAX_BATCH} required, not {len(request.results)}",
+            )
+        # Accepted concurrently, so they join one group commit (leader/group_commit.py).
+        answers = await asyncio.gather(*(self._accept(r) for r in request.results), return_exceptions=True)
+        outcomes = []
+        for answer in answers:
+            if isinstance(answer, task_service_pb2.SubmitResultResponse):
+                outcomes.append(task_service_pb2.SubmitResultOutcome(response=answer))
+            elif isinstance(answer, Exception):
+                code, message = _status(answer)
+                outcomes.append(task_service_pb2.SubmitResultOutcome(status_code=code.value[0], status_message=message))
+            else:
+                raise answer  # a BaseException (cancellation): the whole call ends with it
+        return task_service_pb2.SubmitResultsResponse(outcomes=outcomes)
+
+    async def _accept(self, request: task_service_pb2.SubmitResultRequest) -> task_service_pb2.SubmitResultResponse:
+        """Check one result and accept it; raises what the caller turns into a status code."""
+        _require_id("task_id", request.task_id)
+        _require_id("lease_token", request.lease_token)
+        _check_subtasks(list(request.subtasks), request.stop_reason)
+        _check_usage(request.usage)
+        # Returns only once the group commit holding this result has committed.
+        done = await self.leader.submit_result(
+            request.task_id, request.lease_token, request.subtasks, request.usage, request.stop_reason
+        )
         if not done.duplicate:
             self.scheduler.settled(request.task_id, request.usage, ok=True)
         return task_service_pb2.SubmitResultResponse(duplicate=done.duplicate, children_queued=done.children_queued)

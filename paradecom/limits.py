@@ -34,6 +34,11 @@ MAX_CONCURRENCY = 1_024  # tasks in flight per runner (`--concurrency`, PullTask
 MAX_RUNNER_ID_CHARS = 200
 MAX_ERROR_CHARS = 4_000
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC send/receive, both directions
+# Batching on the wire: assignments per PullTask message (PullTaskRequest.max_batch), results per
+# SubmitResults call. A batch is closed at about BATCH_BYTES, far below the message limit, so a batch
+# of large tasks is split rather than refused.
+MAX_BATCH = 256
+BATCH_BYTES = 4 * 1024 * 1024
 MAX_ATTEMPTS_LIMIT = 100
 MIN_LEASE_TIMEOUT_S = 1.0
 MAX_LEASE_TIMEOUT_S = 3_600.0

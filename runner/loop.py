@@ -1,7 +1,7 @@
 """The runner's main loop: one PullTask stream in, one asyncio task per lease, results out.
 
     run()
-     ├─ pull loop: PullTask stream ── assignment ──> lease task (one per lease, kept in a dict)
+     ├─ pull loop: PullTask stream ── assignment(s) ──> lease task (one per lease, kept in a dict)
      │     reconnects with backoff when the stream fails, ends, or the leader drains
      └─ on stop: cancel the stream, wait for lease tasks up to drain_timeout, cancel and
         ReleaseTask the rest, close the channel
@@ -9,7 +9,8 @@
     lease task
      ├─ heartbeat side task: ExtendLease every timeout/3; returns when the lease is lost
      └─ decompose_task (in one of `concurrency` slots): prompt -> LLM -> parse, re-ask on errors
-        then SubmitResult or FailTask, retried while the leader is unreachable
+        then the result (runner/results.py: several per SubmitResults call when several are
+        ready) or FailTask, retried while the leader is unreachable
 
 Everything runs on one event loop; the waits are `asyncio.wait(..., FIRST_COMPLETED)` against the
 stop event, so a stop request is seen at once wherever the loop is.
@@ -39,6 +40,7 @@ from .cache import DecompositionCache, cache_key
 from .llm import RATE_LIMIT_LISTENER, Completion, LLMClient, backoff_delay
 from .metrics import RunnerMetrics
 from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, build_messages, reask_messages
+from .results import ResultSender
 from .schema import InvalidAnswer, parse_decomposition
 
 if TYPE_CHECKING:
@@ -227,6 +229,7 @@ class DecompositionRunner:
         self._slots: asyncio.Semaphore | None = None
         self._leases: dict[asyncio.Task[None], _Lease] = {}
         self._tokens: set[str] = set()
+        self._results: ResultSender | None = None
 
     # --- one task -------------------------------------------------------------------------------
 
@@ -341,6 +344,7 @@ class DecompositionRunner:
             self._stop.set()
         channel = security.channel(self.leader, self.security)
         stub: TaskServiceAsyncStub = task_service_pb2_grpc.TaskServiceStub(channel)
+        self._results = ResultSender(stub, RPC_DEADLINE_S)
         log.info(
             "runner started",
             leader=self.leader,
@@ -392,7 +396,13 @@ class DecompositionRunner:
     async def _pull_once(self, stub: TaskServiceAsyncStub) -> _StreamEnd:
         """Read one PullTask stream until it ends, fails, drains or stop is requested."""
         assert self._stop is not None
-        call = stub.PullTask(task_service_pb2.PullTaskRequest(runner_id=self.runner_id, max_in_flight=self.concurrency))
+        call = stub.PullTask(
+            task_service_pb2.PullTaskRequest(
+                runner_id=self.runner_id,
+                max_in_flight=self.concurrency,
+                max_batch=min(self.concurrency, limits.MAX_BATCH),
+            )
+        )
         stop_wait = asyncio.ensure_future(self._stop.wait())
         read: asyncio.Future[object] | None = None
         end = _StreamEnd()
@@ -416,6 +426,10 @@ class DecompositionRunner:
                 if event == "assignment":
                     end.assignments += 1
                     self._start_lease(stub, message.assignment)
+                elif event == "batch":
+                    end.assignments += len(message.batch.assignments)
+                    for assignment in message.batch.assignments:
+                        self._start_lease(stub, assignment)
                 elif event == "drain":
                     # The leader is going away: it keeps our leases, we keep working on them and
                     # reconnect (with backoff) for new work once it is back.
@@ -543,7 +557,9 @@ class DecompositionRunner:
             usage=outcome.usage,
             stop_reason=outcome.stop_reason,
         )
-        response = await self._settle("SubmitResult", held, lambda: stub.SubmitResult(request, timeout=RPC_DEADLINE_S))
+        assert self._results is not None
+        results = self._results
+        response = await self._settle("SubmitResult", held, lambda: results.submit(request))
         if response is not None:
             if self.metrics:
                 self.metrics.tasks_done.inc()

@@ -28,21 +28,29 @@ class PullTaskRequest(_message.Message):
 
     RUNNER_ID_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
     """Stable id of the runner process, 1 to 200 characters; a new stream with the same id replaces
     the old one, and the runner keeps the leases it holds.
     """
     max_in_flight: _builtins.int
     """How many tasks the runner works on at once, 1 to 1024."""
+    max_batch: _builtins.int
+    """Up to how many assignments one message may carry, 0 to 256. 0 or 1: one assignment per
+    message, in `assignment` (what a runner that predates batching reads). Above 1: the runner
+    reads `batch` too, and the leader puts the assignments it grants at once in one message, up
+    to this many and about 4 MiB.
+    """
     def __init__(
         self,
         *,
         runner_id: _builtins.str = ...,
         max_in_flight: _builtins.int = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_in_flight", b"max_in_flight", "runner_id", b"runner_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_in_flight", b"max_in_flight", "runner_id", b"runner_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -56,6 +64,7 @@ class PullTaskResponse(_message.Message):
 
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assignment(self) -> _task_pb2.TaskAssignment:
         """A task to work on."""
@@ -64,21 +73,50 @@ class PullTaskResponse(_message.Message):
     def drain(self) -> Global___DrainNotice:
         """The leader is shutting down: finish or release what you hold, then reconnect later."""
 
+    @_builtins.property
+    def batch(self) -> Global___AssignmentBatch:
+        """Several tasks to work on, in the order granted; only sent when max_batch is above 1."""
+
     def __init__(
         self,
         *,
         assignment: _task_pb2.TaskAssignment | None = ...,
         drain: Global___DrainNotice | None = ...,
+        batch: Global___AssignmentBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "drain", b"drain", "event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "drain", b"drain", "event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "drain", b"drain", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "batch", b"batch", "drain", b"drain", "event", b"event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assignment", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["assignment", "drain", "batch"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___PullTaskResponse: _TypeAlias = PullTaskResponse  # noqa: Y015
+
+@_typing.final
+class AssignmentBatch(_message.Message):
+    """Tasks granted to a runner at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskAssignment]:
+        """2 to max_batch assignments, each with its own lease."""
+
+    def __init__(
+        self,
+        *,
+        assignments: _abc.Iterable[_task_pb2.TaskAssignment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignmentBatch: _TypeAlias = AssignmentBatch  # noqa: Y015
 
 @_typing.final
 class DrainNotice(_message.Message):
@@ -175,6 +213,92 @@ class SubmitResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitResultResponse: _TypeAlias = SubmitResultResponse  # noqa: Y015
+
+@_typing.final
+class SubmitResultsRequest(_message.Message):
+    """Several results in one call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitResultRequest]:
+        """1 to 256 results, each as SubmitResult takes it, for different leases; at most the 64 MiB of
+        a message in all.
+        """
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SubmitResultRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitResultsRequest: _TypeAlias = SubmitResultsRequest  # noqa: Y015
+
+@_typing.final
+class SubmitResultsResponse(_message.Message):
+    """The leader's answer to each result of a SubmitResults call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitResultOutcome]:
+        """One per result, in the order sent."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___SubmitResultOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitResultsResponse: _TypeAlias = SubmitResultsResponse  # noqa: Y015
+
+@_typing.final
+class SubmitResultOutcome(_message.Message):
+    """What became of one result of a SubmitResults call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    status_code: _builtins.int
+    """The gRPC status code SubmitResult would have answered for this result alone, as its number:
+    0 (OK) when it was accepted, else for example 10 (ABORTED) for a lease that is no longer the
+    task's current one. Codes that mean "try again" (UNAVAILABLE) apply to the whole call, never
+    to one outcome.
+    """
+    status_message: _builtins.str
+    """Why the result was refused; empty when it was accepted."""
+    @_builtins.property
+    def response(self) -> Global___SubmitResultResponse:
+        """The answer to an accepted result."""
+
+    def __init__(
+        self,
+        *,
+        status_code: _builtins.int = ...,
+        status_message: _builtins.str = ...,
+        response: Global___SubmitResultResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "status_code", b"status_code", "status_message", b"status_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitResultOutcome: _TypeAlias = SubmitResultOutcome  # noqa: Y015
 
 @_typing.final
 class ExtendLeaseRequest(_message.Message):

@@ -27,7 +27,10 @@ if _version_not_supported:
 
 class TaskServiceStub:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Connection settings a runner must
+    every other call is unary and names a task by its lease. Batching is opt-in, so a runner written
+    against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
+    sent several assignments in one AssignmentBatch message, and any runner may send several results
+    in one SubmitResults call. Connection settings a runner must
     match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
     After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
     until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
@@ -53,6 +56,11 @@ class TaskServiceStub:
                 request_serializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultRequest.SerializeToString,
                 response_deserializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultResponse.FromString,
                 _registered_method=True)
+        self.SubmitResults = channel.unary_unary(
+                '/paradecom.v1.TaskService/SubmitResults',
+                request_serializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultsRequest.SerializeToString,
+                response_deserializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultsResponse.FromString,
+                _registered_method=True)
         self.ExtendLease = channel.unary_unary(
                 '/paradecom.v1.TaskService/ExtendLease',
                 request_serializer=paradecom_dot_v1_dot_task__service__pb2.ExtendLeaseRequest.SerializeToString,
@@ -72,7 +80,10 @@ class TaskServiceStub:
 
 class TaskServiceServicer:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Connection settings a runner must
+    every other call is unary and names a task by its lease. Batching is opt-in, so a runner written
+    against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
+    sent several assignments in one AssignmentBatch message, and any runner may send several results
+    in one SubmitResults call. Connection settings a runner must
     match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
     After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
     until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
@@ -94,6 +105,14 @@ class TaskServiceServicer:
     def SubmitResult(self, request, context):
         """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
         under the same lease is answered OK and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitResults(self, request, context):
+        """Delivers several results in one call, each answered on its own as SubmitResult would answer it
+        (the leader stores them in one transaction where it can). Saves a round trip per task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +152,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     request_deserializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultRequest.FromString,
                     response_serializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultResponse.SerializeToString,
             ),
+            'SubmitResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitResults,
+                    request_deserializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultsRequest.FromString,
+                    response_serializer=paradecom_dot_v1_dot_task__service__pb2.SubmitResultsResponse.SerializeToString,
+            ),
             'ExtendLease': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtendLease,
                     request_deserializer=paradecom_dot_v1_dot_task__service__pb2.ExtendLeaseRequest.FromString,
@@ -158,7 +182,10 @@ def add_TaskServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TaskService:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Connection settings a runner must
+    every other call is unary and names a task by its lease. Batching is opt-in, so a runner written
+    against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
+    sent several assignments in one AssignmentBatch message, and any runner may send several results
+    in one SubmitResults call. Connection settings a runner must
     match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
     After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
     until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
@@ -212,6 +239,33 @@ class TaskService:
             '/paradecom.v1.TaskService/SubmitResult',
             paradecom_dot_v1_dot_task__service__pb2.SubmitResultRequest.SerializeToString,
             paradecom_dot_v1_dot_task__service__pb2.SubmitResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paradecom.v1.TaskService/SubmitResults',
+            paradecom_dot_v1_dot_task__service__pb2.SubmitResultsRequest.SerializeToString,
+            paradecom_dot_v1_dot_task__service__pb2.SubmitResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

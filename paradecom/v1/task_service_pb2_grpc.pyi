@@ -28,7 +28,10 @@ GRPC_VERSION: str
 
 class TaskServiceStub:
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Connection settings a runner must
+    every other call is unary and names a task by its lease. Batching is opt-in, so a runner written
+    against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
+    sent several assignments in one AssignmentBatch message, and any runner may send several results
+    in one SubmitResults call. Connection settings a runner must
     match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
     After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
     until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
@@ -51,6 +54,10 @@ class TaskServiceStub:
     """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
     under the same lease is answered OK and changes nothing.
     """
+    SubmitResults: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.SubmitResultsRequest, _task_service_pb2.SubmitResultsResponse]
+    """Delivers several results in one call, each answered on its own as SubmitResult would answer it
+    (the leader stores them in one transaction where it can). Saves a round trip per task.
+    """
     ExtendLease: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ExtendLeaseRequest, _task_service_pb2.ExtendLeaseResponse]
     """Heartbeat: pushes the lease's expiry out by the lease timeout."""
     ReleaseTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ReleaseTaskRequest, _task_service_pb2.ReleaseTaskResponse]
@@ -61,7 +68,10 @@ class TaskServiceStub:
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Connection settings a runner must
+    every other call is unary and names a task by its lease. Batching is opt-in, so a runner written
+    against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
+    sent several assignments in one AssignmentBatch message, and any runner may send several results
+    in one SubmitResults call. Connection settings a runner must
     match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
     After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
     until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
@@ -81,6 +91,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
     under the same lease is answered OK and changes nothing.
     """
+    SubmitResults: _aio.UnaryUnaryMultiCallable[_task_service_pb2.SubmitResultsRequest, _task_service_pb2.SubmitResultsResponse]  # type: ignore[assignment]
+    """Delivers several results in one call, each answered on its own as SubmitResult would answer it
+    (the leader stores them in one transaction where it can). Saves a round trip per task.
+    """
     ExtendLease: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ExtendLeaseRequest, _task_service_pb2.ExtendLeaseResponse]  # type: ignore[assignment]
     """Heartbeat: pushes the lease's expiry out by the lease timeout."""
     ReleaseTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ReleaseTaskRequest, _task_service_pb2.ReleaseTaskResponse]  # type: ignore[assignment]
@@ -90,7 +104,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """The runner's side of the leader. A runner opens one PullTask stream and receives tasks on it;
-    every other call is unary and names a task by its lease. Connection settings a runner must
+    every other call is unary and names a task by its lease. Batching is opt-in, so a runner written
+    against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
+    sent several assignments in one AssignmentBatch message, and any runner may send several results
+    in one SubmitResults call. Connection settings a runner must
     match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
     After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
     until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
@@ -119,6 +136,16 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_service_pb2.SubmitResultResponse, _abc.Awaitable[_task_service_pb2.SubmitResultResponse]]:
         """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
         under the same lease is answered OK and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitResults(
+        self,
+        request: _task_service_pb2.SubmitResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.SubmitResultsResponse, _abc.Awaitable[_task_service_pb2.SubmitResultsResponse]]:
+        """Delivers several results in one call, each answered on its own as SubmitResult would answer it
+        (the leader stores them in one transaction where it can). Saves a round trip per task.
         """
 
     @_abc_1.abstractmethod
