@@ -11,12 +11,14 @@ import contextlib
 import json
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from paradecom.grpc_options import CHANNEL_OPTIONS
 from paradecom.v1 import project_pb2, project_service_pb2, project_service_pb2_grpc
@@ -117,6 +119,7 @@ class Cluster:
         self.leader: Service | None = None
         self.runners: list[Service] = []
         self.address = ""
+        self.metrics_address = ""
         self._channel: grpc.Channel | None = None
         self.projects: project_service_pb2_grpc.ProjectServiceStub | None = None
 
@@ -145,13 +148,14 @@ class Cluster:
             python_module(
                 "paradecom.leader.main", "--listen", "127.0.0.1:0", "--db", str(self.workdir / "leader.db"),
                 "--lease-timeout", f"{self.lease_timeout:g}", "--log-format", "json", "--log-level", "info",
-                *self.leader_flags,
+                "--metrics-listen", "127.0.0.1:0", *self.leader_flags,
             ),
             cwd=self.workdir,
         )  # fmt: skip
         self.leader.count('"runner connected"')
         self.services.append(self.leader)
         self.address = self.leader.address()
+        self.metrics_address = wait_for(self._metrics_line, 30, "the leader's metrics line")
         self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self.projects = project_service_pb2_grpc.ProjectServiceStub(self._channel)
         for concurrency in self.runner_concurrency:
@@ -218,6 +222,29 @@ class Cluster:
     def leader_memory(self) -> dict[str, int]:
         assert self.leader is not None
         return memory(self.leader.pid)
+
+    def _metrics_line(self) -> str | None:
+        assert self.leader is not None
+        for _, line in list(self.leader.stderr_lines):
+            if line.startswith("metrics "):
+                return line.split()[1]
+        return None
+
+    def wire_counters(self) -> dict[str, float]:
+        """The leader's counters of leases and results against the messages, calls and
+        transactions that carried them (its /metrics), to show how much batching happened."""
+        with urllib.request.urlopen(f"http://{self.metrics_address}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        wanted = {
+            "paradecom_leases_granted_total", "paradecom_assignment_messages_total",
+            "paradecom_results_accepted_total", "paradecom_result_transactions_total",
+        }  # fmt: skip
+        return {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name in wanted
+        }
 
     def _cpu(self, services: Sequence[Service]) -> float:
         total = 0.0
@@ -292,6 +319,7 @@ class Cluster:
     def run(self, project: project_pb2.ProjectDefinition, timeout: float = 1_800.0) -> RunResult:
         """Submit `project` and wait for it to end; CPU of each kind of process over the run."""
         assert self.fake is not None
+        wire0 = self.wire_counters()
         leader0 = self.leader_cpu()
         runners0 = self._cpu(self.runners)
         fake0 = self._cpu([self.fake])
@@ -300,6 +328,7 @@ class Cluster:
         summary = self.wait_done(project_id, timeout)
         t1 = time.time()
         leader_cpu = self.leader_cpu() - leader0
+        wire = {name: value - wire0.get(name, 0.0) for name, value in self.wire_counters().items()}
         return RunResult(
             summary=summary,
             client_wall_s=t1 - t0,
@@ -307,7 +336,16 @@ class Cluster:
             leader_cpu_s=leader_cpu,
             runner_cpu_s=self._cpu(self.runners) - runners0,
             fake_llm_cpu_s=self._cpu([self.fake]) - fake0,
+            extra={
+                "assignments_per_message": _ratio(wire, "leases_granted", "assignment_messages"),
+                "results_per_transaction": _ratio(wire, "results_accepted", "result_transactions"),
+            },
         )
+
+
+def _ratio(counters: dict[str, float], items: str, carriers: str) -> float | None:
+    carried = counters.get(f"paradecom_{carriers}_total", 0.0)
+    return round(counters.get(f"paradecom_{items}_total", 0.0) / carried, 2) if carried else None
 
 
 def check_flat(summary: project_pb2.ProjectSummary, k: int, fanout: int) -> None:

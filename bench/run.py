@@ -49,6 +49,16 @@ def _target(
     return {"figure": figure, "value": value, "unit": unit, "op": op, "target": goal, "met": met, "note": note}
 
 
+def _wire(row: dict[str, Any]) -> str:
+    """How much the wire batched in a flat run (bench/cluster.py `wire_counters`)."""
+    if row.get("assignments_per_message") is None:
+        return ""
+    return (
+        f"{row['assignments_per_message']:g} assignments per message, "
+        f"{row['results_per_transaction']:g} results per transaction"
+    )
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every reported figure, with its target and whether it was met (None: no target)."""
     out: list[dict[str, Any]] = []
@@ -71,7 +81,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             n = row["runners"]
             label = f"latency 0, K={lc['tasks']}, {n} runner{'s' if n > 1 else ''} x {row['concurrency']}"
             out.append(_target(f"end-to-end tasks/s ({label})", row["tasks_per_s"], "tasks/s"))
-            out.append(_target(f"leader CPU per task ({label})", row["leader_cpu_us_per_task"], "µs", "<=", 150))
+            out.append(
+                _target(f"leader CPU per task ({label})", row["leader_cpu_us_per_task"], "µs", "<=", 150, _wire(row))
+            )
     cel = results.get("celery")
     if cel and "ratios" in cel:
         for r in cel["ratios"]:
@@ -93,7 +105,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f"efficiency at {slots} slots ({row['runners']} x {row['concurrency']}, K={row['tasks']}, "
                     f"latency {eff['latency_s']:g} s)",
                     row["efficiency"], "", ">=" if slots in goals else None, goals.get(slots),
-                    f"{row['wall_s']} s vs ideal {row['ideal_s']:g} s",
+                    f"{row['wall_s']} s vs ideal {row['ideal_s']:g} s; {_wire(row)}",
                 )
             )  # fmt: skip
     if cel and "ratios" in cel:

@@ -133,10 +133,12 @@ def _flat_run(
         "fake_llm_cpu_us_per_task": round(r.fake_llm_cpu_s / k * 1e6, 1),
         "leader_cpu_share": round(r.leader_cpu_s / r.client_wall_s, 3),
         "other_cores": other["other_cores"],
+        **r.extra,
     }
     log(
         f"  {label}: {run['wall_s']} s, {run['tasks_per_s']} tasks/s, leader {run['leader_cpu_us_per_task']} µs/task,"
-        f" other load {run['other_cores']} cores"
+        f" other load {run['other_cores']} cores; {run['assignments_per_message']} assignments per message,"
+        f" {run['results_per_transaction']} results per transaction"
     )
     return run
 

@@ -39,6 +39,8 @@ def test_bench_smoke_runs_end_to_end_and_writes_the_expected_json(tmp_path: Path
         assert leader[key] >= 0, key
     assert leader["tasks_per_s"] > 0 and leader["leader_cpu_us_per_task"] > 0
     assert len(leader["runs"]) == 1
+    # Every task was leased and accepted once, so a ratio is at least 1; above 1 when batched.
+    assert leader["assignments_per_message"] >= 1 and leader["results_per_transaction"] >= 1
 
     (eff,) = results["efficiency"]["rows"]
     assert eff["slots"] == 8 and eff["tasks"] == 8 * meta["sizes"]["eff_rounds"]
