@@ -15,13 +15,10 @@ from paradecom.tree import TaskTree
 if TYPE_CHECKING:
     from paradecom.v1 import project_pb2
 
-DEFAULT_RUNNERS = 2
-DEFAULT_CONCURRENCY = 8
-
 
 def parallel_decompose_project(
     project: ProjectDefinition | str | Path,
-    runners: int = DEFAULT_RUNNERS,
+    runners: int = limits.DEFAULT_RUNNERS,
     *,
     concurrency: int | None = None,
     model: str | None = None,
@@ -72,7 +69,7 @@ async def decompose(
 
     if endpoint_configured():
         return await _on_endpoint(
-            definition, runners, concurrency or DEFAULT_CONCURRENCY, model, cache, None, on_progress
+            definition, runners, concurrency or limits.DEFAULT_CONCURRENCY, model, cache, None, on_progress
         )
     from paradecom import local_llm
 

@@ -34,11 +34,6 @@ if TYPE_CHECKING:
 PROG = "paradecom"
 FORMATS = ("json", "markdown", "mermaid", "csv")
 DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
-# LLM calls wait on the network, not the CPU: one runner process with --concurrency calls in flight
-# already keeps a CPU busy only a little, and two give a spare when one is restarting. Raise it for
-# endpoints that take many parallel requests.
-DEFAULT_RUNNERS = 2
-DEFAULT_CONCURRENCY = 8
 DEFAULT_STATUS_PROJECTS = 20
 MAX_STATUS_PROJECTS = 1_000
 
@@ -85,9 +80,9 @@ def build_parser() -> Parser:
     p.add_argument(
         "--runners",
         type=int_range(0, limits.MAX_RUNNERS),
-        default=DEFAULT_RUNNERS,
+        default=limits.DEFAULT_RUNNERS,
         metavar="N",
-        help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {DEFAULT_RUNNERS}); "
+        help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {limits.DEFAULT_RUNNERS}); "
         "0 runs the sequential fallback in one process",
     )
     p.add_argument(
@@ -95,7 +90,7 @@ def build_parser() -> Parser:
         type=int_range(1, limits.MAX_CONCURRENCY),
         default=None,
         metavar="N",
-        help=f"LLM calls in flight per runner (default {DEFAULT_CONCURRENCY}; 1 on the embedded model)",
+        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model)",
     )
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
     p.add_argument("--no-cache", action="store_true", help="always ask the LLM, never the decomposition cache")

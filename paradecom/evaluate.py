@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 PROG = "paradecom eval"
 FORMATS = ("table", "json")
-DEFAULT_RUNNERS = 2
 DEFAULT_MAX_DEPTH = 2
 DEFAULT_THRESHOLD = 0.5
 MAX_INSTANCES = 100_000
@@ -587,9 +586,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runners",
         type=int_range(0, limits.MAX_RUNNERS),
-        default=DEFAULT_RUNNERS,
+        default=limits.DEFAULT_RUNNERS,
         metavar="N",
-        help=f"runner processes per instance, 0 to {limits.MAX_RUNNERS} (default {DEFAULT_RUNNERS}); "
+        help=f"runner processes per instance, 0 to {limits.MAX_RUNNERS} (default {limits.DEFAULT_RUNNERS}); "
         "0 runs the sequential fallback",
     )
     parser.add_argument(
@@ -597,7 +596,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int_range(1, limits.MAX_CONCURRENCY),
         default=None,
         metavar="N",
-        help="LLM calls in flight per runner (default 8; 1 on the embedded model)",
+        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model)",
     )
     parser.add_argument(
         "--max-depth",
