@@ -73,10 +73,10 @@ async def decompose(
         )
     from paradecom import local_llm
 
-    local_llm.check_embedded_available()
+    gguf = local_llm.check_embedded_available()
     if on_embedded is not None:
         on_embedded(local_llm.MODEL_NAME)
-    async with local_llm.embedded_environment():
+    async with local_llm.embedded_environment(gguf):
         concurrency = concurrency or local_llm.EMBEDDED_CONCURRENCY
         return await _on_endpoint(
             definition, runners, concurrency, model, cache, local_llm.EMBEDDED_RUNNER_SETTINGS, on_progress
