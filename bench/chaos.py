@@ -47,6 +47,7 @@ from urllib.request import urlopen
 
 import grpc
 
+from paradecom import testing
 from paradecom.grpc_options import CHANNEL_OPTIONS
 from paradecom.v1 import project_pb2, project_service_pb2, project_service_pb2_grpc
 
@@ -81,14 +82,7 @@ class ChaosError(RuntimeError):
 
 def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll `condition` until it returns something truthy; ChaosError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise ChaosError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return testing.wait_for(condition, timeout, interval, what, error=ChaosError)
 
 
 def free_port() -> int:

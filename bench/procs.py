@@ -10,15 +10,13 @@ import contextlib
 import os
 import platform
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from paradecom import testing
 
 T = TypeVar("T")
 
@@ -30,21 +28,19 @@ class BenchError(RuntimeError):
     """A workload could not be run or its result is wrong; the message says which and why."""
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `condition` until it returns something truthy; BenchError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return testing.wait_for(condition, timeout, interval, what, error=BenchError)
 
 
-class Service:
+class Service(testing.Proc):
     """A child process whose output lines are kept (the last `keep` of each stream), with the time
     each line arrived. Services print `listening HOST:PORT` on stdout once they serve."""
+
+    error = BenchError
+    # Services under load start slower than in the tests, and a leader flushing its store stops slower.
+    listen_timeout = 60.0
+    stop_timeout = 20.0
 
     def __init__(
         self,
@@ -54,94 +50,12 @@ class Service:
         cwd: str | Path | None = None,
         keep: int = 5_000,
     ) -> None:
-        self.name = name
-        self.args = list(args)
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.popen = subprocess.Popen(
-            self.args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            cwd=str(cwd) if cwd else None,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        self.pid = self.popen.pid
-        self.stdout_lines: deque[tuple[float, str]] = deque(maxlen=keep)
-        self.stderr_lines: deque[tuple[float, str]] = deque(maxlen=keep)
-        self.matches: dict[str, int] = {}
-        self._watch: list[str] = []
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.popen.stdout, self.stdout_lines), daemon=True),
-            threading.Thread(target=self._pump, args=(self.popen.stderr, self.stderr_lines), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    def count(self, needle: str) -> None:
-        """Count lines (from now on) that contain `needle`; read with `matches[needle]`."""
-        with self._lock:
-            self._watch.append(needle)
-            self.matches.setdefault(needle, 0)
-
-    def _pump(self, stream: Any, sink: deque[tuple[float, str]]) -> None:
-        for line in stream:
-            line = line.rstrip("\n")
-            with self._lock:
-                for needle in self._watch:
-                    if needle in line:
-                        self.matches[needle] += 1
-            sink.append((time.time(), line))
-
-    def tail(self, lines: int = 8) -> str:
-        out = [line for _, line in list(self.stderr_lines)[-lines:]]
-        return " | ".join(out) or "(no output)"
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
+        super().__init__(args, env, cwd, name=name, keep=keep)
 
     def check_alive(self) -> None:
+        # A benchmark report is one line per failure: the tail of stderr, not all of it.
         if not self.alive():
             raise BenchError(f"{self.name} exited with status {self.popen.returncode}: {self.tail()}")
-
-    def address(self, timeout: float = 60.0) -> str:
-        """HOST:PORT from the `listening HOST:PORT` line."""
-
-        def find() -> str | None:
-            for _, line in list(self.stdout_lines):
-                if line.startswith("listening "):
-                    return line.split()[1]
-            self.check_alive()
-            return None
-
-        return wait_for(find, timeout, f"{self.name} to listen")
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            self.popen.send_signal(sig)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL if it lingers; always leaves no process behind."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        for t in self._threads:
-            t.join(5)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
-
-    def kill(self) -> None:
-        if self.alive():
-            self.popen.kill()
-        self.popen.wait(10)
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -284,7 +284,7 @@ def _run_cli(args: list[str], env: dict[str, str], workdir: Path, timeout: float
 
 
 def _check_tree_json(svc: Service, k: int, fanout: int) -> None:
-    tree = json.loads("\n".join(line for _, line in svc.stdout_lines))
+    tree = json.loads("\n".join(svc.stdout_lines))
     counts = tree["project"]["counts"]
     if counts["done"] != k * (1 + fanout) or tree["project"]["usage"]["calls"] != k:
         raise BenchError(f"paradecom run gave a wrong tree: counts {counts}, usage {tree['project']['usage']}")
@@ -320,7 +320,7 @@ def sequential(sizes: Sizes, repeat: int, log: Log) -> dict[str, Any]:
                 _check_tree_json(seq, k, FLAT_FANOUT)
                 # In-run time: from the first progress line (project queued) to the line saying done
                 # (progress is JSON lines, one per change, when stderr is not a terminal).
-                progress = [(t, json.loads(line)["state"]) for t, line in seq.stderr_lines if line.startswith("{")]
+                progress = [(t, json.loads(line)["state"]) for t, line in seq.stderr_timed if line.startswith("{")]
                 if not progress or progress[-1][1] != "done":
                     raise BenchError(f"paradecom run --runners 0 printed no progress: {seq.tail()}")
                 seq_wall = progress[-1][0] - progress[0][0]
@@ -570,7 +570,7 @@ def reassignment(sizes: Sizes, repeat: int, log: Log) -> dict[str, Any]:
             # When the leader saw the stream drop and when the leases expired, from its log.
             events = {
                 event: round(t - killed_at, 3)
-                for t, line in list(c.leader.stderr_lines)
+                for t, line in list(c.leader.stderr_timed)
                 if t >= killed_at
                 for event in ("runner disconnected", "leases expired")
                 if f'"{event}"' in line

@@ -30,17 +30,10 @@ from paradecom.v1 import project_pb2
 
 if TYPE_CHECKING:
     from paradecom.progress import ProgressReporter
-    from paradecom.project import ProjectDefinition
-    from paradecom.tree import TaskTree
 
 PROG = "paradecom"
 FORMATS = ("json", "markdown", "mermaid", "csv")
 DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
-# LLM calls wait on the network, not the CPU: one runner process with --concurrency calls in flight
-# already keeps a CPU busy only a little, and two give a spare when one is restarting. Raise it for
-# endpoints that take many parallel requests.
-DEFAULT_RUNNERS = 2
-DEFAULT_CONCURRENCY = 8
 DEFAULT_STATUS_PROJECTS = 20
 MAX_STATUS_PROJECTS = 1_000
 
@@ -87,9 +80,9 @@ def build_parser() -> Parser:
     p.add_argument(
         "--runners",
         type=int_range(0, limits.MAX_RUNNERS),
-        default=DEFAULT_RUNNERS,
+        default=limits.DEFAULT_RUNNERS,
         metavar="N",
-        help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {DEFAULT_RUNNERS}); "
+        help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {limits.DEFAULT_RUNNERS}); "
         "0 runs the sequential fallback in one process",
     )
     p.add_argument(
@@ -97,7 +90,7 @@ def build_parser() -> Parser:
         type=int_range(1, limits.MAX_CONCURRENCY),
         default=None,
         metavar="N",
-        help=f"LLM calls in flight per runner (default {DEFAULT_CONCURRENCY}; 1 on the embedded model)",
+        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model)",
     )
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
     p.add_argument("--no-cache", action="store_true", help="always ask the LLM, never the decomposition cache")
@@ -232,53 +225,32 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _run_project(args: argparse.Namespace) -> int:
+    from paradecom.api import decompose
     from paradecom.project import load_project
-    from paradecom.runner.llm import endpoint_configured
 
     project = load_project(args.file)
-    if endpoint_configured():
-        tree = await _decompose(args, project, args.concurrency or DEFAULT_CONCURRENCY, runner_settings=None)
-    else:
-        # No endpoint: the embedded model, if the `local` extra is installed (else one line saying
-        # what to install or set).
-        from paradecom import local_llm
-
-        local_llm.check_embedded_available()
-        print(
-            f"{PROG}: no OPENAI_BASE_URL or OPENAI_API_KEY set: using the embedded {local_llm.MODEL_NAME} "
-            "(a very small local model; set OPENAI_BASE_URL for a real one)",
-            file=sys.stderr,
-            flush=True,
+    with _progress(args, sys.stderr) as show:
+        tree = await decompose(
+            project,
+            args.runners,
+            concurrency=args.concurrency,
+            model=args.model,
+            cache=not args.no_cache,
+            on_progress=show,
+            on_embedded=_embedded_notice,
         )
-        async with local_llm.embedded_environment():
-            concurrency = args.concurrency or local_llm.EMBEDDED_CONCURRENCY
-            tree = await _decompose(args, project, concurrency, runner_settings=local_llm.EMBEDDED_RUNNER_SETTINGS)
     print(tree.render(args.format))
     return 0
 
 
-async def _decompose(
-    args: argparse.Namespace, project: ProjectDefinition, concurrency: int, runner_settings: dict[str, int] | None
-) -> TaskTree:
-    from paradecom.local_cluster import RunOptions, run_cluster
-
-    if args.runners == 0:
-        from paradecom.runner.cache import DecompositionCache
-        from paradecom.runner.loop import DecompositionRunner
-        from paradecom.sequential import decompose_sequentially
-
-        runner = DecompositionRunner(
-            "",
-            concurrency=1,
-            model=args.model,
-            cache=None if args.no_cache else DecompositionCache(),
-            **(runner_settings or {}),
-        )
-        with _progress(args, sys.stderr) as show:
-            return await decompose_sequentially(project, runner, on_progress=show)
-    options = RunOptions(runners=args.runners, concurrency=concurrency, model=args.model, cache=not args.no_cache)
-    with _progress(args, sys.stderr) as show:
-        return await run_cluster(project, options, on_progress=show)
+def _embedded_notice(model_name: str) -> None:
+    # Flushed: the model takes a while to start, and the user should know why before it does.
+    print(
+        f"{PROG}: no OPENAI_BASE_URL or OPENAI_API_KEY set: using the embedded {model_name} "
+        "(a very small local model; set OPENAI_BASE_URL for a real one)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 async def _budget(args: argparse.Namespace) -> int:

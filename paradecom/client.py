@@ -6,8 +6,10 @@ wrong), each with a message a person can act on."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 
@@ -26,6 +28,8 @@ TERMINAL_STATES = frozenset(
     {project_pb2.PROJECT_STATE_DONE, project_pb2.PROJECT_STATE_CANCELLED, project_pb2.PROJECT_STATE_FAILED}
 )
 CALL_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
 
 
 def state_name(state: project_pb2.ProjectState.ValueType) -> str:
@@ -72,32 +76,39 @@ class LeaderClient:
             return LeaderUnavailableError(f"cannot reach the leader at {self.address} ({code.name.lower()})")
         return LeaderRefusedError(f"leader at {self.address}: {exc.details()}")
 
-    async def submit(self, project: ProjectDefinition) -> str:
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """gRPC errors inside become LeaderError; `from None`, as the gRPC traceback says nothing more."""
         try:
-            resp = await self._stub.SubmitProject(
-                project_service_pb2.SubmitProjectRequest(project=project.to_proto()),
-                timeout=CALL_TIMEOUT_S, wait_for_ready=False,
-            )  # fmt: skip
+            yield
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from None
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """Await one RPC, its gRPC error made a LeaderError (a stream uses `_errors` instead)."""
+        with self._errors():
+            return await call
+
+    async def submit(self, project: ProjectDefinition) -> str:
+        resp = await self._call(
+            self._stub.SubmitProject(
+                project_service_pb2.SubmitProjectRequest(project=project.to_proto()),
+                timeout=CALL_TIMEOUT_S, wait_for_ready=False,
+            )
+        )  # fmt: skip
         return resp.project_id
 
     async def get(self, project_id: str) -> project_pb2.ProjectSummary:
-        try:
-            resp = await self._stub.GetProject(
-                project_service_pb2.GetProjectRequest(project_id=project_id), timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        resp = await self._call(
+            self._stub.GetProject(project_service_pb2.GetProjectRequest(project_id=project_id), timeout=CALL_TIMEOUT_S)
+        )
         return resp.project
 
     async def watch(self, project_id: str) -> AsyncIterator[project_pb2.ProjectSummary]:
         """Progress snapshots until the project leaves RUNNING."""
-        try:
+        with self._errors():
             async for event in self._stub.WatchProject(project_service_pb2.WatchProjectRequest(project_id=project_id)):
                 yield event.project
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
 
     async def wait(
         self,
@@ -125,60 +136,47 @@ class LeaderClient:
                 delay = min(delay * 2, 5.0)
 
     async def tree(self, project_id: str) -> project_service_pb2.GetTaskTreeResponse:
-        try:
-            return await self._stub.GetTaskTree(
+        return await self._call(
+            self._stub.GetTaskTree(
                 project_service_pb2.GetTaskTreeRequest(project_id=project_id), timeout=CALL_TIMEOUT_S
             )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        )
 
     async def cancel(self, project_id: str) -> project_pb2.ProjectSummary:
-        try:
-            resp = await self._stub.CancelProject(
+        resp = await self._call(
+            self._stub.CancelProject(
                 project_service_pb2.CancelProjectRequest(project_id=project_id), timeout=CALL_TIMEOUT_S
             )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        )
         return resp.project
 
     async def projects(self, limit: int) -> list[project_pb2.ProjectSummary]:
         """Up to `limit` projects, newest first (ListProjects, page by page)."""
         found: list[project_pb2.ProjectSummary] = []
         token = ""
-        try:
-            while len(found) < limit:
-                request = project_service_pb2.ListProjectsRequest(
-                    page_size=min(limit - len(found), 1000), page_token=token
-                )
-                resp = await self._stub.ListProjects(request, timeout=CALL_TIMEOUT_S)
-                found.extend(resp.projects)
-                token = resp.next_page_token
-                if not token:
-                    break
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        while len(found) < limit:
+            request = project_service_pb2.ListProjectsRequest(page_size=min(limit - len(found), 1000), page_token=token)
+            resp = await self._call(self._stub.ListProjects(request, timeout=CALL_TIMEOUT_S))
+            found.extend(resp.projects)
+            token = resp.next_page_token
+            if not token:
+                break
         return found[:limit]
 
     async def runners(self) -> list[admin_service_pb2.RunnerInfo]:
         """The runners the leader knows now: connected, or holding leases in their disconnect grace."""
-        try:
-            resp = await self._admin.ListRunners(admin_service_pb2.ListRunnersRequest(), timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        resp = await self._call(self._admin.ListRunners(admin_service_pb2.ListRunnersRequest(), timeout=CALL_TIMEOUT_S))
         return list(resp.runners)
 
     async def budget(self, rpm: int | None = None, tpm: int | None = None) -> admin_service_pb2.LlmBudget:
         """The leader's LLM budget; with rpm and/or tpm, change it first (the other keeps its value)."""
-        try:
-            current = (
-                await self._admin.GetLlmBudget(admin_service_pb2.GetLlmBudgetRequest(), timeout=CALL_TIMEOUT_S)
-            ).budget
-            if rpm is None and tpm is None:
-                return current
-            request = admin_service_pb2.SetLlmBudgetRequest(
-                requests_per_minute=current.requests_per_minute if rpm is None else rpm,
-                tokens_per_minute=current.tokens_per_minute if tpm is None else tpm,
-            )
-            return (await self._admin.SetLlmBudget(request, timeout=CALL_TIMEOUT_S)).budget
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        current = (
+            await self._call(self._admin.GetLlmBudget(admin_service_pb2.GetLlmBudgetRequest(), timeout=CALL_TIMEOUT_S))
+        ).budget
+        if rpm is None and tpm is None:
+            return current
+        request = admin_service_pb2.SetLlmBudgetRequest(
+            requests_per_minute=current.requests_per_minute if rpm is None else rpm,
+            tokens_per_minute=current.tokens_per_minute if tpm is None else tpm,
+        )
+        return (await self._call(self._admin.SetLlmBudget(request, timeout=CALL_TIMEOUT_S))).budget

@@ -30,6 +30,7 @@ that is not a DevAI instance, a missing saved tree, flags, no endpoint).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 PROG = "paradecom eval"
 FORMATS = ("table", "json")
-DEFAULT_RUNNERS = 2
 DEFAULT_MAX_DEPTH = 2
 DEFAULT_THRESHOLD = 0.5
 MAX_INSTANCES = 100_000
@@ -586,9 +586,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runners",
         type=int_range(0, limits.MAX_RUNNERS),
-        default=DEFAULT_RUNNERS,
+        default=limits.DEFAULT_RUNNERS,
         metavar="N",
-        help=f"runner processes per instance, 0 to {limits.MAX_RUNNERS} (default {DEFAULT_RUNNERS}); "
+        help=f"runner processes per instance, 0 to {limits.MAX_RUNNERS} (default {limits.DEFAULT_RUNNERS}); "
         "0 runs the sequential fallback",
     )
     parser.add_argument(
@@ -596,7 +596,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int_range(1, limits.MAX_CONCURRENCY),
         default=None,
         metavar="N",
-        help="LLM calls in flight per runner (default 8; 1 on the embedded model)",
+        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model)",
     )
     parser.add_argument(
         "--max-depth",
@@ -685,20 +685,6 @@ def main_from_args(args: argparse.Namespace) -> int:
         else:
             if args.save_trees:
                 os.makedirs(args.save_trees, exist_ok=True)
-            # Imported only now: the runner's LLM client (openai) is slow to import, bad input is not.
-            from paradecom.runner.llm import endpoint_configured
-
-            if not endpoint_configured():
-                # As for `paradecom run`: the embedded model if installed, else one line saying how.
-                from paradecom import local_llm
-
-                local_llm.check_embedded_available()
-                print(
-                    f"{PROG}: no OPENAI_BASE_URL or OPENAI_API_KEY set: using the embedded model, "
-                    "started for each instance",
-                    file=sys.stderr,
-                    flush=True,
-                )
     except (ProjectFileError, ConfigError) as exc:
         return fail(PROG, str(exc))
     except OSError as exc:
@@ -710,17 +696,24 @@ def main_from_args(args: argparse.Namespace) -> int:
             if args.from_trees:
                 result = _result(inst, saved[inst.path.name], 0.0, args.threshold)
             else:
-                from paradecom.api import parallel_decompose_project
+                # Imported only now: the cluster and runner modules are slow to import, bad input is not.
+                from paradecom.api import decompose
 
                 inst.definition.max_depth = args.max_depth
                 started = time.monotonic()
                 try:
-                    tree = parallel_decompose_project(
-                        inst.definition,
-                        runners=args.runners,
-                        concurrency=args.concurrency,
-                        model=args.model,
-                        cache=args.cache,
+                    inst.definition.validate(source="project")
+                    tree = asyncio.run(
+                        decompose(
+                            inst.definition,
+                            args.runners,
+                            concurrency=args.concurrency,
+                            model=args.model,
+                            cache=args.cache,
+                            # Once: the first instance finds a missing model (ConfigError, exit 2
+                            # before any result), the notice says so for every instance.
+                            on_embedded=_embedded_notice if i == 1 else None,
+                        )
                     )
                 except ConfigError as exc:
                     return fail(PROG, str(exc))
@@ -751,6 +744,15 @@ def main_from_args(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 1 if any(r.error is not None for r in results) else 0
+
+
+def _embedded_notice(_model_name: str) -> None:
+    # As for `paradecom run`, flushed before the model starts, which takes a while.
+    print(
+        f"{PROG}: no OPENAI_BASE_URL or OPENAI_API_KEY set: using the embedded model, started for each instance",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _progress(i: int, n: int, r: Result) -> str:

@@ -30,6 +30,11 @@ MAX_ANSWER_CHARS = 1_000_000
 
 # Cluster.
 MAX_RUNNERS = 64  # `paradecom run --runners`
+# LLM calls wait on the network, not the CPU, so one runner keeps a CPU only a little busy; two
+# give a spare while one restarts.
+DEFAULT_RUNNERS = 2
+# Enough parallel calls to hide one call's latency without tripping a hosted endpoint's rate limit.
+DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 1_024  # tasks in flight per runner (`--concurrency`, PullTask.max_in_flight)
 MAX_RUNNER_ID_CHARS = 200
 MAX_ERROR_CHARS = 4_000

@@ -210,11 +210,16 @@ async def embedded_server(
     *,
     threads: int = DEFAULT_THREADS,
     start_timeout: float = START_TIMEOUT_S,
+    gguf: Path | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Start the embedded model's server on host:port (0: a free port), wait until it serves,
     yield it, stop it at the end. ConfigError without the `local` extra, EmbeddedModelError (with
-    the tail of the server's output) when it does not start."""
-    gguf = check_embedded_available()
+    the tail of the server's output) when it does not start. `gguf` is the model file
+    `check_embedded_available` returned, for a caller that checked already."""
+    # A caller that checked first (to report a missing model before its notice) passes the file,
+    # so the model package import and the search for the server's modules happen once per start.
+    if gguf is None:
+        gguf = check_embedded_available()
     port = port or free_port(host)
     with tempfile.TemporaryDirectory(prefix="paradecom-local-llm-") as tmp:
         log_path = Path(tmp) / "server.log"
@@ -240,9 +245,10 @@ async def embedded_endpoint(
     *,
     threads: int = DEFAULT_THREADS,
     start_timeout: float = START_TIMEOUT_S,
+    gguf: Path | None = None,
 ) -> AsyncIterator[str]:
     """`embedded_server`, yielding only its OpenAI base URL, `http://HOST:PORT/v1`."""
-    async with embedded_server(host, port, threads=threads, start_timeout=start_timeout) as server:
+    async with embedded_server(host, port, threads=threads, start_timeout=start_timeout, gguf=gguf) as server:
         yield server.base_url
 
 
@@ -261,11 +267,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def embedded_environment() -> AsyncIterator[str]:
+async def embedded_environment(gguf: Path | None = None) -> AsyncIterator[str]:
     """Start the embedded endpoint and, while it runs, point this process's environment (and so
     the runner processes started meanwhile) at it: OPENAI_BASE_URL, PARADECOM_MODEL and the
-    runner settings of EMBEDDED_RUNNER_ENV. Yields the base URL; the environment is restored after."""
-    async with embedded_endpoint() as base_url:
+    runner settings of EMBEDDED_RUNNER_ENV. Yields the base URL; the environment is restored after.
+    `gguf`: the model file `check_embedded_available` returned, if the caller checked already."""
+    async with embedded_endpoint(gguf=gguf) as base_url:
         with _environment({"OPENAI_BASE_URL": base_url, "PARADECOM_MODEL": MODEL_NAME, **EMBEDDED_RUNNER_ENV}):
             yield base_url
 
