@@ -225,7 +225,7 @@ class Cluster:
 
     def _metrics_line(self) -> str | None:
         assert self.leader is not None
-        for _, line in list(self.leader.stderr_lines):
+        for line in self.leader.stderr_lines:
             if line.startswith("metrics "):
                 return line.split()[1]
         return None

@@ -122,7 +122,7 @@ def test_runners_batch_end_to_end(
 ) -> None:
     """Two runners of 32 slots on 128 seed tasks that take the LLM 0.3 s each: the leader sends
     the assignments in far fewer messages than leases, and stores the results in far fewer
-    transactions than results; every task is done exactly once."""
+    transactions than results; every task is leased and accepted exactly once."""
     base_url = fake_llm("--latency", "0.3")
     leader_proc, leader = start_leader("--metrics-listen", "127.0.0.1:0")
     metrics = metrics_address(leader_proc)
@@ -143,7 +143,9 @@ def test_runners_batch_end_to_end(
     transactions = value(samples, "paradecom_result_transactions_total")
     assert messages is not None and transactions is not None
     seen = f"{messages} messages for {granted} assignments, {transactions} transactions for {accepted} results"
-    assert messages <= granted / 4 and transactions <= accepted / 3, seen
+    # Seen here: 17-21 messages and 33-40 transactions; one assignment per message and one result per
+    # call (no batching) gave 65 and 127.
+    assert messages <= granted / 2 and transactions <= accepted / 2, seen
 
 
 # --- the runner's ResultSender, against an in-process stand-in for the leader's stub ---------------
