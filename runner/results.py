@@ -47,9 +47,6 @@ class ResultSender:
         self._pending: list[_Pending] = []
         self._sending: asyncio.Task[None] | None = None
         self._batches_supported = True
-        # How many calls and results were sent (the tests read them).
-        self.calls = 0
-        self.results = 0
 
     async def submit(self, request: task_service_pb2.SubmitResultRequest) -> task_service_pb2.SubmitResultResponse:
         """The leader's answer to `request`; raises `grpc.aio.AioRpcError` as SubmitResult would."""
@@ -93,8 +90,6 @@ class ResultSender:
             answers = [await self._send_one(requests[0])]  # the plain call, which every leader knows
         else:
             answers = await self._send_batch(requests)
-        self.calls += 1
-        self.results += len(batch)
         for (_, future), answer in zip(batch, answers, strict=True):
             if future.done():
                 continue  # its caller was cancelled
