@@ -31,7 +31,7 @@ test: install lint
 demo: install            ## decompose examples/webshop.yaml with 3 runners (the embedded model if no endpoint is set)
 	scripts/demo.sh
 
-# BENCH_ARGS=--quick for a sanity run (~6 min); the full run takes ~45 min on 2 cores.
+# BENCH_ARGS=--quick for a sanity run (~6 min); the full run takes ~20 min on 2 cores.
 bench: .venv/.bench-installed   ## benchmarks: table on stdout, bench/results.json, docs/performance.png
 	@command -v redis-server >/dev/null || apt-get install -y -q redis-server \
 		|| echo "no redis-server: the Celery comparison will be skipped"
