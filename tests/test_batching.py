@@ -239,3 +239,24 @@ def test_a_batch_is_closed_at_its_byte_limit() -> None:
     assert all(isinstance(a, task_service_pb2.SubmitResultResponse) for a in answers)
     # One alone, then five of ~1/3 of the limit each: two batches of two, then the last one alone.
     assert leader.calls == [("SubmitResult", 1), ("SubmitResults", 2), ("SubmitResults", 2), ("SubmitResult", 1)]
+
+
+def test_the_same_task_twice_in_one_call(start_leader: Callable[..., tuple[Proc, str]], stubs: Callable) -> None:
+    """A result sent twice in one call is accepted once and then answered as a duplicate; a
+    different result under the same lease in that call is FAILED_PRECONDITION, as it would be alone."""
+    _, leader = start_leader()
+    tasks_stub, projects = stubs(leader)
+    project_id = flat_project(projects, 1)
+    stream = tasks_stub.PullTask(task_service_pb2.PullTaskRequest(runner_id="twice", max_in_flight=1, max_batch=8))
+    assignment = next(stream).assignment
+    other = task_service_pb2.SubmitResultRequest(
+        task_id=assignment.lease.task_id, lease_token=assignment.lease.token, stop_reason="atomic"
+    )
+    answer = tasks_stub.SubmitResults(
+        task_service_pb2.SubmitResultsRequest(results=[result(assignment), result(assignment), other]), timeout=5
+    )
+    stream.cancel()
+    assert [o.status_code for o in answer.outcomes] == [0, 0, grpc.StatusCode.FAILED_PRECONDITION.value[0]]
+    assert [o.response.duplicate for o in answer.outcomes[:2]] == [False, True]
+    done = projects.GetProject(project_service_pb2.GetProjectRequest(project_id=project_id), timeout=5).project
+    assert (done.state, done.total, done.done) == (project_pb2.PROJECT_STATE_DONE, 3, 3)
