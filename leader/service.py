@@ -66,9 +66,7 @@ async def _abort(context: Context, exc: Exception) -> NoReturn:
 async def _guard(context: Context, call: Callable[[], T]) -> T:
     try:
         return call()
-    except (LeaseError, BadRequest, ProjectFileError, KeyError) as exc:
-        await _abort(context, exc)
-    except Exception as exc:
+    except Exception as exc:  # _status gives each kind its code; the unexpected ones INTERNAL
         await _abort(context, exc)
 
 
