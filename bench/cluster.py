@@ -155,7 +155,7 @@ class Cluster:
         self.leader.count('"runner connected"')
         self.services.append(self.leader)
         self.address = self.leader.address()
-        self.metrics_address = wait_for(self._metrics_line, 30, "the leader's metrics line")
+        self.metrics_address = self.leader.metrics_address()
         self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self.projects = project_service_pb2_grpc.ProjectServiceStub(self._channel)
         for concurrency in self.runner_concurrency:
@@ -222,13 +222,6 @@ class Cluster:
     def leader_memory(self) -> dict[str, int]:
         assert self.leader is not None
         return memory(self.leader.pid)
-
-    def _metrics_line(self) -> str | None:
-        assert self.leader is not None
-        for line in self.leader.stderr_lines:
-            if line.startswith("metrics "):
-                return line.split()[1]
-        return None
 
     def wire_counters(self) -> dict[str, float]:
         """The leader's counters of leases and results against the messages, calls and

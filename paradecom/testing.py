@@ -138,16 +138,24 @@ class Proc:
             raise self.error(f"{self.args[0]} exited {self.popen.returncode}:\n{self.stderr}")
 
     def address(self, timeout: float | None = None) -> str:
-        """HOST:PORT from the process's `listening HOST:PORT` line."""
+        """HOST:PORT from the process's `listening HOST:PORT` line (stdout)."""
+        return self._announced("listening", "stdout", f"{self.name} to listen", timeout)
+
+    def metrics_address(self, timeout: float | None = None) -> str:
+        """HOST:PORT from the `metrics HOST:PORT` line a process started with `--metrics-listen`
+        prints on stderr once its /metrics endpoint is bound."""
+        return self._announced("metrics", "stderr", f"{self.name}'s metrics line", timeout)
+
+    def _announced(self, word: str, stream: str, what: str, timeout: float | None) -> str:
+        """The HOST:PORT of the first `WORD HOST:PORT` line on `stream`, waited for."""
 
         def find() -> str | None:
-            for line in self.stdout_lines:
-                if line.startswith("listening "):
+            for line in self.stdout_lines if stream == "stdout" else self.stderr_lines:
+                if line.startswith(f"{word} "):
                     return line.split()[1]
             self.check_alive()
             return None
 
-        what = f"{self.name} to listen"
         return wait_for(find, timeout or self.listen_timeout, what=what, error=self.error)
 
     def signal(self, sig: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from helpers import Proc, wait_for
-from test_metrics import metrics_address, scrape, submit, value
+from test_metrics import scrape, submit, value
 
 from paradecom import limits
 from paradecom.runner.results import ResultSender, refusal
@@ -125,7 +125,7 @@ def test_runners_batch_end_to_end(
     transactions than results; every task is leased and accepted exactly once."""
     base_url = fake_llm("--latency", "0.3")
     leader_proc, leader = start_leader("--metrics-listen", "127.0.0.1:0")
-    metrics = metrics_address(leader_proc)
+    metrics = leader_proc.metrics_address()
     project_id = submit(leader, tmp_path, max_depth=1, tasks=[{"title": f"Build part {i}"} for i in range(128)])
     for _ in range(2):
         start_runner(leader, base_url, "--concurrency", "32")

@@ -517,7 +517,7 @@ def test_compose_commands_decompose_a_project_outside_containers(
     assert probe.returncode == 0, probe.stderr
 
     # What Prometheus scrapes (docker/compose.metrics.yaml): the leader's metrics saw the result.
-    metrics = next(line.split()[1] for line in leader.stderr_lines if line.startswith("metrics "))
+    metrics = leader.metrics_address()
     with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert "paradecom_results_accepted_total 1.0" in text, text

@@ -21,20 +21,6 @@ PARADECOM = [sys.executable, "-m", "paradecom.cli"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def metrics_address(p: Proc) -> str:
-    """HOST:PORT from the `metrics HOST:PORT` line the process prints on stderr once bound."""
-
-    def find() -> str | None:
-        for line in p.stderr_lines:
-            if line.startswith("metrics "):
-                return line.split()[1]
-        if p.popen.poll() is not None:
-            raise AssertionError(f"exited {p.popen.returncode}:\n{p.stderr}")
-        return None
-
-    return wait_for(find, what="the metrics line")
-
-
 def scrape(address: str) -> Samples:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
@@ -70,7 +56,7 @@ def test_counts_move_with_a_run(
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--latency", "1.2")
     leader_proc, leader = start_leader("--max-depth", "2", "--lease-timeout", "3", "--metrics-listen", "127.0.0.1:0")
     assert not any(line.startswith("metrics") for line in leader_proc.stdout_lines), "stdout stays `listening` only"
-    m = metrics_address(leader_proc)
+    m = leader_proc.metrics_address()
     assert m.startswith("127.0.0.1:") and not m.endswith(":0")
 
     project_id = submit(leader, tmp_path)
@@ -83,7 +69,7 @@ def test_counts_move_with_a_run(
     runners = [
         start_runner(leader, base_url, "--concurrency", "2", "--metrics-listen", "127.0.0.1:0") for _ in range(2)
     ]
-    runner_metrics = [metrics_address(r) for r in runners]
+    runner_metrics = [r.metrics_address() for r in runners]
 
     def leased_with_both_connected() -> Samples | None:
         s = scrape(m)
@@ -136,12 +122,12 @@ def test_killed_runner_stale_result_and_dead_letter_are_counted(
     dead-lettered (max attempts 2), and its result sent afterwards is refused and counted."""
     base_url = fake_llm("--latency", "60")
     leader_proc, leader = start_leader("--lease-timeout", "2", "--max-attempts", "2", "--metrics-listen", "127.0.0.1:0")
-    m = metrics_address(leader_proc)
+    m = leader_proc.metrics_address()
     tasks_stub, projects = stubs(leader)
     project_id = submit(leader, tmp_path, max_depth=1)
 
     victim = start_runner(leader, base_url, "--concurrency", "1", "--metrics-listen", "127.0.0.1:0")
-    victim_metrics = metrics_address(victim)
+    victim_metrics = victim.metrics_address()
     wait_for(lambda: value(scrape(m), "paradecom_tasks", state="leased") == 1, what="the victim to hold the task")
     wait_for(lambda: value(scrape(victim_metrics), "paradecom_runner_tasks_in_hand") == 1, what="runner in hand")
     assert value(scrape(m), "paradecom_runners_connected") == 1
@@ -242,9 +228,9 @@ def test_rate_limits_and_calls_are_counted_at_both_ends(
     what fake-llm refused, and answered calls + 429s are every request it got."""
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--rate-limit-rate", "0.4", "--seed", "3")
     leader_proc, leader = start_leader("--metrics-listen", "127.0.0.1:0")
-    m = metrics_address(leader_proc)
+    m = leader_proc.metrics_address()
     runner = start_runner(leader, base_url, "--concurrency", "2", "--metrics-listen", "127.0.0.1:0")
-    r = metrics_address(runner)
+    r = runner.metrics_address()
     submit(leader, tmp_path, tasks=[{"title": f"Part {i}"} for i in range(6)], max_depth=1)
     wait_for(lambda: value(scrape(m), "paradecom_projects", state="done") == 1, timeout=90, what="project done")
     with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=5) as resp:
