@@ -4,7 +4,7 @@
 
 It starts fake-llm (latency, a few % malformed answers and 429s), a leader with a short lease
 timeout and enough attempts that chaos alone dead-letters nothing, and `--runners` runner
-processes; submits the DevAI projects (`../shared/datasets/devai/*.json`, max depth 2) with
+processes; submits the DevAI projects (`data/devai/*.json`, max depth 2) with
 `python -m paradecom.cli submit`; then, at seeded random intervals, until `--duration` seconds
 have passed or every project is done:
 
@@ -54,7 +54,7 @@ from paradecom.v1 import project_pb2, project_service_pb2, project_service_pb2_g
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
-DEVAI = ROOT.parent / "shared" / "datasets" / "devai"
+DEVAI = ROOT / "data" / "devai"
 
 FANOUT = 3  # children in every fake-llm answer
 MAX_DEPTH = 2

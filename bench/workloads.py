@@ -29,7 +29,7 @@ from . import profile
 from .cluster import Cluster, check_flat, fake_llm_reset, fake_llm_stats, flat_project, start_fake_llm, walk
 from .procs import ROOT, BenchError, Interference, Service, python_module, wait_for
 
-DEVAI_PROJECT = ROOT.parent / "shared" / "datasets" / "devai" / "01_Image_Classification_ResNet18_Fashion_MNIST_DL.json"
+DEVAI_PROJECT = ROOT / "data" / "devai" / "01_Image_Classification_ResNet18_Fashion_MNIST_DL.json"
 FLAT_FANOUT = 3
 
 Log = Callable[[str], None]

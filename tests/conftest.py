@@ -13,7 +13,7 @@ from helpers import Proc
 from paradecom.v1 import project_service_pb2_grpc, task_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-DEVAI = ROOT.parent / "shared" / "datasets" / "devai"
+DEVAI = ROOT / "data" / "devai"
 
 
 @pytest.fixture

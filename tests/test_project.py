@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,20 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
-def _devai_dir() -> Path | None:
-    # CI clones the repo next to a copy of shared/; a developer's checkout sits in /work/main.
-    candidates = [
-        os.environ.get("PARADECOM_DEVAI_DIR", ""),
-        str(REPO.parent / "shared" / "datasets" / "devai"),
-        "/work/shared/datasets/devai",
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate, "01_Image_Classification_ResNet18_Fashion_MNIST_DL.json").is_file():
-            return Path(candidate)
-    return None
-
-
-DEVAI = _devai_dir()
+# The DevAI instances ship with the repository (data/devai, with their license).
+DEVAI = REPO / "data" / "devai"
 
 
 def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -52,10 +39,8 @@ def _error(path: str | Path) -> str:
     return message
 
 
-@pytest.mark.skipif(DEVAI is None, reason="the DevAI data set (shared/datasets/devai) is not on this machine")
 def test_every_devai_instance_loads() -> None:
     """All 55 DevAI benchmark files load as they are, with the query as description and no hidden criteria."""
-    assert DEVAI is not None
     files = sorted(DEVAI.glob("*.json"))
     assert len(files) == 55
     for path in files:
