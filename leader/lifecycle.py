@@ -95,8 +95,8 @@ class InvalidResult(LeaseError):
 class LeaseConfig:
     """The knobs of the lease rules (the leader's CLI flags)."""
 
-    lease_timeout_s: float = 30.0
-    max_attempts: int = 3
+    lease_timeout_s: float = limits.DEFAULT_LEASE_TIMEOUT_S
+    max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS
     retry_backoff_s: float = 1.0  # first retry's delay; doubles per attempt
     max_retry_backoff_s: float = 30.0
     disconnect_grace_s: float = 5.0  # how long a runner's leases live after its stream drops

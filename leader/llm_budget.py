@@ -21,13 +21,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from paradecom import limits
+
 # What a task's answer may cost beyond its prompt: the runner's default max_tokens.
 COMPLETION_ALLOWANCE_TOKENS = 2_000
 # The system prompt and instructions the runner adds around the task's context.
 PROMPT_OVERHEAD_TOKENS = 600
 CHARS_PER_TOKEN = 4
-MAX_RPM = 1_000_000
-MAX_TPM = 1_000_000_000
+MAX_RPM = limits.MAX_RPM
+MAX_TPM = limits.MAX_TPM
 
 
 def estimate_tokens(context_bytes: int) -> int:

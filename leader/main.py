@@ -33,16 +33,16 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--lease-timeout",
         type=float_range(limits.MIN_LEASE_TIMEOUT_S, limits.MAX_LEASE_TIMEOUT_S),
-        default=30.0,
+        default=limits.DEFAULT_LEASE_TIMEOUT_S,
         metavar="S",
-        help="seconds a lease lives without a heartbeat (default 30)",
+        help=f"seconds a lease lives without a heartbeat (default {limits.DEFAULT_LEASE_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--max-attempts",
         type=int_range(1, limits.MAX_ATTEMPTS_LIMIT),
-        default=3,
+        default=limits.DEFAULT_MAX_ATTEMPTS,
         metavar="N",
-        help="leases granted per task before it is dead-lettered (default 3)",
+        help=f"leases granted per task before it is dead-lettered (default {limits.DEFAULT_MAX_ATTEMPTS})",
     )
     parser.add_argument(
         "--max-depth",

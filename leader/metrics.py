@@ -96,6 +96,18 @@ class _StoreCollector(Collector):
             "paradecom_runner_slots", "Tasks the connected runners can hold at once (sum of max_in_flight).",
             value=sum(s.max_in_flight for s in sessions),
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "paradecom_desired_slots",
+            "Tasks that could usefully be in flight now: min(tasks ready or in flight, what the LLM budget "
+            "allows); see leader/parallelism.py.",
+            value=self.scheduler.desired_slots(),
+        )
+        yield GaugeMetricFamily(
+            "paradecom_desired_runners",
+            "Runners it would take to hold paradecom_desired_slots, at the connected runners' mean "
+            "max_in_flight (8 with none connected): what a runner autoscaler keys on; 0 with nothing to do.",
+            value=self.scheduler.desired_runners(),
+        )
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:

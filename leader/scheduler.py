@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from paradecom.v1 import task_pb2, task_service_pb2
 from .core import DecompositionLeader
 from .lifecycle import LeaseError
 from .llm_budget import LlmBudget, estimate_tokens
+from .parallelism import Parallelism
 
 log = structlog.get_logger("paradecom.leader.scheduler")
 
@@ -73,14 +76,22 @@ def _assignments(message: task_service_pb2.PullTaskResponse | None) -> Sequence[
 class Scheduler:
     """Matches ready tasks with free runner slots."""
 
-    def __init__(self, leader: DecompositionLeader, budget: LlmBudget | None = None) -> None:
+    def __init__(
+        self,
+        leader: DecompositionLeader,
+        budget: LlmBudget | None = None,
+        parallelism: Parallelism | None = None,
+    ) -> None:
         self.leader = leader
         self.budget = budget or LlmBudget()
+        # How many tasks could run at once (leader/parallelism.py); enforced only in a local auto run.
+        self.parallelism = parallelism or Parallelism(leader, self.budget)
         self.sessions: dict[str, RunnerSession] = {}
         self.draining = False
         self._turn = 0
-        # Token estimates of the tasks in flight, to correct the budget when their usage comes back.
-        self._estimates: dict[str, int] = {}
+        # Token estimates of the tasks in flight, to correct the budget when their usage comes back,
+        # and when each went out, for the mean task duration the parallelism bound uses.
+        self._estimates: dict[str, tuple[int, float]] = {}
         self._typical_estimate = estimate_tokens(0)
         # Stream messages that carried assignments (fewer than the leases granted when batched).
         self.assignment_messages = 0
@@ -134,8 +145,14 @@ class Scheduler:
         self._turn = (self._turn + 1) % len(sessions)
         handed = 0
         leases = self.leader.lifecycle.leases_by_runner
+        room: int | None = None
+        if self.parallelism.enforce:
+            room = self.parallelism.limit(self._typical_estimate) - sum(leases.values())
+        now = time.monotonic()
         for session in sessions[self._turn :] + sessions[: self._turn]:
             free = session.max_in_flight - leases.get(session.runner_id, 0)
+            if room is not None:
+                free = min(free, room - handed)
             if free <= 0:
                 continue
             allowed = self.budget.admit(free, sum(leases.values()), self._typical_estimate)
@@ -147,7 +164,7 @@ class Scheduler:
                 size = assignment.ByteSize()
                 sizes.append(size)
                 estimate = estimate_tokens(size)
-                self._estimates[assignment.lease.task_id] = estimate
+                self._estimates[assignment.lease.task_id] = (estimate, now)
                 self._typical_estimate = estimate
                 self.budget.spend(1, estimate)
             for message in _messages(assignments, sizes, session.max_batch):
@@ -160,11 +177,22 @@ class Scheduler:
 
     def settled(self, task_id: str, usage: task_pb2.Usage, *, ok: bool) -> None:
         """A task's result or failure came back: correct the budget's estimates with its usage."""
-        estimate = self._estimates.pop(task_id, self._typical_estimate)
+        estimate, sent_at = self._estimates.pop(task_id, (self._typical_estimate, math.nan))
+        self.parallelism.observe_task(time.monotonic() - sent_at)
         if usage.calls or usage.prompt_tokens or usage.completion_tokens:
             self.budget.spend(usage.calls - 1, usage.prompt_tokens + usage.completion_tokens - estimate)
         if ok and not usage.rate_limited:
             self.budget.on_success(sum(s.max_in_flight for s in self.sessions.values()))
+
+    def desired_runners(self) -> int:
+        """Runners like the connected ones (by their mean slots) it takes to run what could run now."""
+        sessions = list(self.sessions.values())
+        per_runner = sum(s.max_in_flight for s in sessions) / len(sessions) if sessions else None
+        return self.parallelism.desired_runners(self._typical_estimate, per_runner)
+
+    def desired_slots(self) -> int:
+        """Tasks that could usefully be in flight now (leader/parallelism.py)."""
+        return self.parallelism.desired(self._typical_estimate)
 
     def rate_limited(self, usage: task_pb2.Usage) -> None:
         """A runner met 429s (reported with a heartbeat): slow every runner down."""

@@ -32,6 +32,7 @@ from .decode_guard import DecodeErrorInterceptor
 from .lease_clock import LeaseClock
 from .lifecycle import LeaseConfig
 from .llm_budget import LlmBudget
+from .parallelism import MachineProbe, Parallelism
 from .scheduler import Scheduler
 from .service import AdminService, ProjectService, TaskService
 from .store import SqliteStore
@@ -62,6 +63,11 @@ class LeaderSettings:
     llm_tpm: int = 0
     security: Security = field(default_factory=Security)
     metrics_listen: str = ""  # HOST:PORT for Prometheus' /metrics; "" serves none
+    # A local auto run (`paradecom run --runners auto`): dispatch is held to leader/parallelism.py's
+    # limit, with the endpoint's known slots and the caller's cap among its bounds.
+    enforce_parallelism: bool = False
+    endpoint_slots: int | None = None
+    parallelism_cap: int | None = None
 
 
 class LeaderServer:
@@ -74,7 +80,16 @@ class LeaderServer:
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the store {settings.db}: {exc}") from None
         self.leader = DecompositionLeader(self.store, settings.lease, default_max_depth=settings.max_depth)
-        self.scheduler = Scheduler(self.leader, LlmBudget(settings.llm_rpm, settings.llm_tpm))
+        budget = LlmBudget(settings.llm_rpm, settings.llm_tpm)
+        parallelism = Parallelism(
+            self.leader,
+            budget,
+            enforce=settings.enforce_parallelism,
+            machine=MachineProbe() if settings.enforce_parallelism else None,
+            endpoint_slots=settings.endpoint_slots,
+            cap=settings.parallelism_cap,
+        )
+        self.scheduler = Scheduler(self.leader, budget, parallelism)
         self.clock = LeaseClock(self.leader)
         self.metrics: LeaderMetrics | None = None
         self.metrics_server: MetricsServer | None = None
@@ -136,15 +151,15 @@ class LeaderServer:
         )  # fmt: skip
         return address
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Drain: NOT_SERVING for probes, runners told to stop taking work, in-flight calls given
-        STOP_GRACE_S to finish (their writes are committed before they answer), then close."""
+        `grace_s` to finish (their writes are committed before they answer), then close."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.scheduler.drain("leader shutting down")
         for session in list(self.scheduler.sessions.values()):
             session.outbox.put_nowait(None)
-        await self.server.stop(STOP_GRACE_S)
+        await self.server.stop(grace_s)
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -1,4 +1,11 @@
-"""The Python entry point: `parallel_decompose_project(project, runners=N) -> TaskTree`."""
+"""The Python entry points: `parallel_decompose_project(project, ...) -> TaskTree`, and
+`parallel_decompose_project_async` for code already inside an event loop.
+
+`decompose` is the one place where `paradecom run`, `paradecom eval` and both functions choose
+how a project is decomposed: on a remote leader, or here on the configured endpoint (checked
+first), else on the embedded model; sequentially, with runners in this process, or with runner
+processes.
+"""
 
 from __future__ import annotations
 
@@ -8,102 +15,239 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from paradecom import limits
-from paradecom.local_cluster import RunOptions, run_cluster
+from paradecom.concurrency import ConcurrencyMeter
+from paradecom.errors import ParaDecomError, PartialTreeError
 from paradecom.project import ProjectDefinition, load_project
-from paradecom.tree import TaskTree
+from paradecom.run_settings import AUTO, Runners, RunSettings
+from paradecom.security import Security
 
 if TYPE_CHECKING:
+    from paradecom.runner.decompose import DecompositionSettings
+    from paradecom.tree import TaskTree
     from paradecom.v1 import project_pb2
+
+ProgressCallback = Callable[["project_pb2.ProjectSummary"], None]
 
 
 def parallel_decompose_project(
     project: ProjectDefinition | str | Path,
-    runners: int = limits.DEFAULT_RUNNERS,
+    runners: Runners = AUTO,
     *,
+    leader: str | None = None,
     concurrency: int | None = None,
     model: str | None = None,
     cache: bool = True,
+    llm_rpm: int = 0,
+    llm_tpm: int = 0,
+    max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS,
+    lease_timeout: float = limits.DEFAULT_LEASE_TIMEOUT_S,
+    on_progress: ProgressCallback | None = None,
+    allow_partial: bool = False,
+    runner_processes: bool = False,
+    security: Security | None = None,
 ) -> TaskTree:
     """Decompose `project` (a definition, or the path of a project file) into a task tree.
 
-    `runners` runner processes, each with `concurrency` LLM calls in flight, work for a local
-    leader; `runners=0` runs the sequential fallback in this process. `cache=False` asks the LLM
-    even for decompositions already made. The LLM endpoint comes from
-    OPENAI_BASE_URL / OPENAI_API_KEY, as for the CLI; with neither set, the embedded model (the
-    `local` extra) is started for the call, `concurrency` then defaulting to 1 instead of 8, and
-    this process's environment points at it until the call returns. Raises ParaDecomError
-    subclasses with a one-line message on bad input, a missing endpoint or a failed run.
+    `runners`: "auto" (as many decompositions at once as the work, the LLM budget and the machine
+    allow), a number of runners (each with `concurrency` LLM calls in flight, default 8), or 0 for
+    the sequential fallback. They run in this process unless `runner_processes`. `leader`
+    ("host:port") submits to a running leader instead, whose runners do the work (`security` holds
+    its token and TLS settings). `llm_rpm`/`llm_tpm` bound the LLM requests and tokens per minute;
+    `max_attempts` and `lease_timeout` are the lease rules. `on_progress` gets every progress
+    summary. The endpoint comes from OPENAI_BASE_URL / OPENAI_API_KEY and is checked before
+    anything starts; with neither set, the embedded model (the `local` extra) is started for the call.
+
+    Raises ValueError for a bad argument, ParaDecomError subclasses with a one-line message for a
+    bad project, an endpoint that cannot work (EndpointError) or a failed run, and PartialTreeError
+    (its `tree` holds what was done) when tasks are dead, unless `allow_partial`. Inside a running
+    event loop, use `await parallel_decompose_project_async(...)`.
     """
-    if isinstance(runners, bool) or not isinstance(runners, int) or not 0 <= runners <= limits.MAX_RUNNERS:
-        raise ValueError(f"runners must be a whole number from 0 to {limits.MAX_RUNNERS}, not {runners!r}")
-    if concurrency is not None and (
-        isinstance(concurrency, bool)
-        or not isinstance(concurrency, int)
-        or not 1 <= concurrency <= limits.MAX_CONCURRENCY
-    ):
-        raise ValueError(f"concurrency must be a whole number from 1 to {limits.MAX_CONCURRENCY}, not {concurrency!r}")
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "parallel_decompose_project() cannot run inside a running event loop: "
+            "use `await parallel_decompose_project_async(...)`"
+        )
+    return asyncio.run(
+        parallel_decompose_project_async(
+            project, runners, leader=leader, concurrency=concurrency, model=model, cache=cache,
+            llm_rpm=llm_rpm, llm_tpm=llm_tpm, max_attempts=max_attempts, lease_timeout=lease_timeout,
+            on_progress=on_progress, allow_partial=allow_partial, runner_processes=runner_processes,
+            security=security,
+        )
+    )  # fmt: skip
+
+
+async def parallel_decompose_project_async(
+    project: ProjectDefinition | str | Path,
+    runners: Runners = AUTO,
+    *,
+    leader: str | None = None,
+    concurrency: int | None = None,
+    model: str | None = None,
+    cache: bool = True,
+    llm_rpm: int = 0,
+    llm_tpm: int = 0,
+    max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS,
+    lease_timeout: float = limits.DEFAULT_LEASE_TIMEOUT_S,
+    on_progress: ProgressCallback | None = None,
+    allow_partial: bool = False,
+    runner_processes: bool = False,
+    security: Security | None = None,
+) -> TaskTree:
+    """`parallel_decompose_project`, awaitable inside a running event loop. Cancelled, it stops
+    everything it started and raises RunInterrupted (a CancelledError) carrying the tree so far."""
+    settings = RunSettings(
+        runners=runners, concurrency=concurrency, leader=leader, model=model, cache=cache, llm_rpm=llm_rpm,
+        llm_tpm=llm_tpm, lease_timeout=lease_timeout, max_attempts=max_attempts, allow_partial=allow_partial,
+        runner_processes=runner_processes, security=security,
+    )  # fmt: skip
     definition = project if isinstance(project, ProjectDefinition) else load_project(project)
     definition.validate(source="project")
-    return asyncio.run(decompose(definition, runners, concurrency=concurrency, model=model, cache=cache))
+    return await decompose(definition, settings, on_progress=on_progress)
 
 
 async def decompose(
     definition: ProjectDefinition,
-    runners: int,
+    settings: RunSettings,
     *,
-    concurrency: int | None = None,
-    model: str | None = None,
-    cache: bool = True,
-    on_progress: Callable[[project_pb2.ProjectSummary], None] | None = None,
+    on_progress: ProgressCallback | None = None,
     on_embedded: Callable[[str], None] | None = None,
 ) -> TaskTree:
-    """Decompose a validated `definition` on the configured endpoint, else on the embedded model.
+    """Decompose a validated `definition` as `settings` say; the tree, with a `run` section saying
+    how many decompositions ran at once. Raises PartialTreeError when the tree misses branches (dead
+    tasks, a cancelled or failed project) unless `settings.allow_partial`.
 
-    The one place `paradecom run`, `paradecom eval` and `parallel_decompose_project` choose the
-    endpoint, so they cannot drift apart. Without an endpoint, `on_embedded` gets the embedded
-    model's name after the check that it is installed (so a missing model is reported first) and
-    before it is started: the callers' notices differ in wording, not in when they appear.
-    `runners=0` runs the sequential fallback in this process, else a local cluster.
+    Without an endpoint, `on_embedded` gets the embedded model's name after the check that it is
+    installed (so a missing model is reported first) and before it is started.
     """
-    from paradecom.runner.llm import endpoint_configured
+    meter = ConcurrencyMeter()
+
+    def progress(summary: project_pb2.ProjectSummary) -> None:
+        meter(summary)
+        if on_progress is not None:
+            on_progress(summary)
+
+    if settings.leader:
+        tree = await _on_leader(definition, settings.leader, settings.security, progress)
+        mode = "remote"
+    else:
+        tree = await _here(definition, settings, progress, on_embedded)
+        mode = "sequential" if settings.sequential else ("processes" if settings.runner_processes else "in-process")
+    tree.project["run"] = meter.report(settings.runners if not settings.leader else "leader", mode)
+    problem = incomplete(tree)
+    if problem and not settings.allow_partial:
+        raise PartialTreeError(problem, tree)
+    return tree
+
+
+def incomplete(tree: TaskTree) -> str:
+    """Why `tree` is not a whole decomposition ("" when it is): dead tasks, or a project that ended
+    cancelled or failed."""
+    state = tree.project.get("state")
+    if state != "done":
+        error = tree.project.get("error") or ""
+        return f"project ended {state}" + (f": {error}" if error else "")
+    dead = [t for t in tree.iter_tasks() if t.status == "dead"]
+    if not dead:
+        return ""
+    first = dead[0]
+    more = f" (and {len(dead) - 1} more)" if len(dead) > 1 else ""
+    reason = " ".join((first.last_error or "no error recorded").split())
+    return f"{len(dead)} task(s) dead, so their branches are missing: task {first.id} {first.title!r}: {reason}{more}"
+
+
+async def _here(
+    definition: ProjectDefinition,
+    settings: RunSettings,
+    progress: ProgressCallback,
+    on_embedded: Callable[[str], None] | None,
+) -> TaskTree:
+    from paradecom.runner.llm import check_endpoint, endpoint_configured
 
     if endpoint_configured():
-        return await _on_endpoint(
-            definition, runners, concurrency or limits.DEFAULT_CONCURRENCY, model, cache, None, on_progress
-        )
+        decomposition = _decomposition_settings(settings)
+        await check_endpoint(decomposition.model)
+        return await _decompose_here(definition, settings, decomposition, None, limits.DEFAULT_CONCURRENCY, progress)
     from paradecom import local_llm
 
     gguf = local_llm.check_embedded_available()
     if on_embedded is not None:
         on_embedded(local_llm.MODEL_NAME)
     async with local_llm.embedded_environment(gguf):
-        concurrency = concurrency or local_llm.EMBEDDED_CONCURRENCY
-        return await _on_endpoint(
-            definition, runners, concurrency, model, cache, local_llm.EMBEDDED_RUNNER_SETTINGS, on_progress
+        return await _decompose_here(
+            definition,
+            settings,
+            _decomposition_settings(settings),
+            local_llm.server_count(),
+            local_llm.EMBEDDED_CONCURRENCY,
+            progress,
         )
 
 
-async def _on_endpoint(
+def _decomposition_settings(settings: RunSettings) -> DecompositionSettings:
+    from paradecom.errors import ConfigError
+    from paradecom.runner.decompose import DecompositionSettings
+
+    try:
+        return DecompositionSettings.from_environment(settings.model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def _decompose_here(
     definition: ProjectDefinition,
-    runners: int,
-    concurrency: int,
-    model: str | None,
-    cache: bool,
-    runner_settings: dict[str, int] | None,
-    on_progress: Callable[[project_pb2.ProjectSummary], None] | None,
+    settings: RunSettings,
+    decomposition: DecompositionSettings,
+    endpoint_slots: int | None,
+    default_concurrency: int,
+    progress: ProgressCallback,
 ) -> TaskTree:
-    if runners == 0:
+    if settings.sequential:
         from paradecom.runner.cache import DecompositionCache
-        from paradecom.runner.loop import DecompositionRunner
+        from paradecom.runner.decompose import Decomposer
         from paradecom.sequential import decompose_sequentially
 
-        runner = DecompositionRunner(
-            "",
-            concurrency=1,
-            model=model,
-            cache=DecompositionCache() if cache else None,
-            **(runner_settings or {}),
-        )
-        return await decompose_sequentially(definition, runner, on_progress=on_progress)
-    options = RunOptions(runners=runners, concurrency=concurrency, model=model, cache=cache)
-    return await run_cluster(definition, options, on_progress=on_progress)
+        decomposer = Decomposer(decomposition, cache=DecompositionCache() if settings.cache else None)
+        try:
+            return await decompose_sequentially(
+                definition, decomposer, max_attempts=settings.max_attempts, on_progress=progress
+            )
+        finally:
+            await decomposer.close()
+    from paradecom.local_run import run_locally
+
+    return await run_locally(
+        definition,
+        settings,
+        decomposition,
+        endpoint_slots=endpoint_slots,
+        default_concurrency=default_concurrency,
+        on_progress=progress,
+    )
+
+
+async def _on_leader(
+    definition: ProjectDefinition, address: str, security: Security | None, progress: ProgressCallback
+) -> TaskTree:
+    """Submit to the leader at `address` and follow the project to its end. Cancelled, the project
+    goes on at the leader (`paradecom watch` follows it); RunInterrupted carries the tree so far."""
+    from paradecom.client import LeaderClient
+    from paradecom.errors import RunInterrupted
+    from paradecom.tree import TaskTree
+
+    async with LeaderClient(address, security) as client:
+        project_id = await client.submit(definition)
+        try:
+            await client.wait(project_id, progress)
+        except asyncio.CancelledError:
+            try:
+                async with asyncio.timeout(1.0):
+                    partial = TaskTree.from_proto(await client.tree(project_id))
+            except (TimeoutError, ParaDecomError):
+                raise RunInterrupted(None) from None
+            raise RunInterrupted(partial) from None
+        return TaskTree.from_proto(await client.tree(project_id))

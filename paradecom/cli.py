@@ -16,13 +16,15 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from paradecom import limits
-from paradecom.cliargs import Parser, add_logging_flags, address, fail, int_range
+from paradecom.cliargs import Parser, add_logging_flags, address, fail, float_range, int_range, runners_flag
 from paradecom.errors import (
     ConfigError,
     LeaderRefusedError,
     LeaderUnavailableError,
     ParaDecomError,
+    PartialTreeError,
     ProjectFileError,
+    RunInterrupted,
 )
 from paradecom.logs import configure_logging
 from paradecom.security import Security, security_from_args
@@ -30,6 +32,7 @@ from paradecom.v1 import project_pb2
 
 if TYPE_CHECKING:
     from paradecom.progress import ProgressReporter
+    from paradecom.run_settings import RunSettings
 
 PROG = "paradecom"
 FORMATS = ("json", "markdown", "mermaid", "csv")
@@ -56,7 +59,14 @@ def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def build_parser() -> Parser:
+# Commands whose options come from a module of their own (fake-llm and eval import aiohttp): built in
+# full only when they are the command given, so `paradecom run` does not pay for importing them.
+_TOOL_COMMANDS = ("fake-llm", "local-llm", "eval")
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The CLI's parser; the options of a tool command (_TOOL_COMMANDS) are added when `command`
+    names it (None: all of them)."""
     parser = Parser(prog=PROG, description="ParaDecom: decompose software projects into task trees with LLMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
 
@@ -75,25 +85,63 @@ def build_parser() -> Parser:
     p.add_argument("--wait", action="store_true", help="wait for the project to end first")
     _add_format(p)
 
-    p = sub.add_parser("run", help="decompose a project on this machine: a leader and N runners")
+    p = sub.add_parser("run", help="decompose a project on this machine (or on a leader, with --leader)")
     p.add_argument("file", help="project file (YAML or JSON; - for stdin)")
     p.add_argument(
         "--runners",
-        type=int_range(0, limits.MAX_RUNNERS),
-        default=limits.DEFAULT_RUNNERS,
-        metavar="N",
-        help=f"runner processes, 0 to {limits.MAX_RUNNERS} (default {limits.DEFAULT_RUNNERS}); "
-        "0 runs the sequential fallback in one process",
+        type=runners_flag,
+        default=None,
+        metavar="auto|N",
+        help="auto (the default): as many decompositions at once as the project's ready tasks, the LLM "
+        f"budget and the machine allow; N, 1 to {limits.MAX_RUNNERS}: that many runners, each with "
+        "--concurrency calls in flight; 0: the sequential fallback, one task at a time",
     )
     p.add_argument(
         "--concurrency",
         type=int_range(1, limits.MAX_CONCURRENCY),
         default=None,
         metavar="N",
-        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model)",
+        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model); "
+        "with --runners auto, the most in flight in all",
+    )
+    p.add_argument(
+        "--runner-processes",
+        action="store_true",
+        help="run each runner as a process of its own (CPU isolation); default: in this process",
     )
     p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
     p.add_argument("--no-cache", action="store_true", help="always ask the LLM, never the decomposition cache")
+    p.add_argument(
+        "--llm-rpm", type=int_range(0, limits.MAX_RPM), default=0, metavar="N",
+        help="LLM requests per minute over all runners (default 0: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--llm-tpm", type=int_range(0, limits.MAX_TPM), default=0, metavar="N",
+        help="LLM tokens per minute over all runners (default 0: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-attempts", type=int_range(1, limits.MAX_ATTEMPTS_LIMIT), default=limits.DEFAULT_MAX_ATTEMPTS,
+        metavar="N", help=f"leases per task before it is dead (default {limits.DEFAULT_MAX_ATTEMPTS})",
+    )  # fmt: skip
+    p.add_argument(
+        "--lease-timeout", type=float_range(limits.MIN_LEASE_TIMEOUT_S, limits.MAX_LEASE_TIMEOUT_S),
+        default=limits.DEFAULT_LEASE_TIMEOUT_S, metavar="S",
+        help=f"seconds a lease lives without a heartbeat (default {limits.DEFAULT_LEASE_TIMEOUT_S:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="exit 0 with the tree even when tasks are dead (default: the tree, the reason on stderr, exit 1)",
+    )
+    p.add_argument(
+        "--leader",
+        type=address,
+        default=None,
+        help="submit to the leader at HOST:PORT and follow it there, instead of running one here",
+    )
+    from paradecom.security import add_security_flags
+
+    add_security_flags(p, server=False)
     _add_format(p)
     _add_json(p, "progress on stderr")
 
@@ -126,22 +174,28 @@ def build_parser() -> Parser:
     )
 
     p = sub.add_parser("fake-llm", help="serve the fake OpenAI-compatible LLM (tests, demos, load)")
-    from paradecom import fakellm
+    if command in (None, "fake-llm"):
+        from paradecom import fakellm
 
-    fakellm.add_arguments(p)
+        fakellm.add_arguments(p)
 
     p = sub.add_parser("local-llm", help="serve the embedded model (SmolLM2-135M) for runners on other machines")
-    from paradecom import local_llm
+    if command in (None, "local-llm"):
+        from paradecom import local_llm
 
-    local_llm.add_arguments(p)
+        local_llm.add_arguments(p)
 
     p = sub.add_parser("eval", help="decompose DevAI instances and score the trees against their requirements")
-    from paradecom import evaluate
+    if command in (None, "eval"):
+        from paradecom import evaluate
 
-    evaluate.add_arguments(p)
+        evaluate.add_arguments(p)
 
-    for name in ("submit", "watch", "result", "run", "status", "budget"):
+    for name in ("submit", "watch", "result", "status", "budget"):
         add_logging_flags(sub.choices[name])
+    # `run` keeps the leader and runners in its own process: their info lines would bury the
+    # progress display, so it logs warnings and worse unless asked for more.
+    add_logging_flags(sub.choices["run"], default_level="warning")
     return parser  # fmt: skip
 
 
@@ -208,37 +262,68 @@ async def _result(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_settings(args: argparse.Namespace) -> RunSettings:
+    """The flags of `paradecom run` as RunSettings; a combination that makes no sense is ConfigError."""
+    from paradecom.run_settings import AUTO, RunSettings, SettingError
+
+    if args.leader is None and (args.auth_token_file or args.tls_ca or args.tls_cert or args.tls_key):
+        raise ConfigError("--auth-token-file and --tls-* are for reaching a leader: use them with --leader")
+    try:
+        return RunSettings(
+            runners=AUTO if args.runners is None else args.runners,
+            concurrency=args.concurrency,
+            leader=args.leader,
+            model=args.model,
+            cache=not args.no_cache,
+            llm_rpm=args.llm_rpm,
+            llm_tpm=args.llm_tpm,
+            lease_timeout=args.lease_timeout,
+            max_attempts=args.max_attempts,
+            allow_partial=args.allow_partial,
+            runner_processes=args.runner_processes,
+            security=_security(args) if args.leader else None,
+        )
+    except SettingError as exc:
+        # The settings name themselves as in Python (llm_rpm); the user typed flags (--llm-rpm).
+        raise ConfigError(exc.message(lambda name: "--" + name.replace("_", "-"))) from None
+
+
 async def _run(args: argparse.Namespace) -> int:
-    # SIGTERM cancels the run like Ctrl-C does, so the leader, the runners and the embedded model
-    # this command started are stopped on the way out instead of being left behind.
+    # SIGTERM and Ctrl-C cancel the run; everything it started (runners, leader, the embedded
+    # model) is stopped on the way out, and what was finished is printed.
     run_task = asyncio.current_task()
     assert run_task is not None
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, run_task.cancel)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, run_task.cancel)
     try:
         return await _run_project(args)
+    except RunInterrupted as exc:
+        if exc.tree is not None:
+            print(exc.tree.render(args.format))  # type: ignore[attr-defined]
+        print(f"{PROG}: stopped; printed what was finished", file=sys.stderr)
+        return 130
     except asyncio.CancelledError:
         print(f"{PROG}: stopped", file=sys.stderr)
-        return 143
+        return 130
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def _run_project(args: argparse.Namespace) -> int:
     from paradecom.api import decompose
     from paradecom.project import load_project
 
+    settings = _run_settings(args)
     project = load_project(args.file)
-    with _progress(args, sys.stderr) as show:
-        tree = await decompose(
-            project,
-            args.runners,
-            concurrency=args.concurrency,
-            model=args.model,
-            cache=not args.no_cache,
-            on_progress=show,
-            on_embedded=_embedded_notice,
-        )
+    try:
+        with _progress(args, sys.stderr) as show:
+            tree = await decompose(project, settings, on_progress=show, on_embedded=_embedded_notice)
+    except PartialTreeError as exc:
+        print(exc.tree.render(args.format))  # type: ignore[attr-defined]
+        print(f"{PROG}: error: {exc} (--allow-partial accepts such a tree)", file=sys.stderr)
+        return 1
     print(tree.render(args.format))
     return 0
 
@@ -272,7 +357,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The first word that is not an option is the command (the top-level parser has only --help).
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in _TOOL_COMMANDS else "").parse_args(argv)
     if args.command == "fake-llm":
         from paradecom import fakellm
 
@@ -303,5 +391,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `paradecom` command. After `run`, the process exits at once once its output is flushed:
+    tearing down the interpreter (grpc, openai and pydantic objects) took ~0.3 s, a tenth of a
+    small project's whole run, and everything the run started has been stopped by then."""
+    code = main()
+    if sys.argv[1:2] == ["run"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from paradecom.grpc_options import parse_address
 from paradecom.logs import LOG_FORMATS
+from paradecom.run_settings import Runners, parse_runners
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,6 +53,14 @@ def float_range(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def runners_flag(text: str) -> Runners:
+    """A flag type: `--runners auto|N` (0 to MAX_RUNNERS)."""
+    try:
+        return parse_runners(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def address(text: str) -> str:
     """A flag type: HOST:PORT."""
     try:
@@ -61,12 +70,15 @@ def address(text: str) -> str:
     return text
 
 
-def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+def add_logging_flags(parser: argparse.ArgumentParser, default_level: str = "info") -> None:
     parser.add_argument(
         "--log-format", choices=LOG_FORMATS, default="console",
         help="console: readable lines (default); json: one JSON object per line, for machines",
     )  # fmt: skip
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default=default_level,
+        help=f"the least severe log lines shown (default {default_level})",
+    )  # fmt: skip
 
 
 def fail(prog: str, message: str) -> int:

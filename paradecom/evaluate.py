@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from paradecom import limits
-from paradecom.cliargs import add_logging_flags, fail, float_range, int_range
+from paradecom.cliargs import add_logging_flags, fail, float_range, int_range, runners_flag
 from paradecom.errors import ConfigError, ParaDecomError, ProjectFileError
 
 if TYPE_CHECKING:
@@ -585,18 +585,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="folder of DevAI instance files (*.json)")
     parser.add_argument(
         "--runners",
-        type=int_range(0, limits.MAX_RUNNERS),
+        type=runners_flag,
         default=limits.DEFAULT_RUNNERS,
-        metavar="N",
-        help=f"runner processes per instance, 0 to {limits.MAX_RUNNERS} (default {limits.DEFAULT_RUNNERS}); "
-        "0 runs the sequential fallback",
+        metavar="auto|N",
+        help=f"runners per instance as for `paradecom run`: auto (default), 1 to {limits.MAX_RUNNERS}, or 0 "
+        "for the sequential fallback",
     )
     parser.add_argument(
         "--concurrency",
         type=int_range(1, limits.MAX_CONCURRENCY),
         default=None,
         metavar="N",
-        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model)",
+        help=f"LLM calls in flight per runner (default {limits.DEFAULT_CONCURRENCY}; 1 on the embedded model); "
+        "with --runners auto, the most in flight in all",
     )
     parser.add_argument(
         "--max-depth",
@@ -640,7 +641,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score the trees a run with --save-trees TREEDIR wrote instead of decomposing again "
         "(no LLM; --runners, --max-depth, --model and --cache do not apply)",
     )
-    add_logging_flags(parser)
+    # The leader and runners run in this process: their info lines would bury the progress lines.
+    add_logging_flags(parser, default_level="warning")
 
 
 def _saved_tree_path(directory: str, inst: Instance) -> Path:
@@ -689,6 +691,12 @@ def main_from_args(args: argparse.Namespace) -> int:
         return fail(PROG, str(exc))
     except OSError as exc:
         return fail(PROG, f"{args.save_trees}: cannot create: {exc.strerror or exc}")
+    from paradecom.run_settings import RunSettings
+
+    # Dead tasks are scored (a dead root fails the instance): the tree is taken as it is.
+    run_settings = RunSettings(
+        runners=args.runners, concurrency=args.concurrency, model=args.model, cache=args.cache, allow_partial=True
+    )
     results: list[Result] = []
     interrupted = False
     try:
@@ -706,10 +714,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                     tree = asyncio.run(
                         decompose(
                             inst.definition,
-                            args.runners,
-                            concurrency=args.concurrency,
-                            model=args.model,
-                            cache=args.cache,
+                            run_settings,
                             # Once: the first instance finds a missing model (ConfigError, exit 2
                             # before any result), the notice says so for every instance.
                             on_embedded=_embedded_notice if i == 1 else None,

@@ -30,7 +30,13 @@ The answer's `content` is a JSON object string:
 with --fanout children whose titles start with a verb, are unique among siblings and differ from
 the parent's title, and whose dependencies point only at earlier siblings (so there is no cycle).
 
-Endpoints: POST /v1/chat/completions, GET /v1/models, GET /stats, POST /stats/reset.
+Endpoints: POST /v1/chat/completions, GET /v1/models, GET /stats, POST /stats/reset, and GET
+/requests: the bodies of the last MAX_RECORDED chat requests, oldest first, as they arrived (tests
+compare what different callers send).
+
+`--api-key KEY` refuses a request without `Authorization: Bearer KEY` (401, as OpenAI does);
+`--models A,B` serves only those models (404 `model_not_found` for any other, and /v1/models lists
+just them), as a hosted endpoint does.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ from paradecom.logs import LOG_FORMATS, LogFormat, configure_logging
 
 PROG = "paradecom fake-llm"
 DEFAULT_MODEL = "fake-llm"
+# The model runners ask for unless told otherwise (runner/decompose.py; not imported: it pulls in openai).
+RUNNER_DEFAULT_MODEL = "gpt-4o-mini"
 RPM_WINDOW_S = 60.0
 MAX_LATENCY_S = 3_600.0
 MAX_RPM = 10_000_000
@@ -74,6 +82,8 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 LISTEN_BACKLOG = 4_096
 # In-flight answers of a fake server are not worth waiting for at shutdown.
 SHUTDOWN_TIMEOUT_S = 1.0
+# Chat request bodies kept for GET /requests; older ones are dropped.
+MAX_RECORDED = 1_000
 # --response-format-support: the most demanding response_format kind still accepted.
 RESPONSE_FORMAT_SUPPORT = ("json_schema", "json_object", "none")
 
@@ -113,6 +123,8 @@ class Options:
     rpm: int = 0
     response_format_support: str = "json_schema"
     rpm_window: float = RPM_WINDOW_S
+    api_key: str = ""
+    models: tuple[str, ...] = ()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +224,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default json_schema)",
     )
     parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="refuse requests without `Authorization: Bearer KEY` with 401 (default: no key needed)",
+    )
+    parser.add_argument(
+        "--models",
+        default=None,
+        metavar="A,B",
+        help="serve only these models: any other is answered 404 model_not_found (default: any name)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="console",
@@ -234,6 +258,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         rpm=args.rpm,
         response_format_support=args.response_format_support,
         rpm_window=args.rpm_window,
+        api_key=args.api_key or "",
+        models=tuple(m.strip() for m in (args.models or "").split(",") if m.strip()),
     )
 
 
@@ -385,6 +411,7 @@ class FakeLLM:
         self.stats = Stats()
         self._sequence = 0
         self._window: collections.deque[float] = collections.deque()
+        self.recorded: collections.deque[Any] = collections.deque(maxlen=MAX_RECORDED)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
@@ -392,7 +419,13 @@ class FakeLLM:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.get_stats)
         app.router.add_post("/stats/reset", self.reset_stats)
+        app.router.add_get("/requests", self.get_requests)
         return app
+
+    def _refuse_key(self, request: web.Request) -> web.Response | None:
+        if not self.options.api_key or request.headers.get("Authorization") == f"Bearer {self.options.api_key}":
+            return None
+        return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
 
     def _rpm_retry_after(self) -> float | None:
         """Seconds until the sliding window has room, or None after admitting this request."""
@@ -441,11 +474,16 @@ class FakeLLM:
 
     async def _chat_completions(self, request: web.Request) -> web.Response:
         stats, opts = self.stats, self.options
+        refusal = self._refuse_key(request)
+        if refusal is not None:
+            stats.bad_requests += 1
+            return refusal
         try:
             body = await request.json()
         except ValueError:
             stats.bad_requests += 1
             return _error(400, "request body is not valid JSON", "invalid_request_error")
+        self.recorded.append(body)
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             stats.bad_requests += 1
@@ -457,6 +495,10 @@ class FakeLLM:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             model = DEFAULT_MODEL
+        if opts.models and model not in opts.models:
+            stats.bad_requests += 1
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return _error(404, message, "invalid_request_error", "model_not_found")
         stats.by_model[model] += 1
         refusal = self._refuse_response_format(body.get("response_format"))
         if refusal is not None:
@@ -540,12 +582,19 @@ class FakeLLM:
         )
 
     async def models(self, request: web.Request) -> web.Response:
-        names = sorted({DEFAULT_MODEL, *self.stats.by_model})
+        refusal = self._refuse_key(request)
+        if refusal is not None:
+            return refusal
+        # Without --models it answers for any name: it lists its own, the runners' default and those asked for.
+        names = sorted(self.options.models or {DEFAULT_MODEL, RUNNER_DEFAULT_MODEL, *self.stats.by_model})
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "paradecom"} for n in names]
         return web.json_response({"object": "list", "data": data})
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats.as_json())
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.recorded))
 
     async def reset_stats(self, request: web.Request) -> web.Response:
         """Zero the counters and restart the fault sequence and the rpm window, so a run after a
@@ -553,6 +602,7 @@ class FakeLLM:
         self.stats.reset()
         self._sequence = 0
         self._window.clear()
+        self.recorded.clear()
         return web.json_response(self.stats.as_json())
 
 

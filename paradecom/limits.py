@@ -30,10 +30,12 @@ MAX_ANSWER_CHARS = 1_000_000
 
 # Cluster.
 MAX_RUNNERS = 64  # `paradecom run --runners`
-# LLM calls wait on the network, not the CPU, so one runner keeps a CPU only a little busy; two
-# give a spare while one restarts.
-DEFAULT_RUNNERS = 2
-# Enough parallel calls to hide one call's latency without tripping a hosted endpoint's rate limit.
+# `paradecom run --runners auto`: as many decompositions at once as the work, the LLM budget and the
+# machine allow (leader/parallelism.py), never more than MAX_AUTO_SLOTS.
+DEFAULT_RUNNERS = "auto"
+MAX_AUTO_SLOTS = 256
+# Enough parallel calls per runner to hide one call's latency without tripping a hosted endpoint's
+# rate limit.
 DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 1_024  # tasks in flight per runner (`--concurrency`, PullTask.max_in_flight)
 MAX_RUNNER_ID_CHARS = 200
@@ -45,5 +47,14 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC send/receive, both directions
 MAX_BATCH = 256
 BATCH_BYTES = 4 * 1024 * 1024
 MAX_ATTEMPTS_LIMIT = 100
+# Three leases per task: one failure of a runner or of the LLM is retried twice before the task is
+# dead-lettered.
+DEFAULT_MAX_ATTEMPTS = 3
 MIN_LEASE_TIMEOUT_S = 1.0
 MAX_LEASE_TIMEOUT_S = 3_600.0
+# Long enough for a slow LLM answer between two heartbeats (runners extend every third of it),
+# short enough that a killed runner's tasks go back within a minute.
+DEFAULT_LEASE_TIMEOUT_S = 30.0
+# The global LLM budget (`--llm-rpm`, `--llm-tpm`).
+MAX_RPM = 1_000_000
+MAX_TPM = 1_000_000_000

@@ -77,10 +77,13 @@ EMBEDDED_RUNNER_ENV = {
     "PARADECOM_MAX_SUBTASKS": str(EMBEDDED_MAX_SUBTASKS),
     "PARADECOM_LLM_TIMEOUT": "600",
 }
-# The same, for a runner made in this process (the sequential fallback, `--runners 0`).
-EMBEDDED_RUNNER_SETTINGS = {"max_reasks": EMBEDDED_MAX_REASKS, "max_subtasks": EMBEDDED_MAX_SUBTASKS}
 # LLM calls each runner keeps in flight: the server takes one at a time, more would only queue.
 EMBEDDED_CONCURRENCY = 1
+
+
+def server_count() -> int:
+    """Requests the embedded endpoint answers at once (the bound `--runners auto` keeps to)."""
+    return 1
 
 
 class EmbeddedModelError(ParaDecomError):

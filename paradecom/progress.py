@@ -2,10 +2,11 @@
 
 On a terminal: a live `rich` display (a bar of finished tasks over the tasks known so far, then
 leased, queued and dead counts, the rate, tokens and an ETA). Anywhere else, or with `--json`: one
-JSON object per line, written only when something changed, for scripts and log collectors:
+JSON object per line, written only when something changed, for scripts and log collectors
+(`leased` is the tasks being decomposed at that moment, `peak_leased` the most at once so far):
 
-    {"project_id": "…", "state": "running", "done": 4, "leased": 2, "queued": 3, "dead": 0,
-     "cancelled": 0, "total": 9, "tokens": 1834, "prompt_tokens": 1500, "completion_tokens": 334,
+    {"project_id": "…", "state": "running", "done": 4, "leased": 2, "peak_leased": 3, "queued": 3,
+     "dead": 0, "cancelled": 0, "total": 9, "tokens": 1834, "prompt_tokens": 1500, "completion_tokens": 334,
      "elapsed_s": 3.2, "rate_per_s": 1.25, "eta_s": 4.0, "leases_expired": 0,
      "late_results_refused": 0, "error": ""}
 
@@ -46,6 +47,7 @@ class Snapshot:
     state: str
     done: int
     leased: int
+    peak_leased: int
     queued: int
     dead: int
     cancelled: int
@@ -72,9 +74,11 @@ class _Rate:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.start: tuple[float, int] | None = None
+        self.peak_leased = 0
 
     def snapshot(self, p: project_pb2.ProjectSummary) -> Snapshot:
         now = self.clock()
+        self.peak_leased = max(self.peak_leased, p.leased)
         finished = p.done + p.dead
         if self.start is None:
             self.start = (now, finished)
@@ -86,8 +90,8 @@ class _Rate:
         else:
             eta = remaining / rate if rate > 0 else None
         return Snapshot(
-            project_id=p.project_id, state=_state_name(p.state), done=p.done, leased=p.leased, queued=p.queued,
-            dead=p.dead, cancelled=p.cancelled, total=p.total,
+            project_id=p.project_id, state=_state_name(p.state), done=p.done, leased=p.leased,
+            peak_leased=self.peak_leased, queued=p.queued, dead=p.dead, cancelled=p.cancelled, total=p.total,
             tokens=p.usage.prompt_tokens + p.usage.completion_tokens,
             prompt_tokens=p.usage.prompt_tokens, completion_tokens=p.usage.completion_tokens,
             elapsed_s=round(elapsed, 3), rate_per_s=round(rate, 3), eta_s=None if eta is None else round(eta, 1),
@@ -169,7 +173,8 @@ class ProgressReporter:
             description=f"{snap.project_id} {snap.state}",
             completed=snap.done + snap.dead,
             total=max(snap.total, 1),
-            counts=f"done {snap.done} · leased {snap.leased} · queued {snap.queued} · dead {snap.dead}",
+            counts=f"done {snap.done} · at once {snap.leased} (peak {snap.peak_leased}) · queued {snap.queued} · "
+            f"dead {snap.dead}",
             pace=f"{snap.rate_per_s:.2f} tasks/s · {snap.tokens:,} tokens · {eta}",
         )
         now = self._rate.clock()

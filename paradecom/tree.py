@@ -212,6 +212,14 @@ class TaskTree:
                 f"cache), {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion "
                 "tokens.",
             ]
+        run: Mapping[str, Any] = p.get("run") or {}
+        if run:
+            lines += [
+                "",
+                f"Run: runners {_line(str(run.get('runners', '')))} ({_line(str(run.get('mode', '')))}), at most "
+                f"{run.get('peak_concurrency', 0)} decompositions at once, {run.get('mean_concurrency', 0)} on "
+                f"average, {run.get('wall_s', 0)} s.",
+            ]
         if p.get("error"):
             lines += ["", f"**Failed:** {_line(str(p['error']))}"]
         description = str(p.get("description", "")).strip()

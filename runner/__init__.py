@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 # Imported on first use: `paradecom-runner` imports this package before its `main` can make a
 # SIGTERM harmless, and `.loop` (grpc, openai) is most of a second of that.
-_EXPORTS = {"DecompositionOutcome": "paradecom.runner.loop", "DecompositionRunner": "paradecom.runner.loop"}
+_EXPORTS = {"DecompositionOutcome": "paradecom.runner.decompose", "DecompositionRunner": "paradecom.runner.loop"}
 
 __all__ = ["DecompositionOutcome", "DecompositionRunner"]
 
 if TYPE_CHECKING:
-    from .loop import DecompositionOutcome, DecompositionRunner
+    from .decompose import DecompositionOutcome
+    from .loop import DecompositionRunner
 
 
 def __getattr__(name: str) -> Any:

@@ -33,8 +33,9 @@ import openai
 import structlog
 
 from paradecom import limits
-from paradecom.errors import ConfigError, DecompositionError
+from paradecom.errors import ConfigError, DecompositionError, EndpointError
 
+from .prompt import DEFAULT_MAX_SUBTASKS
 from .schema import decomposition_schema, grammar_schema
 
 log = structlog.get_logger("paradecom.runner.llm")
@@ -72,6 +73,11 @@ STRUCTURED_OUTPUT_MODES = ("auto", "json_schema", "json_object", "prompt")
 AUTO_ORDER = ("json_schema", "json_object", "prompt")
 SCHEMA_NAME = "decomposition"
 NO_ENDPOINT = "no LLM endpoint: set OPENAI_BASE_URL (and OPENAI_API_KEY for hosted endpoints)"
+# The check `paradecom run` makes before it builds anything: long enough for a busy local server to
+# list its models, short enough that an endpoint that cannot work is reported within seconds.
+CHECK_TIMEOUT_S = 5.0
+# A model the endpoint does not list is asked for one token: a slow answer is not a failure.
+CHECK_PROBE_TIMEOUT_S = 20.0
 # Words by which an endpoint's refusal names the response format it cannot take.
 _FORMAT_WORDS = ("response_format", "response format", "json_schema", "json schema", "json_object", "schema")
 # Statuses such a refusal comes with: 400 and 422 usually; llama-cpp-python's server answers a
@@ -190,7 +196,7 @@ def check_endpoint_configured(base_url: str | None = None, api_key: str | None =
         raise ConfigError(NO_ENDPOINT)
 
 
-def _env_setting(name: str, parse: type[int] | type[float], low: float, high: float) -> float | None:
+def env_setting(name: str, parse: type[int] | type[float], low: float, high: float) -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
         return None
@@ -219,8 +225,8 @@ class LLMClient:
     Settings not given come from $PARADECOM_STRUCTURED_OUTPUT, $PARADECOM_MAX_TOKENS,
     $PARADECOM_LLM_TIMEOUT and $PARADECOM_MAX_SUBTASKS when set (how `paradecom run` tunes its
     runners for the embedded model), else the defaults: auto, 2000 tokens, 120 s, and a schema
-    allowing the most subtasks any task may have. `max_subtasks` is the schema's bound on the
-    number of subtasks.
+    allowing the runner's default --max-subtasks (7). `max_subtasks` is the schema's bound on the
+    number of subtasks; runners pass theirs (decompose.DecompositionSettings.llm_client).
     """
 
     def __init__(
@@ -244,19 +250,18 @@ class LLMClient:
         if structured_output is None:
             structured_output = default_structured_output()
         if max_tokens is None:
-            max_tokens = int(_env_setting(ENV_MAX_TOKENS, int, 1, MAX_TOKENS_LIMIT) or DEFAULT_MAX_TOKENS)
+            max_tokens = int(env_setting(ENV_MAX_TOKENS, int, 1, MAX_TOKENS_LIMIT) or DEFAULT_MAX_TOKENS)
         if timeout is None:
-            timeout = _env_setting(ENV_LLM_TIMEOUT, float, 1.0, MAX_TIMEOUT_S) or DEFAULT_TIMEOUT_S
+            timeout = env_setting(ENV_LLM_TIMEOUT, float, 1.0, MAX_TIMEOUT_S) or DEFAULT_TIMEOUT_S
         if max_subtasks is None:
-            max_subtasks = int(_env_setting(ENV_MAX_SUBTASKS, int, 1, limits.MAX_SUBTASKS) or limits.MAX_SUBTASKS)
+            max_subtasks = int(env_setting(ENV_MAX_SUBTASKS, int, 1, limits.MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS)
         self.schema = decomposition_schema(max_subtasks)
         if structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
         self.model = model
         self.structured_output = structured_output
-        # `auto`: the kinds this endpoint refused, and the lock one probe at a time holds.
+        # `auto`: the kinds this endpoint refused.
         self._refused: list[str] = []
-        self._lock: asyncio.Lock | None = None
         self.max_attempts = max_attempts
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -293,42 +298,32 @@ class LLMClient:
         structured-output mode and the schema."""
         return {"endpoint": self.endpoint_id, "structured_output": self.structured_output, "schema": self.schema}
 
-    def _probe_lock(self) -> asyncio.Lock:
-        # Made on first use, on the loop that uses it.
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
-
     async def _create(self, messages: Sequence[Mapping[str, str]]) -> Completion:
-        """One request, in the structured-output mode set, or learned, or (`auto`) being learned."""
+        """One request, in the structured-output mode set, or learned, or (`auto`) being learned.
+
+        `auto` holds no request back while it learns: the first calls all go at once in the first
+        kind not yet refused, and a refusal (an immediate 400) sends that call on to the next kind.
+        A burst of first calls costs at most one quick refusal each, never a round trip of waiting.
+        """
         if self.structured_output != "auto":
             return await self._request(messages, self.structured_output)
-        mode = _learned_modes.get((self.base_url, self.model))
-        if mode is None:
-            # One request at a time finds out; the others wait and then use what it learned, so a
-            # burst of first calls costs one refusal per kind, not one per call.
-            async with self._probe_lock():
-                mode = _learned_modes.get((self.base_url, self.model))
-                if mode is None:
-                    return await self._probe(messages)
-        return await self._request(messages, mode)
-
-    async def _probe(self, messages: Sequence[Mapping[str, str]]) -> Completion:
-        for mode in AUTO_ORDER:
-            if mode in self._refused:
-                continue
+        endpoint = (self.base_url, self.model)
+        while True:
+            learned = _learned_modes.get(endpoint)
+            mode = learned or next(m for m in AUTO_ORDER if m not in self._refused)
             try:
                 completion = await self._request(messages, mode)
             except openai.APIStatusError as exc:
-                if mode == AUTO_ORDER[-1] or not rejects_response_format(exc):
+                if learned or mode == AUTO_ORDER[-1] or not rejects_response_format(exc):
                     raise
-                self._refused.append(mode)
-                log.info("endpoint refused a response format, trying the next", mode=mode, error=_describe(exc))
+                if mode not in self._refused:
+                    self._refused.append(mode)
+                    log.info("endpoint refused a response format, trying the next", mode=mode, error=_describe(exc))
                 continue
-            _learned_modes[(self.base_url, self.model)] = mode
-            log.info("structured output mode chosen", mode=mode, base_url=self.base_url, model=self.model)
+            if endpoint not in _learned_modes:
+                _learned_modes[endpoint] = mode
+                log.info("structured output mode chosen", mode=mode, base_url=self.base_url, model=self.model)
             return completion
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _request(self, messages: Sequence[Mapping[str, str]], mode: str) -> Completion:
         response_format = response_format_for(mode, self.schema)
@@ -391,3 +386,70 @@ class LLMClient:
                 log.info("LLM request failed, retrying", error=reason, llm_attempt=attempt, delay_s=round(delay, 2))
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _endpoint_failure(where: str, model: str, exc: Exception) -> EndpointError | None:
+    """The EndpointError for an answer that shows the endpoint cannot work; None if it may yet."""
+    if isinstance(exc, openai.APITimeoutError):
+        return EndpointError(f"the LLM endpoint {where} did not answer within {CHECK_TIMEOUT_S:g} s")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return EndpointError(f"cannot reach the LLM endpoint {where}: {type(cause).__name__}: {cause}")
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return EndpointError(
+            f"the LLM endpoint {where} refused the API key (HTTP {exc.status_code}: {exc.message}): "
+            "check OPENAI_API_KEY"
+        )
+    if isinstance(exc, openai.NotFoundError) or (
+        isinstance(exc, openai.BadRequestError) and "model" in f"{exc.message} {exc.code}".lower()
+    ):
+        return EndpointError(f"the LLM endpoint {where} does not serve the model {model!r} ({_describe(exc)})")
+    return None
+
+
+async def check_endpoint(model: str, *, base_url: str | None = None, api_key: str | None = None) -> None:
+    """Raise EndpointError, naming the endpoint and the reason, when it cannot work: nothing
+    listening (or not answering within CHECK_TIMEOUT_S), the key refused, the model unknown.
+
+    The model list (GET /models) answers most of it in one quick call. A model it does not list
+    (or an endpoint without the list) is asked for one token, since single-model servers such as
+    llama.cpp serve any name. Anything else (a 429, a 5xx, a slow answer) may pass: the run's own
+    retries deal with it.
+    """
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key or UNUSED_API_KEY, timeout=CHECK_TIMEOUT_S, max_retries=0
+    )
+    where = str(client.base_url).rstrip("/")
+    try:
+        try:
+            page = await client.models.list()
+        except openai.APIStatusError as exc:
+            failure = _endpoint_failure(where, model, exc)
+            if failure is not None and not isinstance(exc, openai.NotFoundError):
+                raise failure from None
+            # No model list here (404 and the like): the model itself tells.
+        except openai.APIError as exc:
+            raise (
+                _endpoint_failure(where, model, exc) or EndpointError(f"LLM endpoint {where}: {_describe(exc)}")
+            ) from None
+        else:
+            if any(getattr(m, "id", None) == model for m in page.data):
+                return
+        try:
+            await client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "Answer with the word OK."}],
+                max_tokens=1,
+                timeout=CHECK_PROBE_TIMEOUT_S,
+            )
+        except openai.APITimeoutError:
+            return  # reachable (it listed or refused in time) but slow to answer: not a failure
+        except openai.APIError as exc:
+            failure = _endpoint_failure(where, model, exc)
+            if failure is not None:
+                raise failure from None
+            log.info("endpoint check: the model's answer was an error a run may survive", error=_describe(exc))
+    finally:
+        await client.close()

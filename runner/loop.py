@@ -25,8 +25,8 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import structlog
@@ -36,16 +36,22 @@ from paradecom.errors import ConfigError, DecompositionError
 from paradecom.security import Security
 from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
-from .cache import DecompositionCache, cache_key
-from .llm import RATE_LIMIT_LISTENER, Completion, LLMClient, backoff_delay
+from .cache import DecompositionCache
+from .decompose import (
+    DEFAULT_MAX_REASKS,
+    ChatClient,
+    Decomposer,
+    DecompositionFailed,
+    DecompositionOutcome,
+    DecompositionSettings,
+    clip_error,
+)
+from .llm import RATE_LIMIT_LISTENER, backoff_delay
 from .metrics import RunnerMetrics
-from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, build_messages, reask_messages
+from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
 from .results import ResultSender
-from .schema import InvalidAnswer, parse_decomposition
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-
     from paradecom.v1.task_service_pb2_grpc import TaskServiceAsyncStub
 
 log = structlog.get_logger("paradecom.runner")
@@ -66,39 +72,13 @@ MIN_SETTLE_WINDOW_S = 30.0
 SETTLE_BACKOFF_BASE_S = 0.2
 SETTLE_BACKOFF_MAX_S = 5.0
 # Assumed when a lease names no timeout; leaders always send one.
-DEFAULT_LEASE_TIMEOUT_S = 30.0
+DEFAULT_LEASE_TIMEOUT_S = limits.DEFAULT_LEASE_TIMEOUT_S
 MIN_HEARTBEAT_S = 0.05
 REASON_SHUTDOWN = "runner shutting down"
-DEFAULT_MODEL = "gpt-4o-mini"
 # The leader may be restarting: try again.
 _TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # The lease is no longer ours (expired, reassigned, released, project cancelled): stop working on it.
 _LEASE_LOST_CODES = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION})
-
-
-class ChatClient(Protocol):
-    """What the runner needs of an LLM client; `LLMClient` is the real one, tests pass fakes."""
-
-    async def complete(self, messages: Sequence[Mapping[str, str]]) -> Completion: ...
-
-    async def close(self) -> None: ...
-
-
-@dataclass
-class DecompositionOutcome:
-    """A task's validated subtasks and the LLM usage it took to get them."""
-
-    subtasks: list[task_pb2.Subtask]
-    usage: task_pb2.Usage
-    stop_reason: str = ""  # set, with no subtasks, when the task is a leaf (the fan-out stop rule)
-
-
-class DecompositionFailed(DecompositionError):
-    """A DecompositionError that carries the LLM usage spent before it, for FailTask's accounting."""
-
-    def __init__(self, message: str, *, retryable: bool, usage: task_pb2.Usage) -> None:
-        super().__init__(message, retryable=retryable)
-        self.usage = usage
 
 
 @dataclass
@@ -160,16 +140,6 @@ def default_runner_id() -> str:
     return runner_id[-limits.MAX_RUNNER_ID_CHARS :]
 
 
-def _clip_error(text: str) -> str:
-    return text if len(text) <= limits.MAX_ERROR_CHARS else text[: limits.MAX_ERROR_CHARS - 1] + "…"
-
-
-def _add_usage(usage: task_pb2.Usage, completion: Completion) -> None:
-    usage.calls += 1
-    usage.prompt_tokens += completion.prompt_tokens
-    usage.completion_tokens += completion.completion_tokens
-
-
 async def _cancel_and_wait(*tasks: asyncio.Future[object] | asyncio.Task[object]) -> None:
     for task in tasks:
         task.cancel()
@@ -180,20 +150,22 @@ async def _cancel_and_wait(*tasks: asyncio.Future[object] | asyncio.Task[object]
 class DecompositionRunner:
     """Pulls tasks from the leader at `leader` (HOST:PORT), decomposes them with an LLM, submits.
 
-    `concurrency` tasks are decomposed at once. `model` defaults to $PARADECOM_MODEL, else
-    gpt-4o-mini. `llm` defaults to an `LLMClient` for that model, configured from OPENAI_BASE_URL /
-    OPENAI_API_KEY (ConfigError when neither is set).
+    `concurrency` tasks are decomposed at once, each by `decomposer` (runner/decompose.py). Without
+    one, a Decomposer is made from the other arguments: `model` defaults to $PARADECOM_MODEL, else
+    gpt-4o-mini; `llm` to an `LLMClient` for that model, configured from OPENAI_BASE_URL /
+    OPENAI_API_KEY (ConfigError when neither is set). A runner closes only a decomposer it made.
     """
 
     def __init__(
         self,
         leader: str,
         *,
-        concurrency: int = 8,
+        concurrency: int = limits.DEFAULT_CONCURRENCY,
+        decomposer: Decomposer | None = None,
         model: str | None = None,
         runner_id: str | None = None,
         llm: ChatClient | None = None,
-        max_reasks: int = 2,
+        max_reasks: int = DEFAULT_MAX_REASKS,
         drain_timeout: float = 30.0,
         min_subtasks: int = DEFAULT_MIN_SUBTASKS,
         max_subtasks: int = DEFAULT_MAX_SUBTASKS,
@@ -203,25 +175,27 @@ class DecompositionRunner:
     ) -> None:
         if not 1 <= concurrency <= limits.MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be 1 to {limits.MAX_CONCURRENCY}, not {concurrency}")
-        if max_reasks < 0:
-            raise ValueError(f"max_reasks must be 0 or more, not {max_reasks}")
         if drain_timeout < 0:
             raise ValueError(f"drain_timeout must be 0 or more, not {drain_timeout}")
-        if not 1 <= min_subtasks <= max_subtasks <= limits.MAX_SUBTASKS:
-            raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
+        self._owns_decomposer = decomposer is None
+        if decomposer is None:
+            # The endpoint's settings (structured output, answer length, timeout) from the
+            # environment, as for a runner process started without flags.
+            settings = replace(
+                DecompositionSettings.from_environment(model),
+                min_subtasks=min_subtasks,
+                max_subtasks=max_subtasks,
+                max_reasks=max_reasks,
+            )
+            decomposer = Decomposer(settings, llm=llm, cache=cache, metrics=metrics)
+        self.decomposer = decomposer
         self.leader = leader
         self.concurrency = concurrency
-        self.model = model or os.environ.get("PARADECOM_MODEL") or DEFAULT_MODEL
+        self.model = decomposer.model
         self.runner_id = runner_id or default_runner_id()
-        self.max_reasks = max_reasks
         self.drain_timeout = drain_timeout
-        self.min_subtasks = min_subtasks
-        self.max_subtasks = max_subtasks
-        self.cache = cache
         self.security = security
         self.metrics = metrics
-        self._owns_llm = llm is None
-        self._llm: ChatClient = llm if llm is not None else LLMClient(self.model)
         self._stop_requested = False
         # Events and the semaphore are made inside run(), on the loop that uses them.
         self._stop: asyncio.Event | None = None
@@ -231,95 +205,9 @@ class DecompositionRunner:
         self._tokens: set[str] = set()
         self._results: ResultSender | None = None
 
-    # --- one task -------------------------------------------------------------------------------
-
     async def decompose_task(self, assignment: task_pb2.TaskAssignment) -> DecompositionOutcome:
-        """Ask the LLM to decompose `assignment`'s task; re-ask with the errors up to max_reasks times.
-
-        Raises DecompositionError (a DecompositionFailed, whose `usage` holds what was spent):
-        retryable when the LLM was unreachable or kept answering badly, not retryable when the
-        endpoint refused the request outright.
-        """
-        usage = task_pb2.Usage()
-        outer = RATE_LIMIT_LISTENER.get()
-
-        def count_rate_limit(retry_after: float | None) -> None:
-            usage.rate_limited += 1
-            usage.retry_after_ms = max(usage.retry_after_ms, int((retry_after or 0) * 1000))
-            if outer is not None:
-                outer(retry_after)
-
-        reset = RATE_LIMIT_LISTENER.set(count_rate_limit)
-        try:
-            return await self._decompose(assignment, usage)
-        finally:
-            RATE_LIMIT_LISTENER.reset(reset)
-            if self.metrics:
-                self.metrics.usage(usage)
-
-    async def _decompose(self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage) -> DecompositionOutcome:
-        messages = build_messages(assignment, self.min_subtasks, self.max_subtasks)
-        parent_title = assignment.task.title
-        # The answer format (structured-output mode and schema) is part of what produced an answer.
-        key = cache_key(self.model, messages, getattr(self._llm, "answer_format", None)) if self.cache else ""
-        cached = self.cache.get(key) if self.cache else None
-        if cached is not None:
-            try:
-                outcome = self._outcome(parse_decomposition(cached, parent_title), usage)
-            except InvalidAnswer:
-                pass  # written by an older, laxer version: ask the LLM instead
-            else:
-                usage.cache_hits = 1
-                return outcome
-        errors: list[str] = []
-        answers = self.max_reasks + 1
-        for answer_number in range(1, answers + 1):
-            called = time.monotonic()
-            try:
-                completion = await self._llm.complete(messages)
-            except DecompositionError as exc:
-                raise DecompositionFailed(str(exc), retryable=exc.retryable, usage=usage) from exc
-            finally:
-                if self.metrics:
-                    self.metrics.llm_call_seconds.observe(time.monotonic() - called)
-            _add_usage(usage, completion)
-            try:
-                if completion.finish_reason == "length":
-                    # A cut-off answer may still parse (a fenced or partial object) but would be
-                    # missing subtasks, so it is never taken.
-                    raise InvalidAnswer(["the answer was cut off at the length limit: write a shorter answer"])
-                subtasks = parse_decomposition(completion.text, parent_title)
-                if len(subtasks) > self.max_subtasks:
-                    raise InvalidAnswer([f"{len(subtasks)} subtasks: give at most {self.max_subtasks}"])
-                if len(subtasks) < self.min_subtasks and answer_number < answers:
-                    # Asked once more before the stop rule makes the task a leaf: small models often
-                    # stop after one subtask, and a leaf this early is rarely what the user wants.
-                    plural = "" if len(subtasks) == 1 else "s"
-                    raise InvalidAnswer(
-                        [f"{len(subtasks)} subtask{plural}: give at least {self.min_subtasks}, each a different part"]
-                    )
-            except InvalidAnswer as exc:
-                errors = exc.errors
-                log.info("answer rejected", answer=answer_number, of=answers, errors=errors[:5])
-                if answer_number < answers:
-                    messages = reask_messages(messages, completion.text, errors)
-                    usage.reasks += 1
-                continue
-            if self.cache:
-                self.cache.put(key, completion.text)
-            return self._outcome(subtasks, usage)
-        raise DecompositionFailed(
-            _clip_error(f"no valid decomposition in {answers} answers; last errors: " + "; ".join(errors)),
-            retryable=True,
-            usage=usage,
-        )
-
-    def _outcome(self, subtasks: list[task_pb2.Subtask], usage: task_pb2.Usage) -> DecompositionOutcome:
-        """Apply the stop rule on fan-out: fewer than min_subtasks children make the task a leaf."""
-        if len(subtasks) < self.min_subtasks:
-            reason = f"fewer than {self.min_subtasks} subtasks"
-            return DecompositionOutcome(subtasks=[], usage=usage, stop_reason=reason)
-        return DecompositionOutcome(subtasks=subtasks, usage=usage)
+        """Decompose `assignment`'s task (Decomposer.decompose): raises only DecompositionFailed."""
+        return await self.decomposer.decompose(assignment)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -365,11 +253,11 @@ class DecompositionRunner:
             log.info("runner stopped")
 
     async def close(self) -> None:
-        """Close the LLM client if this runner made it. run() does it on its way out; a caller
-        that only uses decompose_task calls it when done."""
-        if self._owns_llm:
-            self._owns_llm = False
-            await self._llm.close()
+        """Close the decomposer (and its LLM client) if this runner made it. run() does it on its
+        way out; a caller that only uses decompose_task calls it when done."""
+        if self._owns_decomposer:
+            self._owns_decomposer = False
+            await self.decomposer.close()
 
     async def _pull_until_stopped(self, stub: TaskServiceAsyncStub) -> None:
         assert self._stop is not None
@@ -494,11 +382,6 @@ class DecompositionRunner:
                 except DecompositionError as exc:
                     await self._fail(stub, held, exc)
                     return
-                except Exception as exc:
-                    log.exception("decomposition crashed")
-                    failure = DecompositionFailed(f"runner error: {exc!r}", retryable=True, usage=task_pb2.Usage())
-                    await self._fail(stub, held, failure)
-                    return
                 await self._submit(stub, held, outcome, started)
             finally:
                 await _cancel_and_wait(work, heartbeat)
@@ -580,7 +463,7 @@ class DecompositionRunner:
         request = task_service_pb2.FailTaskRequest(
             task_id=held.task_id,
             lease_token=held.token,
-            error=_clip_error(str(exc)),
+            error=clip_error(str(exc)),
             retryable=exc.retryable,
             usage=usage,
         )

@@ -19,13 +19,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from paradecom.metrics_server import MetricsServer
 
-    from .llm import LLMClient
     from .loop import DecompositionRunner
 
 PROG = "paradecom-runner"
-MAX_REASKS_LIMIT = 10
-DEFAULT_MAX_REASKS = 2
-ENV_MAX_REASKS = "PARADECOM_MAX_REASKS"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -70,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     from paradecom.cliargs import Parser, add_logging_flags, address, float_range, int_range
     from paradecom.security import add_security_flags
 
+    from .decompose import DEFAULT_MAX_REASKS, DEFAULT_MODEL, ENV_MAX_REASKS, MAX_REASKS_LIMIT
     from .llm import ENV_MAX_SUBTASKS, ENV_STRUCTURED_OUTPUT
-    from .loop import DEFAULT_MODEL
     from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
 
     parser = Parser(
@@ -83,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency",
         type=int_range(1, limits.MAX_CONCURRENCY),
-        default=8,
+        default=limits.DEFAULT_CONCURRENCY,
         metavar="N",
-        help=f"tasks worked on at once, 1..{limits.MAX_CONCURRENCY} (default 8)",
+        help=f"tasks worked on at once, 1..{limits.MAX_CONCURRENCY} (default {limits.DEFAULT_CONCURRENCY})",
     )
     parser.add_argument(
         "--model",
@@ -160,9 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(
-    runner: DecompositionRunner, llm: LLMClient, early: EarlyStop, metrics_listen: str | None = None
-) -> None:
+async def _serve(runner: DecompositionRunner, early: EarlyStop, metrics_listen: str | None = None) -> None:
     import asyncio
 
     from paradecom.errors import ConfigError
@@ -176,7 +170,7 @@ async def _serve(
         try:
             await metrics.start()
         except ConfigError:
-            await llm.close()
+            await runner.decomposer.close()
             raise
     loop = asyncio.get_running_loop()
     # The first signal drains; a second one releases what is left at once.
@@ -193,7 +187,8 @@ async def _serve(
             loop.remove_signal_handler(sig)
         # Until main() returns a signal stays harmless: the runner is already stopping.
         early.install()
-        await llm.close()
+        # Made here, not by the runner, so closed here.
+        await runner.decomposer.close()
         if metrics is not None:
             await metrics.stop()
 
@@ -224,7 +219,7 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
     from paradecom.security import security_from_args
 
     from .cache import DecompositionCache
-    from .llm import LLMClient
+    from .decompose import Decomposer, DecompositionSettings
     from .loop import DecompositionRunner
     from .metrics import RunnerMetrics
 
@@ -235,26 +230,34 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         credentials = security_from_args(args, server=False)
-        llm = LLMClient(args.model, structured_output=args.structured_output, max_subtasks=args.max_subtasks)
+        # The flags win; what they leave unset comes from the environment, as for every other caller
+        # of DecompositionSettings, so a runner sends the same request as `paradecom run`.
+        settings = DecompositionSettings.from_environment(args.model)
+        settings = DecompositionSettings(
+            model=args.model,
+            min_subtasks=args.min_subtasks,
+            max_subtasks=args.max_subtasks,
+            max_reasks=args.max_reasks,
+            structured_output=args.structured_output,
+            max_tokens=settings.max_tokens,
+            llm_timeout_s=settings.llm_timeout_s,
+        )
+        metrics = RunnerMetrics() if args.metrics_listen else None
+        decomposer = Decomposer(settings, cache=None if args.no_cache else DecompositionCache(), metrics=metrics)
         runner = DecompositionRunner(
             args.leader,
             concurrency=args.concurrency,
-            model=args.model,
+            decomposer=decomposer,
             runner_id=args.runner_id,
-            max_reasks=args.max_reasks,
             drain_timeout=args.drain_timeout,
-            min_subtasks=args.min_subtasks,
-            max_subtasks=args.max_subtasks,
-            cache=None if args.no_cache else DecompositionCache(),
             security=credentials,
-            llm=llm,
-            metrics=RunnerMetrics() if args.metrics_listen else None,
+            metrics=metrics,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(runner, llm, early, args.metrics_listen))
+        asyncio.run(_serve(runner, early, args.metrics_listen))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -74,7 +74,7 @@ def test_paradecom_run_prints_the_tree(llm_env: str, tmp_path: Path, runners: st
     assert len(shape(tree["tasks"])) == 13
     # Progress off a terminal: one JSON object per change on stderr, the last one the end.
     progress = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert progress[0]["state"] == "running" and progress[0]["queued"] == 1
+    assert progress[0]["state"] == "running" and progress[0]["total"] == 1
     assert progress[-1]["state"] == "done" and progress[-1]["done"] == 13
     assert [p["done"] for p in progress] == sorted(p["done"] for p in progress), "done never goes back"
 

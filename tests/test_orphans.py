@@ -1,5 +1,6 @@
-"""A `paradecom run` killed outright (SIGKILL: no cleanup of its own) leaves no process behind:
-its leader and runners are killed by the kernel when it dies (paradecom/with_parent.py)."""
+"""A `paradecom run --runner-processes` killed outright (SIGKILL: no cleanup of its own) leaves no
+process behind: its runner processes are killed by the kernel when it dies (paradecom/with_parent.py).
+(By default the leader and runners live in the run's own process, so there is nothing to leave.)"""
 
 from __future__ import annotations
 
@@ -42,18 +43,29 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux only")
 def test_children_of_a_killed_run_stop(fake_llm: Callable[..., str], tmp_path: Path) -> None:
+    """SIGKILL on `paradecom run --runner-processes`: both runner processes exit too."""
     base_url = fake_llm("--latency", "30")
     project = tmp_path / "p.yaml"
     project.write_text("name: Slow\ndescription: Answers take long.\nmax_depth: 1\n")
     run = Proc(
-        [sys.executable, "-m", "paradecom.cli", "run", str(project), "--runners", "2", "--no-cache"],
+        [
+            sys.executable,
+            "-m",
+            "paradecom.cli",
+            "run",
+            str(project),
+            "--runners",
+            "2",
+            "--runner-processes",
+            "--no-cache",
+        ],
         env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k"},
     )
     try:
-        # fake-llm has a request: the leader and the runners are up, a task is in hand.
+        # fake-llm has a request: the runners are up, a task is in hand.
         wait_for(lambda: stats(base_url)["requests"] >= 1, 60, what="an LLM request")
         children = children_of(run.popen.pid)
-        assert len(children) == 3, children  # the leader and two runners
+        assert len(children) == 2, children  # two runners
         run.signal(signal.SIGKILL)
         run.wait()
         wait_for(lambda: not any(alive(pid) for pid in children), 30, what=f"{children} to exit")

@@ -50,7 +50,18 @@ def test_json_lines_one_object_per_change_with_rate_and_eta() -> None:
     assert rows[1]["rate_per_s"] == 2.0 and rows[1]["eta_s"] == 2.0  # 4 tasks in 2 s; 4 left
     assert rows[1]["tokens"] == 1100 and rows[1]["prompt_tokens"] == 1000 and rows[1]["completion_tokens"] == 100
     assert rows[2]["state"] == "done" and rows[2]["eta_s"] == 0.0 and rows[2]["elapsed_s"] == 4.0
-    assert set(rows[0]) >= {"project_id", "state", "done", "leased", "queued", "dead", "total", "tokens", "eta_s"}
+    assert set(rows[0]) >= {
+        "project_id",
+        "state",
+        "done",
+        "leased",
+        "peak_leased",
+        "queued",
+        "dead",
+        "total",
+        "tokens",
+        "eta_s",
+    }
 
 
 def test_rich_display_renders_on_a_terminal() -> None:
@@ -68,9 +79,9 @@ def test_rich_display_renders_on_a_terminal() -> None:
         show(summary(13, 0, 0, state=DONE, tokens=3000))
     text = out.getvalue()
     assert "p1 done" in text and "13/13" in text
-    assert "done 13 · leased 0 · queued 0 · dead 0" in text
+    assert "done 13 · at once 0 (peak 2) · queued 0 · dead 0" in text
     assert "3,300 tokens" in text and "ETA 0s" in text
-    assert "leased 2 · queued 2" in text and "ETA 2s" in text, "the running frame was drawn too"
+    assert "at once 2 (peak 2) · queued 2" in text and "ETA 2s" in text, "the running frame was drawn too"
 
 
 def test_watch_prints_json_lines_off_a_terminal_and_rich_on_one(

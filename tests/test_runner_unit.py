@@ -542,6 +542,28 @@ def test_decompose_task_passes_llm_errors_on_with_usage() -> None:
     assert isinstance(info.value, DecompositionFailed) and info.value.usage.calls == 0
 
 
+def test_sequential_fallback_retries_an_unexpected_error_like_a_runner() -> None:
+    """A surprise (a bug-like exception) in one decomposition is a retryable failure, as in a runner:
+    the sequential run retries the task and finishes instead of stopping."""
+    from paradecom.project import ProjectDefinition
+    from paradecom.runner.decompose import Decomposer, DecompositionSettings
+    from paradecom.sequential import decompose_sequentially
+
+    class Flaky(FakeChat):
+        async def complete(self, messages: Sequence[Mapping[str, str]]) -> Completion:
+            if self.calls == 0:
+                self.calls += 1
+                raise RuntimeError("surprise")
+            return await super().complete(messages)
+
+    decomposer = Decomposer(DecompositionSettings(model="m"), llm=Flaky())
+    project = ProjectDefinition(name="Shop", description="Sell things.", max_depth=1)
+    tree = asyncio.run(decompose_sequentially(project, decomposer, max_attempts=3))
+    root = tree.tasks[0]
+    assert tree.project["state"] == "done" and root.status == "done" and root.attempts == 2
+    assert len(root.children) == 2
+
+
 # --- decompose_task against the real fake-llm process --------------------------------------------
 
 

@@ -213,20 +213,24 @@ def test_auto_is_remembered_for_the_process(fake_llm: Callable[..., str]) -> Non
     assert stats(base_url)["response_format_rejected"] == 2
 
 
-def test_auto_probes_once_for_a_burst_of_first_calls(fake_llm: Callable[..., str]) -> None:
-    """Eight calls started together before anything is learned cost one refusal, not eight."""
-    base_url = fake_llm("--response-format-support", "json_object", "--latency", "0.05")
+def test_auto_holds_no_first_call_back(fake_llm: Callable[..., str]) -> None:
+    """Eight calls started together before anything is learned all reach the endpoint at once (no
+    call waits for another's probe); each costs at most one quick refusal, then the mode is learned."""
+    base_url = fake_llm("--response-format-support", "json_object", "--latency", "0.5")
 
     async def go() -> None:
         llm = LLMClient("m", base_url=base_url, api_key="k", structured_output="auto")
         try:
             await asyncio.gather(*(llm.complete(PROMPT) for _ in range(8)))
+            # Learned: a later call goes straight to json_object.
+            await llm.complete(PROMPT)
         finally:
             await llm.close()
 
     asyncio.run(go())
     seen = stats(base_url)
-    assert seen["response_format_rejected"] == 1 and seen["response_formats"] == {"json_schema": 1, "json_object": 8}
+    assert seen["max_in_flight"] == 8, seen  # all eight were answered together, none held back
+    assert seen["response_format_rejected"] == 8 and seen["response_formats"] == {"json_schema": 8, "json_object": 9}
 
 
 def test_structured_output_from_the_environment(fake_llm: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
