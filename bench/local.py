@@ -580,7 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     auto_label = "--runners auto" if auto_available else f"{' '.join(AUTO_STAND_IN)} (standing in for auto)"
     results: dict[str, Any] = {
         "meta": {
-            "command": "python -m bench.local " + " ".join(argv if argv is not None else sys.argv[1:]),
+            # File names only: a path on this machine says nothing to a reader of the JSON.
+            "command": "python -m bench.local "
+            + " ".join(Path(a).name if os.path.isabs(a) else a for a in (argv if argv is not None else sys.argv[1:])),
             "sizes": sizes.__dict__,
             "rows": sorted(chosen),
             "auto_available": auto_available,
