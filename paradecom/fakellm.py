@@ -348,8 +348,9 @@ def decomposition(parent_title: str, depth: int, fanout: int, atomic_depth: int)
 DECOMPOSITION_SCHEMA_NAME = "decomposition"
 # A schema nested deeper than this (a recursive $ref) is cut short: the deepest value is minimal.
 MAX_SCHEMA_DEPTH = 32
-# "4 tasks", "exactly 5 subtasks", "10 items": the count a prompt asks for.
+# `"status": "pending"`: a string value the prompt spells out as JSON.
 _EXAMPLE_RE = re.compile(r'"([A-Za-z_][A-Za-z0-9_]{0,63})"\s*:\s*"([^"\n]{1,200})"')
+# "4 tasks", "exactly 5 subtasks", "10 items": the count a prompt asks for.
 _COUNT_RE = re.compile(r"\b(\d{1,4})\s+(?:[A-Za-z-]+\s+){0,2}?(?:sub)?(?:tasks|items|steps)\b", re.IGNORECASE)
 _FORMATS = {
     "date-time": "2026-01-01T00:00:00Z",
