@@ -29,10 +29,27 @@ The answer's `content` is a JSON object string:
 
 with --fanout children whose titles start with a verb, are unique among siblings and differ from
 the parent's title, and whose dependencies point only at earlier siblings (so there is no cycle).
+`--fanout 10,5` sets the fan-out per depth: 10 children for a task at depth 0, 5 at depth 1 and
+every depth below (the last number repeats).
+
+Other clients' structured output
+--------------------------------
+A request that is not a ParaDecom decomposition prompt (no `Task to decompose:` line) and asks for
+`response_format: {"type": "json_schema", ...}` under another name than ParaDecom's
+("decomposition") gets a valid, deterministic instance of that schema instead (`schema_instance`),
+so other tools (Taskmaster, in bench/) can be run against fake-llm. It does what the prompt asks
+where a schema cannot say it: arrays directly under the root get as many items as the prompt asks
+for (its first "N tasks", "N subtasks", "N items" or "N steps", the last user message first; else
+the depth-0 fan-out), and a string property takes the value the prompt spells out for it as JSON
+(`"status": "pending"`). Otherwise: nested arrays get their minItems, enums their first value,
+numbers the position of their array item (from 1) within the schema's bounds, strings the
+property's name, position and a hash of the prompt (padded to minLength); `pattern` is not honoured.
 
 Endpoints: POST /v1/chat/completions, GET /v1/models, GET /stats, POST /stats/reset, and GET
 /requests: the bodies of the last MAX_RECORDED chat requests, oldest first, as they arrived (tests
-compare what different callers send).
+compare what different callers send). /stats has, besides the counters, `first_request_unix_ms`:
+when the first chat request since the start (or the last reset) arrived, on the wall clock
+(time.time()), so another process can time it.
 
 `--api-key KEY` refuses a request without `Authorization: Bearer KEY` (401, as OpenAI does);
 `--models A,B` serves only those models (404 `model_not_found` for any other, and /v1/models lists
@@ -125,6 +142,24 @@ class Options:
     rpm_window: float = RPM_WINDOW_S
     api_key: str = ""
     models: tuple[str, ...] = ()
+    # Per-depth fan-out (`--fanout 10,5`); empty: `fanout` at every depth.
+    fanout_by_depth: tuple[int, ...] = ()
+
+    def fanout_at(self, depth: int) -> int:
+        """Children in an answer for a task at `depth`: the depth's entry of --fanout, the last
+        entry below the list's end."""
+        if not self.fanout_by_depth:
+            return self.fanout
+        return self.fanout_by_depth[min(max(depth, 0), len(self.fanout_by_depth) - 1)]
+
+
+def fanout_list(text: str) -> tuple[int, ...]:
+    """A flag type: `N` or `N,N,...` (one fan-out per depth), each 1..MAX_SUBTASKS."""
+    one = int_range(1, limits.MAX_SUBTASKS)
+    parts = text.split(",")
+    if len(parts) > MAX_ATOMIC_DEPTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_ATOMIC_DEPTH} fan-outs, one per depth")
+    return tuple(one(part) for part in parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,10 +175,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fanout",
-        type=int_range(1, limits.MAX_SUBTASKS),
-        default=3,
-        metavar="N",
-        help=f"children in every answer, 1..{limits.MAX_SUBTASKS} (default 3)",
+        type=fanout_list,
+        default=(3,),
+        metavar="N[,N...]",
+        help=f"children in every answer, 1..{limits.MAX_SUBTASKS} (default 3); a comma-separated list sets it "
+        "per depth of the task decomposed (10,5: 10 at depth 0, 5 at depth 1 and below)",
     )
     parser.add_argument(
         "--atomic-depth",
@@ -245,8 +281,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """The Options an argparse namespace from `add_arguments` describes."""
+    fanouts: tuple[int, ...] = args.fanout
     return Options(
-        fanout=args.fanout,
+        fanout=fanouts[0],
+        fanout_by_depth=fanouts if len(fanouts) > 1 else (),
         atomic_depth=args.atomic_depth,
         latency=args.latency,
         seed=args.seed,
@@ -330,6 +368,176 @@ def decomposition(parent_title: str, depth: int, fanout: int, atomic_depth: int)
     return {"subtasks": children}
 
 
+# --- other clients' structured output -----------------------------------------------------------
+
+# The name ParaDecom's runners give their json_schema (runner/llm.py SCHEMA_NAME): never answered generically.
+DECOMPOSITION_SCHEMA_NAME = "decomposition"
+# A schema nested deeper than this (a recursive $ref) is cut short: the deepest value is minimal.
+MAX_SCHEMA_DEPTH = 32
+# `"status": "pending"`: a string value the prompt spells out as JSON.
+_EXAMPLE_RE = re.compile(r'"([A-Za-z_][A-Za-z0-9_]{0,63})"\s*:\s*"([^"\n]{1,200})"')
+# "4 tasks", "exactly 5 subtasks", "10 items": the count a prompt asks for.
+_COUNT_RE = re.compile(r"\b(\d{1,4})\s+(?:[A-Za-z-]+\s+){0,2}?(?:sub)?(?:tasks|items|steps)\b", re.IGNORECASE)
+_FORMATS = {
+    "date-time": "2026-01-01T00:00:00Z",
+    "date": "2026-01-01",
+    "time": "00:00:00Z",
+    "email": "fake@example.com",
+    "uri": "https://example.com/fake",
+    "url": "https://example.com/fake",
+    "hostname": "example.com",
+    "ipv4": "127.0.0.1",
+}
+
+
+def requested_count(*texts: str) -> int | None:
+    """The number of items asked for ("4 tasks", "exactly 5 subtasks"): the first the texts say."""
+    for text in texts:
+        match = _COUNT_RE.search(text)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def prompt_examples(text: str) -> dict[str, str]:
+    """String values the prompt spells out as JSON (`"status": "pending"`), the first per name."""
+    examples: dict[str, str] = {}
+    for name, value in _EXAMPLE_RE.findall(text):
+        examples.setdefault(name, value)
+    return examples
+
+
+def foreign_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema of a `json_schema` response_format that is not named like ParaDecom's
+    ("decomposition"), else None."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or spec.get("name") == DECOMPOSITION_SCHEMA_NAME:
+        return None
+    schema = spec.get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def schema_instance(schema: dict[str, Any], seed: str, count: int, examples: dict[str, str] | None = None) -> Any:
+    """A deterministic instance of JSON schema `schema`: see "Other clients' structured output" in
+    the module docstring. `seed` (the prompt) varies the strings, `count` sizes top-level arrays,
+    `examples` (prompt_examples) gives string properties their value."""
+    return _Instance(schema, seed, count, examples or {}).of(schema, "", 1, 0)
+
+
+def _pointer(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The subschema a local `$ref` ("#/$defs/Task") names; {} for anything else."""
+    if not ref.startswith("#"):
+        return {}
+    target: Any = root
+    for part in filter(None, ref[1:].split("/")):
+        target = target.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(target, dict) else None
+    return target if isinstance(target, dict) else {}
+
+
+def _resolve(root: dict[str, Any], node: Any) -> dict[str, Any]:
+    """`node` with local `$ref`s and `allOf` folded in (shallowly: properties and required merged)."""
+    if not isinstance(node, dict):
+        return {}
+    out: dict[str, Any] = dict(node)
+    for _ in range(MAX_SCHEMA_DEPTH):
+        ref = out.pop("$ref", None)
+        if not isinstance(ref, str):
+            break
+        out = {**out, **_pointer(root, ref)}
+    parts = out.pop("allOf", None)
+    if isinstance(parts, list):
+        for part in (_resolve(root, p) for p in parts):
+            properties = {**out.get("properties", {}), **part.get("properties", {})}
+            required = [*out.get("required", []), *part.get("required", [])]
+            out.update(part, properties=properties, required=required)
+    return out
+
+
+def _kind(node: dict[str, Any]) -> str:
+    kind = node.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if isinstance(kind, str):
+        return kind
+    if "properties" in node:
+        return "object"
+    if "items" in node:
+        return "array"
+    return "string"
+
+
+class _Instance:
+    def __init__(self, root: dict[str, Any], seed: str, count: int, examples: dict[str, str]) -> None:
+        self.root, self.seed, self.count, self.examples = root, seed, count, examples
+
+    def of(self, node: Any, name: str, position: int, depth: int) -> Any:
+        node = _resolve(self.root, node)
+        if "const" in node:
+            return node["const"]
+        if isinstance(node.get("enum"), list) and node["enum"]:
+            return node["enum"][0]
+        for key in ("anyOf", "oneOf"):
+            options = [_resolve(self.root, o) for o in node.get(key) or []]
+            if options:
+                # The first branch that is not null: a value says more than an absent one.
+                chosen = next((o for o in options if o.get("type") != "null"), options[0])
+                return self.of(chosen, name, position, depth)
+        kind = _kind(node)
+        if depth >= MAX_SCHEMA_DEPTH:
+            return {"object": {}, "array": [], "string": "", "boolean": False, "null": None}.get(kind, 0)
+        if kind == "object":
+            properties = node.get("properties") or {}
+            required = node.get("required")
+            names = [n for n in properties if n in required] if isinstance(required, list) else list(properties)
+            return {n: self.of(properties[n], n, position, depth + 1) for n in names}
+        if kind == "array":
+            low = int(node.get("minItems", 0))
+            high = int(node.get("maxItems", 10_000))
+            # Only the arrays directly under the root hold what the prompt asked for; nested ones (a
+            # task's dependencies) stay at their minimum.
+            size = max(low, min(self.count if depth <= 1 else low, high))
+            items = node.get("items") if isinstance(node.get("items"), dict) else {}
+            return [self.of(items, name, i, depth + 1) for i in range(1, size + 1)]
+        if kind in ("integer", "number"):
+            return _number(node, kind, position)
+        if kind == "boolean":
+            return False
+        if kind == "null":
+            return None
+        return self._string(node, name, position)
+
+    def _string(self, node: dict[str, Any], name: str, position: int) -> str:
+        fmt = node.get("format")
+        if fmt == "uuid":
+            h = f"{_digest(self.seed, name, position):016x}{_digest(name, position, self.seed):016x}"
+            return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}"
+        if fmt in _FORMATS:
+            return _FORMATS[str(fmt)]
+        text = self.examples.get(name)
+        if text is None:
+            label = (name or "value").replace("_", " ")
+            text = f"{label[:1].upper()}{label[1:]} {position} [{_digest(self.seed, name, position) >> 40:06x}]"
+        low = int(node.get("minLength", 0))
+        if len(text) < low:
+            text += "." * (low - len(text))
+        return text[: int(node.get("maxLength", len(text)))]
+
+
+def _number(node: dict[str, Any], kind: str, position: int) -> float:
+    value: float = position
+    if isinstance(node.get("minimum"), int | float):
+        value = max(value, node["minimum"])
+    if isinstance(node.get("exclusiveMinimum"), int | float):
+        value = max(value, node["exclusiveMinimum"] + 1)
+    if isinstance(node.get("maximum"), int | float):
+        value = min(value, node["maximum"])
+    if isinstance(node.get("exclusiveMaximum"), int | float):
+        value = min(value, node["exclusiveMaximum"] - 1)
+    return int(value) if kind == "integer" or float(value).is_integer() else value
+
+
 def _message_text(message: dict[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, str):
@@ -374,6 +582,10 @@ class Stats:
         self.response_formats: collections.Counter[str] = collections.Counter()
         self.response_format_rejected = 0
         self.last_response_format: str | None = None
+        # Wall clock (time.time()) in ms of the first chat request since the start or a reset.
+        self.first_request_unix_ms: int | None = None
+        # Answers that were an instance of another client's JSON schema, not a decomposition.
+        self.schema_answers = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -393,6 +605,8 @@ class Stats:
             "response_formats": dict(self.response_formats),
             "response_format_rejected": self.response_format_rejected,
             "last_response_format": self.last_response_format,
+            "first_request_unix_ms": self.first_request_unix_ms,
+            "schema_answers": self.schema_answers,
         }
 
 
@@ -457,6 +671,8 @@ class FakeLLM:
 
     async def chat_completions(self, request: web.Request) -> web.Response:
         stats = self.stats
+        if stats.first_request_unix_ms is None:
+            stats.first_request_unix_ms = int(time.time() * 1000)
         stats.requests += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
@@ -545,7 +761,14 @@ class FakeLLM:
         users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
         prompt = users[-1] if users else texts[-1]
         title, depth = parse_prompt(prompt)
-        content = json.dumps(decomposition(title, depth, opts.fanout, opts.atomic_depth))
+        schema = None if _TITLE_RE.search(prompt) else foreign_schema(body.get("response_format"))
+        if schema is not None:
+            conversation = "\n".join(texts)
+            count = requested_count(prompt, conversation) or opts.fanout_at(0)
+            content = json.dumps(schema_instance(schema, prompt, count, prompt_examples(conversation)))
+            stats.schema_answers += 1
+        else:
+            content = json.dumps(decomposition(title, depth, opts.fanout_at(depth), opts.atomic_depth))
         if malformed:
             # Cut mid-object: looks like a model that ran out of tokens, never parses as JSON.
             content = content[: len(content) // 2]

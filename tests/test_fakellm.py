@@ -358,3 +358,163 @@ def test_bad_flags_as_a_process_exit_2_without_traceback() -> None:
             assert "Traceback" not in result.stderr
             assert result.stderr.count("\n") == 1 and result.stderr.startswith("paradecom fake-llm: error: ")
             assert result.stdout == ""
+
+
+def test_fanout_list_sets_the_fanout_per_depth_and_one_number_is_unchanged(start_server: StartServer) -> None:
+    """`--fanout 4,2`: 4 children for a task at depth 0, 2 at depth 1 and every depth below (the last
+    number repeats); `--fanout 3,3` answers exactly as `--fanout 3` does, so a list changes nothing
+    but the count."""
+    _, per_depth = start_server("--fanout", "4,2")
+    assert [len(subtasks_of(ask(per_depth, prompt("Build a shop", d)))) for d in (0, 1, 2, 5)] == [4, 2, 2, 2]
+    _, one = start_server("--fanout", "3")
+    _, listed = start_server("--fanout", "3,3")
+    for depth in (0, 1, 3):
+        text = prompt("Build a shop", depth)
+        assert ask(one, text).choices[0].message.content == ask(listed, text).choices[0].message.content
+
+
+@pytest.mark.parametrize("value", ["3,0", "3,x", "3,", ",", "3,21"])
+def test_bad_fanout_lists_are_refused_in_one_line(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every entry of a --fanout list is checked like a single --fanout: exit 2, one error line."""
+    with pytest.raises(SystemExit) as caught:
+        fakellm.main(["--listen", "127.0.0.1:0", "--fanout", value])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("paradecom fake-llm: error: argument --fanout")
+
+
+def test_stats_say_when_the_first_request_arrived_on_the_wall_clock(start_server: StartServer) -> None:
+    """/stats `first_request_unix_ms` is null before any chat request, then the time.time() of the
+    first one (not moved by later ones), and null again after /stats/reset: another process can
+    time how long a command took to send its first LLM request."""
+    _, addr = start_server()
+    assert stats(addr)["first_request_unix_ms"] is None
+    before = time.time() * 1000
+    ask(addr, prompt("A", 0))
+    after = time.time() * 1000
+    first = stats(addr)["first_request_unix_ms"]
+    assert before - 1 <= first <= after + 1
+    ask(addr, prompt("B", 0))
+    assert stats(addr)["first_request_unix_ms"] == first
+    http(addr, "/stats/reset", b"")
+    assert stats(addr)["first_request_unix_ms"] is None
+
+
+# Taskmaster's parse-prd schema as it sends it (task-master-ai 0.43.1, the `lmstudio` provider).
+TASKS_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "properties": {
+        "tasks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "number"},
+                    "title": {"type": "string", "minLength": 1},
+                    "description": {"type": "string", "minLength": 1},
+                    "details": {"type": "string"},
+                    "testStrategy": {"type": "string"},
+                    "priority": {"type": "string", "enum": ["high", "medium", "low"]},
+                    "dependencies": {"type": "array", "items": {"type": "number"}},
+                    "status": {"type": "string"},
+                },
+                "required": ["id", "title", "description", "details", "testStrategy", "priority", "dependencies",
+                             "status"],
+                "additionalProperties": False,
+            },
+        },
+        "metadata": {"default": None, "anyOf": [{"type": "object", "properties": {"projectName": {"type": "string"}},
+                                                 "required": ["projectName"]}, {"type": "null"}]},
+    },
+    "required": ["tasks"],
+    "additionalProperties": False,
+}  # fmt: skip
+
+
+def ask_schema(addr: str, system: str, user: str, name: str, schema: dict[str, Any]) -> str:
+    with client(addr) as c:
+        completion = c.chat.completions.create(
+            model="fake-model",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema}},
+        )
+    content = completion.choices[0].message.content
+    assert content is not None
+    return content
+
+
+def test_other_clients_json_schema_gets_a_valid_instance_of_it(start_server: StartServer) -> None:
+    """A request that is not a ParaDecom prompt and sends its own json_schema (Taskmaster's) gets an
+    instance of that schema: as many tasks as the prompt asks for, the value the prompt spells out
+    for `status`, the first enum value, ids counting from 1, no property the schema does not list,
+    the same content for the same request; /stats counts it under schema_answers."""
+    _, addr = start_server("--fanout", "3")
+    system = 'Generate tasks. Each task: {"status": "pending", "priority": "high" | "low"}'
+    user = "Break this PRD into approximately 4 tasks:\n\nA bakery web shop."
+    content = ask_schema(addr, system, user, "tasks_data", TASKS_SCHEMA)
+    answer = json.loads(content)
+    assert set(answer) == {"tasks"}
+    tasks = answer["tasks"]
+    assert [t["id"] for t in tasks] == [1, 2, 3, 4]
+    item = TASKS_SCHEMA["properties"]["tasks"]["items"]
+    for task in tasks:
+        assert set(task) == set(item["required"])
+        assert task["status"] == "pending" and task["priority"] == "high" and task["dependencies"] == []
+        assert all(isinstance(task[k], str) and task[k] for k in ("title", "description", "details", "testStrategy"))
+    assert len({t["title"] for t in tasks}) == 4
+    assert ask_schema(addr, system, user, "tasks_data", TASKS_SCHEMA) == content
+    # No count in the prompt: the depth-0 fan-out.
+    assert len(json.loads(ask_schema(addr, "Plan.", "A shop.", "tasks_data", TASKS_SCHEMA))["tasks"]) == 3
+    assert stats(addr)["schema_answers"] == 3
+
+
+def test_paradecom_requests_with_a_schema_still_get_a_decomposition(start_server: StartServer) -> None:
+    """The generic answer never replaces ParaDecom's: a prompt with a `Task to decompose:` line, or a
+    json_schema named `decomposition` (what runners send), gets the decomposition whatever schema
+    comes with it."""
+    _, addr = start_server("--fanout", "2")
+    with_line = json.loads(ask_schema(addr, "Decompose.", prompt("Build a shop", 0), "tasks_data", TASKS_SCHEMA))
+    assert len(with_line["subtasks"]) == 2
+    named = json.loads(ask_schema(addr, "Decompose.", "Plan a wedding.", "decomposition", TASKS_SCHEMA))
+    assert named == json.loads(ask(addr, "Plan a wedding.").choices[0].message.content or "")
+    assert stats(addr)["schema_answers"] == 0
+
+
+def test_schema_instance_follows_refs_bounds_and_lengths() -> None:
+    """schema_instance (in process): local $refs and allOf are followed, anyOf takes its first
+    non-null branch, numbers stay within minimum/maximum, strings within minLength/maxLength, nested
+    arrays get their minItems and top-level ones the count (within minItems/maxItems), formats get
+    a value of that format, and a recursive schema ends."""
+    schema: dict[str, Any] = {
+        "$defs": {
+            "Step": {"allOf": [{"properties": {"n": {"type": "integer", "minimum": 5, "maximum": 6}},
+                                "required": ["n"]},
+                               {"properties": {"tags": {"type": "array", "minItems": 2, "items": {"type": "string"}}},
+                                "required": ["tags"]}]},
+            "Node": {"type": "object", "properties": {"child": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/Node"}]}},
+                     "required": ["child"]},
+        },
+        "type": "object",
+        "properties": {
+            "steps": {"type": "array", "maxItems": 3, "items": {"$ref": "#/$defs/Step"}},
+            "name": {"type": "string", "minLength": 40, "maxLength": 50},
+            "short": {"type": "string", "maxLength": 3},
+            "when": {"type": "string", "format": "date-time"},
+            "ratio": {"type": "number", "exclusiveMaximum": 1},
+            "tree": {"$ref": "#/$defs/Node"},
+        },
+    }  # fmt: skip
+    value = fakellm.schema_instance(schema, "seed", 5)
+    assert [s["n"] for s in value["steps"]] == [5, 5, 5]
+    assert all(len(s["tags"]) == 2 for s in value["steps"])
+    assert 40 <= len(value["name"]) <= 50 and len(value["short"]) == 3
+    assert value["when"] == "2026-01-01T00:00:00Z"
+    assert value["ratio"] < 1
+    depth, node = 0, value["tree"]
+    while node:
+        depth, node = depth + 1, node["child"]
+    assert 1 <= depth <= fakellm.MAX_SCHEMA_DEPTH
+    assert fakellm.requested_count("make exactly 5 subtasks", "10 tasks") == 5
+    assert fakellm.requested_count("no number", "then 10 top-level development tasks") == 10
+    assert fakellm.requested_count("none here") is None
