@@ -2,9 +2,10 @@
 
 The messages are the rules (system), one worked example (a user message and the assistant's
 answer to it), then the task. A concrete example answer is what lets even a very small model (the
-embedded SmolLM2-135M) write usable JSON; the numbered titles it shows ("Step 1: ...") keep such a
-model from repeating one title over and over, and `schema.parse_decomposition` takes the numbers
-off again when the titles stay distinct without them.
+embedded SmolLM2-135M) write usable JSON, and such a model copies its form closely: so the example
+is exactly what an answer should be, with titles that are not numbered (numbered titles are an
+invalid answer, `paradecom.subtasks.subtask_errors`), siblings that differ in title and
+description, no keys (a subtask's key is its position) and `depends_on` as earlier positions.
 
 The task's user message ends with two machine-readable lines, `Task to decompose: <title>` and
 `Task depth: <depth>`, each on a line of its own: the fake LLM server reads them (in the last user
@@ -32,10 +33,11 @@ DEFAULT_MAX_SUBTASKS = 7
 # the answer is held to is still here, once.
 SYSTEM_PROMPT = """You split one software task into smaller subtasks that together cover all of it, \
 without overlapping each other or the sibling tasks you are shown.
-Each subtask: a numbered title starting with a verb ("Step 1: Load the data"), a one-sentence \
-description, 1 to 5 testable acceptance criteria, depends_on: the keys of sibling subtasks it needs \
-first (no cycles), "atomic": true when one person can do it without splitting it further, with the \
-reason in "atomic_reason", and "estimate_hours": the effort in hours.
+Each subtask: a title starting with a verb, not numbered ("Load the data"), a one-sentence \
+description of what only this subtask does, 1 to 5 testable acceptance criteria, depends_on: the \
+positions of earlier subtasks it needs first (1 is the first subtask), "atomic": true when one \
+person can do it without splitting it further, with the reason in "atomic_reason", and \
+"estimate_hours": the effort in hours. No two subtasks may have the same title or description.
 Answer with JSON only, {"subtasks": [...]}, like the example answer."""
 
 
@@ -57,8 +59,7 @@ def _example_assignment() -> task_pb2.TaskAssignment:
 EXAMPLE_ANSWER = {
     "subtasks": [
         {
-            "key": "1",
-            "title": "Step 1: Design the database schema",
+            "title": "Design the database schema",
             "description": "Tables for users, posts and comments.",
             "acceptance_criteria": ["The schema has tables for users, posts and comments"],
             "depends_on": [],
@@ -67,21 +68,19 @@ EXAMPLE_ANSWER = {
             "estimate_hours": 4,
         },
         {
-            "key": "2",
-            "title": "Step 2: Build the post editor",
+            "title": "Build the post editor",
             "description": "A page where a writer writes, saves and publishes a post.",
             "acceptance_criteria": ["A writer can publish a post and see it listed"],
-            "depends_on": ["1"],
+            "depends_on": [1],
             "atomic": False,
             "atomic_reason": "Editing, preview and publishing are separate pieces of work.",
             "estimate_hours": 8,
         },
         {
-            "key": "3",
-            "title": "Step 3: Write the end-to-end tests",
+            "title": "Write the end-to-end tests",
             "description": "Tests that publish a post and comment on it.",
             "acceptance_criteria": ["The tests pass in CI"],
-            "depends_on": ["2"],
+            "depends_on": [2],
             "atomic": True,
             "atomic_reason": "A small test suite.",
             "estimate_hours": 5,

@@ -1,9 +1,17 @@
 """The shape of the LLM's answer, and turning an answer's text into validated `Subtask` messages.
 
-Models are lenient where guessing cannot hurt (a missing key becomes the child's position, a
-missing description becomes "", numbers where strings belong become strings, over-long text is
-clipped to the limits) and strict where a guess would change the plan (a missing title or atomic
-flag, a negative estimate, a dependency that names no sibling): those go back to the LLM as errors.
+The schema asks for no keys: a subtask's key is its position (1 for the first), which the runner
+assigns, and `depends_on` lists the positions of the siblings a subtask needs first. Writing and
+then citing keys of its own is what a very small model gets wrong most often (repeated keys,
+dependencies on keys such as '3.756249'); positions it cannot get wrong in structure, and in
+`json_object` mode the grammar (`grammar_schema`) lets each subtask name only earlier positions.
+
+The parser is lenient where guessing cannot hurt (answers in the older shape with string keys of
+their own, as caches and other runners hold, are read as they are; a missing key becomes the
+child's position, a missing description becomes "", numbers where strings belong become strings,
+over-long text is clipped to the limits) and strict where a guess would change the plan (a missing
+title or atomic flag, a negative estimate, a dependency that names no sibling, numbered or
+near-duplicate siblings): those go back to the LLM as errors.
 """
 
 from __future__ import annotations
@@ -31,8 +39,6 @@ _OPTIONAL_FIELDS = (
 )
 
 _FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-# "Step 3: ", "step 3 - ", "3. ": the numbering the prompt's example asks for, taken off again.
-_STEP_NUMBER_RE = re.compile(r"^(?:step\s*)?\d{1,3}\s*[:.)\-\u2013]\s+(?=\S)", re.IGNORECASE)
 
 # Errors beyond this many add nothing for the LLM to act on and only lengthen the re-ask.
 MAX_REPORTED_ERRORS = 20
@@ -151,10 +157,19 @@ def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def decomposition_schema(max_subtasks: int = limits.MAX_SUBTASKS) -> dict[str, Any]:
-    """DECOMPOSITION_SCHEMA with at most `max_subtasks` subtasks (the runner's --max-subtasks)."""
+    """DECOMPOSITION_SCHEMA with at most `max_subtasks` subtasks (the runner's --max-subtasks).
+
+    Derived from DecompositionAnswer, with two changes to what is asked (the parser still reads
+    both forms): no `key`, since a subtask's key is its position; and `depends_on` as integers,
+    the positions of the siblings it needs first.
+    """
     if not 1 <= max_subtasks <= limits.MAX_SUBTASKS:
         raise ValueError(f"max_subtasks must be 1 to {limits.MAX_SUBTASKS}, not {max_subtasks}")
     schema = strict_json_schema(DecompositionAnswer)
+    item = schema["properties"]["subtasks"]["items"]
+    del item["properties"]["key"]
+    item["required"] = list(item["properties"])
+    item["properties"]["depends_on"]["items"] = {"type": "integer"}
     # Bounds the runner enforces anyway; in the schema they also stop a grammar-constrained small
     # model from writing subtasks until it runs out of tokens.
     schema["properties"]["subtasks"].update(minItems=1, maxItems=max_subtasks)
@@ -165,21 +180,60 @@ def decomposition_schema(max_subtasks: int = limits.MAX_SUBTASKS) -> dict[str, A
 # a grammar). Without them a very small model fills one string until it hits max_tokens, and the
 # cut-off answer is refused. OpenAI's strict mode does not take maxLength, so json_schema mode
 # sends the schema without them; longer strings are clipped after parsing anyway.
-GRAMMAR_STRING_BOUNDS = {"key": 8, "title": 120, "description": 400, "atomic_reason": 200}
+GRAMMAR_STRING_BOUNDS = {"title": 120, "description": 400, "atomic_reason": 200}
+GRAMMAR_MIN_TITLE_CHARS = 3
 GRAMMAR_CRITERION_CHARS = 200
 GRAMMAR_MAX_CRITERIA = 5
 
 
 def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` (a decomposition schema) with the length bounds a grammar can enforce."""
+    """`schema` (a decomposition schema) tightened into what a grammar can enforce: string lengths,
+    and `depends_on` naming only earlier siblings by position, so that a dependency on no sibling,
+    on itself or in a cycle cannot be written at all.
+
+    JSON schema cannot make an item's schema depend on its index except through tuples, so the
+    subtasks list becomes one alternative per allowed count (anyOf), each a tuple (`prefixItems`)
+    of the subtasks at positions 1 to n, where the subtask at position p may depend on 1 to p-1.
+    The subtask at each position, and each bounded string, is one `$defs` entry referenced
+    wherever it appears: inlined, the grammar llama.cpp compiles for every request would repeat
+    them once per count and position (137 KB of grammar for 5 subtasks instead of 9 KB).
+    llama.cpp's converters (the server's C++ one and llama-cpp-python's) take all of this.
+    """
     bounded = copy.deepcopy(schema)
-    item = bounded["properties"]["subtasks"]["items"]["properties"]
+    subtasks = bounded["properties"]["subtasks"]
+    item = subtasks["items"]
+    props = item["properties"]
+    defs: dict[str, Any] = {}
     for name, length in GRAMMAR_STRING_BOUNDS.items():
-        item[name]["maxLength"] = length
-    item["acceptance_criteria"]["items"]["maxLength"] = GRAMMAR_CRITERION_CHARS
-    item["acceptance_criteria"]["maxItems"] = GRAMMAR_MAX_CRITERIA
-    item["depends_on"]["items"]["maxLength"] = GRAMMAR_STRING_BOUNDS["key"]
-    item["depends_on"]["maxItems"] = bounded["properties"]["subtasks"]["maxItems"]
+        defs[name] = {**props[name], "maxLength": length}
+        props[name] = {"$ref": f"#/$defs/{name}"}
+    defs["title"]["minLength"] = GRAMMAR_MIN_TITLE_CHARS
+    defs["criterion"] = {**props["acceptance_criteria"]["items"], "maxLength": GRAMMAR_CRITERION_CHARS}
+    props["acceptance_criteria"]["items"] = {"$ref": "#/$defs/criterion"}
+    props["acceptance_criteria"]["maxItems"] = GRAMMAR_MAX_CRITERIA
+    low, high = subtasks.get("minItems", 1), subtasks["maxItems"]
+    for position in range(1, high + 1):
+        at = copy.deepcopy(item)
+        depends_on = at["properties"]["depends_on"]
+        if position == 1:
+            depends_on["maxItems"] = 0
+        else:
+            # Repeats are not forbidden (the parser drops them); the bound keeps the list short.
+            depends_on["items"] = {"enum": list(range(1, position))}
+            depends_on["maxItems"] = position - 1
+        defs[f"subtask{position}"] = at
+    bounded["properties"]["subtasks"] = {
+        "anyOf": [
+            {
+                "type": "array",
+                "prefixItems": [{"$ref": f"#/$defs/subtask{position}"} for position in range(1, count + 1)],
+                "minItems": count,
+                "maxItems": count,
+            }
+            for count in range(low, high + 1)
+        ]
+    }
+    bounded["$defs"] = defs
     return bounded
 
 
@@ -267,17 +321,6 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
     return errors
 
 
-def _without_step_numbers(titles: list[str], parent_title: str) -> list[str]:
-    """`titles` with a leading step number ("Step 2: ") taken off, when that leaves them non-empty,
-    distinct and none the parent's title; else `titles` as they are (the numbers then are what
-    tells them apart, and the structural rules judge them as written)."""
-    stripped = [_STEP_NUMBER_RE.sub("", t.strip()) for t in titles]
-    folded = [t.strip().casefold() for t in stripped]
-    if all(folded) and len(set(folded)) == len(folded) and parent_title.strip().casefold() not in folded:
-        return stripped
-    return titles
-
-
 def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
     """The validated children in the LLM's answer `text` for the task titled `parent_title`.
 
@@ -297,14 +340,13 @@ def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
     except ValidationError as exc:
         raise InvalidAnswer(_format_validation_error(exc)[:MAX_REPORTED_ERRORS]) from None
 
-    titles = _without_step_numbers([child.title for child in answer.subtasks], parent_title)
     subtasks: list[task_pb2.Subtask] = []
-    for position, (child, title) in enumerate(zip(answer.subtasks, titles, strict=True), start=1):
+    for position, child in enumerate(answer.subtasks, start=1):
         criteria = [_clip(c, limits.MAX_ITEM_CHARS) for c in child.acceptance_criteria if c.strip()]
         subtasks.append(
             task_pb2.Subtask(
                 key=child.key or str(position),
-                title=_clip(title, limits.MAX_TITLE_CHARS),
+                title=_clip(child.title, limits.MAX_TITLE_CHARS),
                 description=_clip(child.description, limits.MAX_DESCRIPTION_CHARS),
                 acceptance_criteria=criteria[: limits.MAX_LIST_ITEMS],
                 # Order kept, repeats dropped: a repeated dependency means nothing more.
@@ -315,7 +357,7 @@ def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
             )
         )
     errors = subtask_errors(
-        [SubtaskShape(key=s.key, title=s.title, depends_on=list(s.depends_on)) for s in subtasks],
+        [SubtaskShape(s.key, s.title, list(s.depends_on), s.description) for s in subtasks],
         parent_title=parent_title,
     )
     if errors:

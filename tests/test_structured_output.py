@@ -18,7 +18,13 @@ from helpers import Proc, run_cli
 from paradecom import limits
 from paradecom.runner.llm import LLMClient, rejects_response_format, response_format_for
 from paradecom.runner.prompt import EXAMPLE_ANSWER
-from paradecom.runner.schema import DECOMPOSITION_SCHEMA, decomposition_schema, grammar_schema, parse_decomposition
+from paradecom.runner.schema import (
+    DECOMPOSITION_SCHEMA,
+    InvalidAnswer,
+    decomposition_schema,
+    grammar_schema,
+    parse_decomposition,
+)
 
 PROMPT = [
     {"role": "system", "content": "You decompose tasks."},
@@ -62,7 +68,8 @@ def objects(schema: Any) -> list[dict[str, Any]]:
 
 def test_schema_is_strict_compatible() -> None:
     """DECOMPOSITION_SCHEMA closes every object, requires every property, has no $ref, titles or
-    defaults, and still names every field of the answer (a property called "title" included)."""
+    defaults, and still names every field of the answer (a property called "title" included) but
+    `key`: a subtask's key is its position, and depends_on lists positions (integers)."""
     text = json.dumps(DECOMPOSITION_SCHEMA)
     assert "$ref" not in text and "$defs" not in text and '"default"' not in text
     found = objects(DECOMPOSITION_SCHEMA)
@@ -73,23 +80,30 @@ def test_schema_is_strict_compatible() -> None:
         assert all("title" not in sub for sub in obj["properties"].values())
     subtask = DECOMPOSITION_SCHEMA["properties"]["subtasks"]
     assert subtask["items"]["required"] == [
-        "key", "title", "description", "acceptance_criteria", "depends_on", "atomic", "atomic_reason", "estimate_hours",
+        "title", "description", "acceptance_criteria", "depends_on", "atomic", "atomic_reason", "estimate_hours",
     ]  # fmt: skip
+    assert subtask["items"]["properties"]["depends_on"] == {"type": "array", "items": {"type": "integer"}}
     assert (subtask["minItems"], subtask["maxItems"]) == (1, limits.MAX_SUBTASKS)
     assert decomposition_schema(5)["properties"]["subtasks"]["maxItems"] == 5
 
 
-def test_prompt_example_answer_is_valid_and_its_step_numbers_come_off() -> None:
-    """The prompt's example answer passes the parser, which takes its "Step N: " numbering off."""
+def test_prompt_example_answer_is_valid_unnumbered_and_keyed_by_position() -> None:
+    """The prompt's example answer is what an answer should be: it passes the parser as it is
+    (titles kept as written, none numbered), has no keys, and its dependencies are positions that
+    become the keys the runner assigns."""
+    assert all("key" not in child for child in EXAMPLE_ANSWER["subtasks"])
     subtasks = parse_decomposition(json.dumps(EXAMPLE_ANSWER), "Build the team blog")
     assert [s.title for s in subtasks] == [
         "Design the database schema",
         "Build the post editor",
         "Write the end-to-end tests",
     ]
-    # Numbers that are all that tells two titles apart stay, and the duplicate rule does not fire.
-    twins = {"subtasks": [dict(EXAMPLE_ANSWER["subtasks"][0], key=k, title=f"Step {k}: Train it") for k in "12"]}
-    assert [s.title for s in parse_decomposition(json.dumps(twins), "P")] == ["Step 1: Train it", "Step 2: Train it"]
+    assert [s.key for s in subtasks] == ["1", "2", "3"]
+    assert [list(s.depends_on) for s in subtasks] == [[], ["1"], ["2"]]
+    # Numbered titles are no longer taken off: they are an invalid answer, re-asked with the reason.
+    numbered = {"subtasks": [dict(EXAMPLE_ANSWER["subtasks"][0], title="Step 1: Design the schema")]}
+    with pytest.raises(InvalidAnswer, match="is numbered"):
+        parse_decomposition(json.dumps(numbered), "P")
 
 
 def test_response_formats_per_mode() -> None:
@@ -102,10 +116,50 @@ def test_response_formats_per_mode() -> None:
     # json_object goes to llama.cpp, which makes a grammar of it: string lengths are bounded there.
     bounded = response_format_for("json_object", schema)
     assert bounded == {"type": "json_object", "schema": grammar_schema(schema)} and bounded["schema"] != schema
-    item = bounded["schema"]["properties"]["subtasks"]["items"]["properties"]
-    assert item["title"]["maxLength"] == 120 and item["acceptance_criteria"]["maxItems"] == 5
+    defs = bounded["schema"]["$defs"]
+    assert defs["title"]["maxLength"] == 120 and defs["subtask1"]["properties"]["acceptance_criteria"]["maxItems"] == 5
     assert "maxLength" not in json.dumps(schema), "json_schema mode (OpenAI strict) must not get maxLength"
     assert response_format_for("prompt", schema) is None
+
+
+def test_grammar_schema_lets_each_subtask_depend_only_on_earlier_positions() -> None:
+    """In json_object mode the schema (a grammar for llama.cpp) allows 1 to max subtasks, one
+    alternative per count, and the subtask at position p may list only positions 1 to p-1 in
+    depends_on: a dependency on no sibling, on itself or in a cycle cannot be written. Every other
+    field is the strict schema's, with bounded strings."""
+    schema = decomposition_schema(4)
+    grammar = grammar_schema(schema)
+    alternatives = grammar["properties"]["subtasks"]["anyOf"]
+    assert [(a["minItems"], a["maxItems"], len(a["prefixItems"])) for a in alternatives] == [
+        (n, n, n) for n in range(1, 5)
+    ]
+    for alternative in alternatives:
+        assert [item["$ref"] for item in alternative["prefixItems"]] == [
+            f"#/$defs/subtask{p}" for p in range(1, alternative["maxItems"] + 1)
+        ]
+    defs = grammar["$defs"]
+    assert defs["subtask1"]["properties"]["depends_on"]["maxItems"] == 0
+    for position in range(2, 5):
+        depends_on = defs[f"subtask{position}"]["properties"]["depends_on"]
+        assert depends_on["items"] == {"enum": list(range(1, position))} and depends_on["maxItems"] == position - 1
+    strict_item = schema["properties"]["subtasks"]["items"]
+    for position in range(1, 5):
+        item = defs[f"subtask{position}"]
+        assert item["required"] == strict_item["required"] and item["additionalProperties"] is False
+    assert defs["title"] == {"type": "string", "maxLength": 120, "minLength": 3}
+
+
+def test_grammar_schema_compiles_with_llama_cpp() -> None:
+    """llama-cpp-python (the `local` extra) turns the json_object schema into a grammar without
+    error, and the grammar has one rule per position naming exactly the earlier positions."""
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    text = json.dumps(grammar_schema(decomposition_schema(5)))
+    gbnf = llama_grammar.json_schema_to_gbnf(text)
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
+    assert rules["subtask2-depends-on-item"] == '"1"'
+    assert rules["subtask5-depends-on-item"] == '"1" | "2" | "3" | "4"'
+    assert rules["subtask1-depends-on"] == '"[" space  "]" space'
+    llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
 
 
 def test_request_body_carries_the_schema_through_the_openai_client() -> None:
