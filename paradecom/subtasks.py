@@ -55,8 +55,8 @@ _NUMBERED_TITLE_RE = re.compile(
     r"(?:step|part|phase|stage|task|subtask|milestone|sprint)\s*#?\s*"
     r"(?:\d+|(?-i:[IVX]+)|one|two|three|four|five|six|seven|eight|nine|ten)\b"
     r"|#\d+\b"
-    r"|\d+(?:\.\d+)*\s*(?:[.):]|[\-\u2013\u2014]\s)"
     r"|\d+(?:\.\d+)+\s"
+    r"|\d+(?:\.\d+)*\s*(?:[.):]|[\-\u2013\u2014]\s)"
     r"|\(\d+\)"
     r")",
     re.IGNORECASE,
@@ -91,6 +91,16 @@ def similarity(a: str, b: str) -> float:
 def is_numbered_title(title: str) -> bool:
     """Whether `title` starts with an enumeration such as "Step 2:", "2.", "Part 3 -" or "Phase 1"."""
     return _NUMBERED_TITLE_RE.match(title) is not None
+
+
+def without_numbering(title: str) -> str:
+    """`title` with a leading enumeration ("Step 2: ", "2. ", "Part 3 - ") and the separators after
+    it taken off; `title` as it is when it is not numbered or would be left empty."""
+    match = _NUMBERED_TITLE_RE.match(title)
+    if match is None:
+        return title
+    rest = title[match.end() :].lstrip(" \t:.)-\u2013\u2014")
+    return rest if rest.strip() else title
 
 
 def near_duplicates(texts: Sequence[str]) -> list[tuple[int, int]]:

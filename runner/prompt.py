@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from paradecom import limits
 from paradecom.v1 import project_pb2, task_pb2
 
+from .schema import answer_profile
+
 # The fan-out asked of the LLM by default (the runner's --min/--max-subtasks): more children than
 # the maximum is an invalid answer (re-asked); fewer than the minimum makes the task a leaf (a stop
 # rule, recorded on the task).
@@ -38,6 +40,15 @@ description of what only this subtask does, 1 to 5 testable acceptance criteria,
 positions of earlier subtasks it needs first (1 is the first subtask), "atomic": true when one \
 person can do it without splitting it further, with the reason in "atomic_reason", and \
 "estimate_hours": the effort in hours. No two subtasks may have the same title or description.
+Answer with JSON only, {"subtasks": [...]}, like the example answer."""
+
+
+# The `small` answer profile (runner/schema.py: very small local models): the same rules for a
+# shorter answer, whose shape the grammar enforces.
+SMALL_SYSTEM_PROMPT = """You split one software task into smaller subtasks that together cover all of it.
+Each subtask: a title starting with a verb that names one part of this task in the project's own words, \
+one testable acceptance criterion, and depends_on: the positions of earlier subtasks it needs first \
+(1 is the first subtask). No two subtasks may have the same title.
 Answer with JSON only, {"subtasks": [...]}, like the example answer."""
 
 
@@ -84,6 +95,31 @@ EXAMPLE_ANSWER = {
             "atomic": True,
             "atomic_reason": "A small test suite.",
             "estimate_hours": 5,
+        },
+    ]
+}
+
+# The small profile's example: the small profile's fields, titles starting with the verbs its
+# grammar allows at each position of three (runner/schema.py SMALL_TITLE_VERBS).
+SMALL_EXAMPLE_ANSWER = {
+    "subtasks": [
+        {
+            "title": "Design the database schema",
+            "acceptance_criteria": ["Users, posts and comments have tables"],
+            "depends_on": [],
+            "atomic": False,
+        },
+        {
+            "title": "Build the post editor",
+            "acceptance_criteria": ["A writer can publish a post"],
+            "depends_on": [1],
+            "atomic": False,
+        },
+        {
+            "title": "Test publishing a post",
+            "acceptance_criteria": ["An end-to-end test publishes a post"],
+            "depends_on": [2],
+            "atomic": False,
         },
     ]
 }
@@ -162,16 +198,23 @@ def build_messages(
     assignment: task_pb2.TaskAssignment,
     min_subtasks: int = DEFAULT_MIN_SUBTASKS,
     max_subtasks: int = DEFAULT_MAX_SUBTASKS,
+    *,
+    profile: str | None = None,
 ) -> list[dict[str, str]]:
     """The messages that ask for the decomposition of `assignment`'s task into `min_subtasks` to
     `max_subtasks` subtasks: the rules, the worked example, and the task itself (always the last
-    message, a user message)."""
+    message, a user message). `profile` is the answer profile (None: `schema.answer_profile()`,
+    from the environment); the `small` one asks for exactly `max_subtasks` subtasks, as its schema does."""
     if not 1 <= min_subtasks <= max_subtasks <= limits.MAX_SUBTASKS:
         raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
+    if (profile or answer_profile()) == "small":
+        system, example, min_subtasks = SMALL_SYSTEM_PROMPT, SMALL_EXAMPLE_ANSWER, max_subtasks
+    else:
+        system, example = SYSTEM_PROMPT, EXAMPLE_ANSWER
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system},
         {"role": "user", "content": _task_prompt(_example_assignment(), min_subtasks, max_subtasks)},
-        {"role": "assistant", "content": json.dumps(EXAMPLE_ANSWER)},
+        {"role": "assistant", "content": json.dumps(example)},
         {"role": "user", "content": _task_prompt(assignment, min_subtasks, max_subtasks)},
     ]
 

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from paradecom import limits
-from paradecom.errors import ParaDecomError
-from paradecom.subtasks import SubtaskShape, subtask_errors
+from paradecom.errors import ConfigError, ParaDecomError
+from paradecom.subtasks import (
+    NEAR_DUPLICATE_SIMILARITY,
+    SubtaskShape,
+    similarity,
+    subtask_errors,
+    without_numbering,
+)
 from paradecom.v1 import task_pb2
 
 # Fields the LLM may leave out or set to null; the model's default stands in for them.
@@ -156,24 +163,56 @@ def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
-def decomposition_schema(max_subtasks: int = limits.MAX_SUBTASKS) -> dict[str, Any]:
-    """DECOMPOSITION_SCHEMA with at most `max_subtasks` subtasks (the runner's --max-subtasks).
+# Answer profiles: what an answer is asked to contain. `full` (the default) is every field of a
+# Subtask. `small` is for very small local models (the embedded SmolLM2-135M, which `paradecom run`
+# points its runners at with PARADECOM_ANSWER_PROFILE=small): measured, such a model repeats one
+# subtask's title and description over every sibling and copies whatever text it saw last, so it
+# is asked only for a title, one acceptance criterion and depends_on, for exactly --max-subtasks
+# subtasks; `grammar_schema` then makes each position's title start with a verb of its own
+# (`SMALL_TITLE_VERBS`), so siblings differ by construction, and fixes `atomic` to false (a tiny
+# model's judgement of atomicity is noise; the project's max_depth ends the tree instead).
+ANSWER_PROFILES = ("full", "small")
+ENV_ANSWER_PROFILE = "PARADECOM_ANSWER_PROFILE"
+_SMALL_FIELDS = ("title", "acceptance_criteria", "depends_on", "atomic")
+
+
+def answer_profile() -> str:
+    """$PARADECOM_ANSWER_PROFILE, else `full`; ConfigError if it names no profile."""
+    profile = os.environ.get(ENV_ANSWER_PROFILE, "").strip() or "full"
+    if profile not in ANSWER_PROFILES:
+        raise ConfigError(f"{ENV_ANSWER_PROFILE}={profile!r} is not one of {', '.join(ANSWER_PROFILES)}")
+    return profile
+
+
+def decomposition_schema(max_subtasks: int = limits.MAX_SUBTASKS, profile: str | None = None) -> dict[str, Any]:
+    """DECOMPOSITION_SCHEMA with at most `max_subtasks` subtasks (the runner's --max-subtasks), for
+    answer `profile` (None: `answer_profile()`, from the environment).
 
     Derived from DecompositionAnswer, with two changes to what is asked (the parser still reads
     both forms): no `key`, since a subtask's key is its position; and `depends_on` as integers,
-    the positions of the siblings it needs first.
+    the positions of the siblings it needs first. The `small` profile asks only for _SMALL_FIELDS,
+    and for exactly `max_subtasks` subtasks.
     """
     if not 1 <= max_subtasks <= limits.MAX_SUBTASKS:
         raise ValueError(f"max_subtasks must be 1 to {limits.MAX_SUBTASKS}, not {max_subtasks}")
+    profile = profile or answer_profile()
+    if profile not in ANSWER_PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(ANSWER_PROFILES)}, not {profile!r}")
     schema = strict_json_schema(DecompositionAnswer)
     item = schema["properties"]["subtasks"]["items"]
     del item["properties"]["key"]
+    if profile == "small":
+        item["properties"] = {name: item["properties"][name] for name in _SMALL_FIELDS}
     item["required"] = list(item["properties"])
     item["properties"]["depends_on"]["items"] = {"type": "integer"}
     # Bounds the runner enforces anyway; in the schema they also stop a grammar-constrained small
     # model from writing subtasks until it runs out of tokens.
-    schema["properties"]["subtasks"].update(minItems=1, maxItems=max_subtasks)
+    schema["properties"]["subtasks"].update(minItems=max_subtasks if profile == "small" else 1, maxItems=max_subtasks)
     return schema
+
+
+def _is_small(schema: dict[str, Any]) -> bool:
+    return "description" not in schema["properties"]["subtasks"]["items"]["properties"]
 
 
 # Lengths a grammar-constrained answer is held to (json_object mode: llama.cpp turns the schema into
@@ -184,6 +223,32 @@ GRAMMAR_STRING_BOUNDS = {"title": 120, "description": 400, "atomic_reason": 200}
 GRAMMAR_MIN_TITLE_CHARS = 3
 GRAMMAR_CRITERION_CHARS = 200
 GRAMMAR_MAX_CRITERIA = 5
+# The small profile's bounds: short titles keep two titles that differ only in their verb apart
+# under the near-duplicate rule (k shared words of k + 1 are nearly the same only from k = 8).
+SMALL_TITLE_CHARS = 60
+SMALL_CRITERION_CHARS = 100
+SMALL_MAX_CRITERIA = 1
+# The verbs a small profile title may start with, per position (1-based), for up to five subtasks:
+# disjoint sets, so no two siblings start alike, in the order work usually goes (prepare, build,
+# extend, check, ship). With fewer subtasks the first and last groups stay first and last.
+SMALL_TITLE_VERBS: tuple[tuple[str, ...], ...] = (
+    ("Design", "Plan", "Define", "Set up", "Prepare", "Choose", "Research", "Collect", "Load", "Gather", "Read"),
+    ("Build", "Implement", "Create", "Develop", "Write", "Train", "Code", "Make", "Program", "Fit"),
+    ("Add", "Integrate", "Connect", "Extend", "Configure", "Tune", "Improve", "Optimize", "Handle", "Support"),
+    ("Test", "Evaluate", "Validate", "Check", "Measure", "Verify", "Compare", "Review", "Analyze", "Debug"),
+    ("Document", "Deploy", "Release", "Save", "Report", "Visualize", "Publish", "Package", "Export", "Present"),
+)
+_SMALL_GROUPS_BY_COUNT = {1: (1,), 2: (0, 1), 3: (0, 1, 3), 4: (0, 1, 3, 4), 5: (0, 1, 2, 3, 4)}
+# A title's text after its verb: a letter first (not "1.0"), then no quote, backslash or control
+# character (the grammar writes the string's characters itself, and JSON forbids raw control ones).
+_TITLE_REST = r'[A-Za-z][^"\\\x00-\x1f]'
+
+
+def small_title_verbs(position: int, count: int) -> tuple[str, ...]:
+    """The verbs the title of the subtask at `position` (1-based) of `count` may start with in the
+    small profile; () beyond the fifth subtask (any title)."""
+    groups = _SMALL_GROUPS_BY_COUNT.get(count, _SMALL_GROUPS_BY_COUNT[5])
+    return SMALL_TITLE_VERBS[groups[position - 1]] if position <= len(groups) else ()
 
 
 def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -200,17 +265,25 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
     llama.cpp's converters (the server's C++ one and llama-cpp-python's) take all of this.
     """
     bounded = copy.deepcopy(schema)
+    small = _is_small(bounded)
     subtasks = bounded["properties"]["subtasks"]
     item = subtasks["items"]
     props = item["properties"]
     defs: dict[str, Any] = {}
     for name, length in GRAMMAR_STRING_BOUNDS.items():
-        defs[name] = {**props[name], "maxLength": length}
-        props[name] = {"$ref": f"#/$defs/{name}"}
+        if name in props:
+            defs[name] = {**props[name], "maxLength": SMALL_TITLE_CHARS if small and name == "title" else length}
+            props[name] = {"$ref": f"#/$defs/{name}"}
     defs["title"]["minLength"] = GRAMMAR_MIN_TITLE_CHARS
-    defs["criterion"] = {**props["acceptance_criteria"]["items"], "maxLength": GRAMMAR_CRITERION_CHARS}
+    defs["criterion"] = {
+        **props["acceptance_criteria"]["items"],
+        "maxLength": SMALL_CRITERION_CHARS if small else GRAMMAR_CRITERION_CHARS,
+    }
     props["acceptance_criteria"]["items"] = {"$ref": "#/$defs/criterion"}
-    props["acceptance_criteria"]["maxItems"] = GRAMMAR_MAX_CRITERIA
+    props["acceptance_criteria"]["maxItems"] = SMALL_MAX_CRITERIA if small else GRAMMAR_MAX_CRITERIA
+    if small:
+        props["acceptance_criteria"]["minItems"] = SMALL_MAX_CRITERIA
+        props["atomic"] = {"const": False}
     low, high = subtasks.get("minItems", 1), subtasks["maxItems"]
     for position in range(1, high + 1):
         at = copy.deepcopy(item)
@@ -221,6 +294,10 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
             # Repeats are not forbidden (the parser drops them); the bound keeps the list short.
             depends_on["items"] = {"enum": list(range(1, position))}
             depends_on["maxItems"] = position - 1
+        verbs = small_title_verbs(position, high) if small else ()
+        if verbs:
+            rest = f"{_TITLE_REST}{{{GRAMMAR_MIN_TITLE_CHARS - 1},{SMALL_TITLE_CHARS - 1}}}"
+            at["properties"]["title"] = {"type": "string", "pattern": f"^({'|'.join(verbs)}) {rest}$"}
         defs[f"subtask{position}"] = at
     bounded["properties"]["subtasks"] = {
         "anyOf": [
@@ -237,15 +314,17 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return bounded
 
 
-# What `response_format` sends (json_schema and json_object modes): the answer's shape, derived
-# from the models above so the two cannot drift apart.
-DECOMPOSITION_SCHEMA: dict[str, Any] = decomposition_schema()
+# What `response_format` sends (json_schema and json_object modes) in the full profile: the answer's
+# shape, derived from the models above so the two cannot drift apart.
+DECOMPOSITION_SCHEMA: dict[str, Any] = decomposition_schema(profile="full")
 
 
 def _loads(text: str) -> Any:
-    """json.loads, with every way it can refuse text raised as json.JSONDecodeError."""
+    """json.loads, with every way it can refuse text raised as json.JSONDecodeError. Raw control
+    characters (a line break) inside strings are taken as they are: a grammar-constrained model
+    writes them, and their meaning is plain."""
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -290,7 +369,7 @@ def extract_json(text: str) -> Any:
     # object (a lone subtask inside a cut-off answer, an example in the prose) would only turn a
     # clear "not valid JSON" into a misleading shape error. Without the field's name in the text
     # no object can have it, so the search is skipped.
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)
     candidates = re.finditer(r"\{", stripped) if '"subtasks"' in stripped else iter(())
     for match in candidates:
         if attempts >= MAX_JSON_DECODE_ATTEMPTS:
@@ -321,11 +400,15 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
     return errors
 
 
-def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
+def parse_decomposition(text: str, parent_title: str, *, salvage: bool = False) -> list[task_pb2.Subtask]:
     """The validated children in the LLM's answer `text` for the task titled `parent_title`.
 
     Raises InvalidAnswer listing every problem (not JSON, wrong shape, broken structural rules of
     `paradecom.subtasks.subtask_errors`), worded so the LLM can correct itself when re-asked.
+
+    `salvage` (for the last answer the runner may get, once re-asks are spent): instead of refusing
+    an answer for its children's structural faults, keep what is sound (`_salvaged`); InvalidAnswer
+    only when nothing valid is left.
     """
     data = extract_json(text)
     # A bare list of children is unambiguous, so it is taken as the subtasks.
@@ -356,10 +439,53 @@ def parse_decomposition(text: str, parent_title: str) -> list[task_pb2.Subtask]:
                 estimate_hours=child.estimate_hours,
             )
         )
-    errors = subtask_errors(
-        [SubtaskShape(s.key, s.title, list(s.depends_on), s.description) for s in subtasks],
-        parent_title=parent_title,
-    )
+    errors = _errors(subtasks, parent_title)
+    if errors and salvage:
+        kept = _salvaged(subtasks, parent_title)
+        if kept and not _errors(kept, parent_title):
+            return kept
     if errors:
         raise InvalidAnswer(errors[:MAX_REPORTED_ERRORS])
     return subtasks
+
+
+def _errors(subtasks: list[task_pb2.Subtask], parent_title: str) -> list[str]:
+    return subtask_errors(
+        [SubtaskShape(s.key, s.title, list(s.depends_on), s.description) for s in subtasks],
+        parent_title=parent_title,
+    )
+
+
+def _salvaged(subtasks: list[task_pb2.Subtask], parent_title: str) -> list[task_pb2.Subtask]:
+    """What is sound in `subtasks`: a numbered title loses its number; a child that is its parent
+    again (its title), has no title, repeats an earlier sibling's key, or is nearly the same as an
+    earlier kept sibling (title or description) is left out; dependencies on no kept sibling are
+    dropped. Left for `subtask_errors` to refuse: a dependency cycle, over-long keys or titles.
+    Guessing here cannot hurt: what is left out is a child already there (or no child at all), and
+    the order of the rest is the answer's own."""
+    kept: list[task_pb2.Subtask] = []
+    parent = parent_title.strip().casefold()
+    for original in subtasks:
+        child = task_pb2.Subtask()
+        child.CopyFrom(original)
+        child.title = without_numbering(child.title)
+        title = child.title.strip()
+        if not title or title.casefold() == parent or any(k.key == child.key for k in kept):
+            continue
+        if any(
+            similarity(k.title, child.title) >= NEAR_DUPLICATE_SIMILARITY
+            or (
+                k.description.strip()
+                and child.description.strip()
+                and similarity(k.description, child.description) >= NEAR_DUPLICATE_SIMILARITY
+            )
+            for k in kept
+        ):
+            continue
+        kept.append(child)
+    keys = {k.key for k in kept}
+    for child in kept:
+        deps = [d for d in child.depends_on if d in keys and d != child.key]
+        del child.depends_on[:]
+        child.depends_on.extend(deps)
+    return kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -14,16 +15,21 @@ import httpx2
 import openai
 import pytest
 from helpers import Proc, run_cli
+from test_runner_unit import make_assignment
 
 from paradecom import limits
+from paradecom.errors import ConfigError
 from paradecom.runner.llm import LLMClient, rejects_response_format, response_format_for
-from paradecom.runner.prompt import EXAMPLE_ANSWER
+from paradecom.runner.prompt import EXAMPLE_ANSWER, SMALL_EXAMPLE_ANSWER, SMALL_SYSTEM_PROMPT, build_messages
 from paradecom.runner.schema import (
     DECOMPOSITION_SCHEMA,
+    ENV_ANSWER_PROFILE,
     InvalidAnswer,
+    answer_profile,
     decomposition_schema,
     grammar_schema,
     parse_decomposition,
+    small_title_verbs,
 )
 
 PROMPT = [
@@ -160,6 +166,60 @@ def test_grammar_schema_compiles_with_llama_cpp() -> None:
     assert rules["subtask5-depends-on-item"] == '"1" | "2" | "3" | "4"'
     assert rules["subtask1-depends-on"] == '"[" space  "]" space'
     llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
+
+
+def test_small_profile_asks_for_less_and_its_grammar_makes_siblings_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small answer profile (PARADECOM_ANSWER_PROFILE=small, for the embedded model) asks for
+    exactly max subtasks with a title, one criterion and depends_on; its grammar starts each
+    position's title with a verb of its own (disjoint sets, so no two siblings start alike and
+    none is numbered), allows no digit right after the verb, and fixes atomic to false."""
+    schema = decomposition_schema(3, "small")
+    subtasks = schema["properties"]["subtasks"]
+    assert (subtasks["minItems"], subtasks["maxItems"]) == (3, 3)
+    assert subtasks["items"]["required"] == ["title", "acceptance_criteria", "depends_on", "atomic"]
+    grammar = grammar_schema(schema)
+    assert [len(a["prefixItems"]) for a in grammar["properties"]["subtasks"]["anyOf"]] == [3]
+    patterns = [grammar["$defs"][f"subtask{p}"]["properties"]["title"]["pattern"] for p in (1, 2, 3)]
+    verbs = [set(small_title_verbs(p, 3)) for p in (1, 2, 3)]
+    assert not (verbs[0] & verbs[1] or verbs[0] & verbs[2] or verbs[1] & verbs[2])
+    assert "Design" in verbs[0] and "Build" in verbs[1] and "Test" in verbs[2]
+    for pattern, allowed in zip(patterns, verbs, strict=True):
+        regex = re.compile(pattern)
+        assert all(regex.fullmatch(f"{verb} the data loader") for verb in allowed)
+        assert not regex.fullmatch("Step 2: Build it") and not regex.fullmatch(f"{sorted(allowed)[0]} 1.0")
+    item = grammar["$defs"]["subtask1"]["properties"]
+    assert item["atomic"] == {"const": False}
+    assert item["acceptance_criteria"]["minItems"] == item["acceptance_criteria"]["maxItems"] == 1
+    # The profile comes from the environment when not given, and a wrong name is one clear error.
+    monkeypatch.setenv(ENV_ANSWER_PROFILE, "small")
+    assert decomposition_schema(3) == schema and answer_profile() == "small"
+    monkeypatch.setenv(ENV_ANSWER_PROFILE, "tiny")
+    with pytest.raises(ConfigError, match="PARADECOM_ANSWER_PROFILE='tiny' is not one of full, small"):
+        answer_profile()
+
+
+def test_small_profile_prompt_shows_an_answer_its_grammar_allows() -> None:
+    """The small profile's messages carry its own rules and example, ask for exactly max subtasks,
+    and the example answer passes both the parser and the grammar's title patterns."""
+    messages = build_messages(make_assignment(), 2, 3, profile="small")
+    assert messages[0]["content"] == SMALL_SYSTEM_PROMPT
+    assert json.loads(messages[2]["content"]) == SMALL_EXAMPLE_ANSWER
+    assert messages[-1]["content"].endswith("Write 3 subtasks for this task, each a different part of the work, "
+                                            "in this project's own words.")  # fmt: skip
+    grammar = grammar_schema(decomposition_schema(3, "small"))
+    for position, subtask in enumerate(SMALL_EXAMPLE_ANSWER["subtasks"], start=1):
+        assert re.fullmatch(grammar["$defs"][f"subtask{position}"]["properties"]["title"]["pattern"], subtask["title"])
+    assert len(parse_decomposition(json.dumps(SMALL_EXAMPLE_ANSWER), "Build the team blog")) == 3
+    assert build_messages(make_assignment(), 2, 3, profile="full")[0]["content"] != SMALL_SYSTEM_PROMPT
+
+
+def test_small_profile_grammar_compiles_with_llama_cpp() -> None:
+    """llama-cpp-python turns the small profile's grammar, title patterns included, into GBNF."""
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    text = json.dumps(grammar_schema(decomposition_schema(5, "small")))
+    llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
+    gbnf = llama_grammar.json_schema_to_gbnf(text)
+    assert '"Desig" "n"' in gbnf and '"Documen" "t"' in gbnf
 
 
 def test_request_body_carries_the_schema_through_the_openai_client() -> None:
