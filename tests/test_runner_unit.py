@@ -553,6 +553,24 @@ def test_decompose_task_fails_after_max_reasks_with_usage() -> None:
     assert "not valid JSON" in str(info.value)
 
 
+def test_decompose_task_salvages_the_last_answer_only() -> None:
+    """An answer that repeats the parent's title in one child is refused and re-asked with the
+    reason; once the re-asks are spent, the last answer is salvaged (the repeat left out) instead
+    of failing the task."""
+
+    def answers(_n: int, title: str) -> tuple[str, str]:
+        return json.dumps(
+            {"subtasks": [child("1", title), child("2", f"Design {title}"), child("3", f"Test {title}")]}
+        ), "stop"
+
+    chat = FakeChat(answers=answers)
+    runner = DecompositionRunner("127.0.0.1:1", model="m", llm=chat, max_reasks=1)
+    outcome = asyncio.run(runner.decompose_task(make_assignment(3)))
+    assert [s.title for s in outcome.subtasks] == ["Design Build part 3", "Test Build part 3"]
+    assert chat.calls == 2 and outcome.usage.reasks == 1
+    assert "- subtask 1: repeats its parent's title" in chat.prompts[1][-1]["content"]
+
+
 def test_decompose_task_passes_llm_errors_on_with_usage() -> None:
     """An endpoint error keeps its retryable flag and carries the (empty) usage."""
     chat = FakeChat(error=DecompositionError("LLM request failed: HTTP 401", retryable=False))
