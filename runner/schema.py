@@ -45,6 +45,7 @@ _OPTIONAL_FIELDS = (
     "estimate_hours",
 )
 
+_WORDY = re.compile(r"[^\W_]")
 _FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 # Errors beyond this many add nothing for the LLM to act on and only lengthen the re-ask.
@@ -425,7 +426,8 @@ def parse_decomposition(text: str, parent_title: str, *, salvage: bool = False) 
 
     subtasks: list[task_pb2.Subtask] = []
     for position, child in enumerate(answer.subtasks, start=1):
-        criteria = [_clip(c, limits.MAX_ITEM_CHARS) for c in child.acceptance_criteria if c.strip()]
+        # A criterion with no letter or digit ("],", "-") says nothing: left out.
+        criteria = [_clip(c, limits.MAX_ITEM_CHARS) for c in child.acceptance_criteria if _WORDY.search(c)]
         subtasks.append(
             task_pb2.Subtask(
                 key=child.key or str(position),

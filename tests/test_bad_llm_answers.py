@@ -296,6 +296,12 @@ def test_any_answer_is_valid_subtasks_or_invalid_answer(text: str, salvage: bool
     assert subtask_errors(shapes, parent_title="Build the shop") == []
 
 
+def test_criteria_without_a_word_are_left_out() -> None:
+    """Criteria with no letter or digit (punctuation a small model leaves behind) are dropped."""
+    [first, _] = parse_decomposition(two(child("1", "Do A", acceptance_criteria=["],", " - ", "It works", ""])), "P")
+    assert list(first.acceptance_criteria) == ["It works"]
+
+
 # --- the last answer: salvaged ------------------------------------------------------------------
 
 
