@@ -64,8 +64,7 @@ N_CTX = 4_096
 DEFAULT_THREADS = 1
 MAX_THREADS = 256
 START_TIMEOUT_S = 120.0
-# A server asked to stop (SIGTERM) would first finish the answer in progress, which can take a
-# minute; nothing it holds needs saving, so past this grace it is killed.
+# What the pool's proxy gives its own connections to close when it stops.
 STOP_TIMEOUT_S = 0.5
 POLL_INTERVAL_S = 0.2
 # The pool: at most this many servers, each needing about SERVER_MEMORY_BYTES (measured: ~190 MB
@@ -261,17 +260,13 @@ class EmbeddedServer:
                     await asyncio.wait_for(self.proc.wait(), POLL_INTERVAL_S)
 
     async def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S (an answer in progress is not waited for);
-        returns once the process is gone."""
+        """Kill the server (SIGKILL) and return once it is gone. Not SIGTERM: uvicorn would first
+        finish the answer in progress, which can take a minute, and the server holds nothing that
+        needs saving."""
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+                self.proc.kill()
+        await self.proc.wait()
 
 
 def _error_body(message: str) -> bytes:
