@@ -33,7 +33,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest
 
-demo: install            ## decompose examples/webshop.yaml with 3 runners (the embedded model if no endpoint is set)
+demo: install            ## decompose examples/demo.yaml with 3 runners (the embedded model if no endpoint is set)
 	scripts/demo.sh
 
 # BENCH_ARGS=--quick for a sanity run (~6 min); the full run takes ~20 min on 2 cores.
