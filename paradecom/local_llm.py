@@ -82,7 +82,7 @@ _HEADER_BYTES = 8 * 1024 * 1024
 # settings fall back to (see runner/llm.py, runner/schema.py and runner/main.py). A 135M model
 # repeats one subtask over every sibling and fills whatever room the schema leaves it, so it is
 # asked for the `small` answer profile (runner/schema.py: a title starting with a verb of its
-# position's own, one criterion and depends_on, for exactly EMBEDDED_MAX_SUBTASKS subtasks), with
+# position's own and depends_on, for exactly EMBEDDED_MAX_SUBTASKS subtasks), with
 # short answers, one re-ask (measured: the model rarely mends an answer when re-asked, and the last
 # answer is salvaged anyway), and a long timeout because requests queue at the pool's servers.
 EMBEDDED_MAX_REASKS = 1

@@ -47,8 +47,8 @@ Answer with JSON only, {"subtasks": [...]}, like the example answer."""
 # shorter answer, whose shape the grammar enforces.
 SMALL_SYSTEM_PROMPT = """You split one software task into smaller subtasks that together cover all of it.
 Each subtask: a title starting with a verb that names one part of this task in the project's own words, \
-one testable acceptance criterion, and depends_on: the positions of earlier subtasks it needs first \
-(1 is the first subtask). No two subtasks may have the same title.
+and depends_on: the positions of earlier subtasks it needs first (1 is the first subtask). \
+No two subtasks may have the same title, and none the title of the task itself.
 Answer with JSON only, {"subtasks": [...]}, like the example answer."""
 
 
@@ -103,24 +103,9 @@ EXAMPLE_ANSWER = {
 # grammar allows at each position of three (runner/schema.py SMALL_TITLE_VERBS).
 SMALL_EXAMPLE_ANSWER = {
     "subtasks": [
-        {
-            "title": "Design the database schema",
-            "acceptance_criteria": ["Users, posts and comments have tables"],
-            "depends_on": [],
-            "atomic": False,
-        },
-        {
-            "title": "Build the post editor",
-            "acceptance_criteria": ["A writer can publish a post"],
-            "depends_on": [1],
-            "atomic": False,
-        },
-        {
-            "title": "Test publishing a post",
-            "acceptance_criteria": ["An end-to-end test publishes a post"],
-            "depends_on": [2],
-            "atomic": False,
-        },
+        {"title": "Design the database schema", "depends_on": [], "atomic": False},
+        {"title": "Build the post editor", "depends_on": [1], "atomic": False},
+        {"title": "Test publishing a post", "depends_on": [2], "atomic": False},
     ]
 }
 

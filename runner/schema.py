@@ -167,14 +167,15 @@ def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
 # Answer profiles: what an answer is asked to contain. `full` (the default) is every field of a
 # Subtask. `small` is for very small local models (the embedded SmolLM2-135M, which `paradecom run`
 # points its runners at with PARADECOM_ANSWER_PROFILE=small): measured, such a model repeats one
-# subtask's title and description over every sibling and copies whatever text it saw last, so it
-# is asked only for a title, one acceptance criterion and depends_on, for exactly --max-subtasks
-# subtasks; `grammar_schema` then makes each position's title start with a verb of its own
-# (`SMALL_TITLE_VERBS`), so siblings differ by construction, and fixes `atomic` to false (a tiny
-# model's judgement of atomicity is noise; the project's max_depth ends the tree instead).
+# subtask's title and description over every sibling and copies whatever text it saw last (asked
+# for one acceptance criterion, 43 of 99 it wrote were the worked example's), so it is asked only
+# for a title and depends_on, for exactly --max-subtasks subtasks; `grammar_schema` then makes each
+# position's title start with a verb of its own (`SMALL_TITLE_VERBS`), so siblings differ by
+# construction, and fixes `atomic` to false (a tiny model's judgement of atomicity is noise; the
+# project's max_depth ends the tree instead).
 ANSWER_PROFILES = ("full", "small")
 ENV_ANSWER_PROFILE = "PARADECOM_ANSWER_PROFILE"
-_SMALL_FIELDS = ("title", "acceptance_criteria", "depends_on", "atomic")
+_SMALL_FIELDS = ("title", "depends_on", "atomic")
 
 
 def answer_profile() -> str:
@@ -227,8 +228,6 @@ GRAMMAR_MAX_CRITERIA = 5
 # The small profile's bounds: short titles keep two titles that differ only in their verb apart
 # under the near-duplicate rule (k shared words of k + 1 are nearly the same only from k = 8).
 SMALL_TITLE_CHARS = 60
-SMALL_CRITERION_CHARS = 100
-SMALL_MAX_CRITERIA = 1
 # The verbs a small profile title may start with, per position (1-based), for up to five subtasks:
 # disjoint sets, so no two siblings start alike, in the order work usually goes (prepare, build,
 # extend, check, ship). With fewer subtasks the first and last groups stay first and last.
@@ -276,14 +275,11 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
             defs[name] = {**props[name], "maxLength": SMALL_TITLE_CHARS if small and name == "title" else length}
             props[name] = {"$ref": f"#/$defs/{name}"}
     defs["title"]["minLength"] = GRAMMAR_MIN_TITLE_CHARS
-    defs["criterion"] = {
-        **props["acceptance_criteria"]["items"],
-        "maxLength": SMALL_CRITERION_CHARS if small else GRAMMAR_CRITERION_CHARS,
-    }
-    props["acceptance_criteria"]["items"] = {"$ref": "#/$defs/criterion"}
-    props["acceptance_criteria"]["maxItems"] = SMALL_MAX_CRITERIA if small else GRAMMAR_MAX_CRITERIA
+    if "acceptance_criteria" in props:
+        defs["criterion"] = {**props["acceptance_criteria"]["items"], "maxLength": GRAMMAR_CRITERION_CHARS}
+        props["acceptance_criteria"]["items"] = {"$ref": "#/$defs/criterion"}
+        props["acceptance_criteria"]["maxItems"] = GRAMMAR_MAX_CRITERIA
     if small:
-        props["acceptance_criteria"]["minItems"] = SMALL_MAX_CRITERIA
         props["atomic"] = {"const": False}
     low, high = subtasks.get("minItems", 1), subtasks["maxItems"]
     for position in range(1, high + 1):

@@ -170,13 +170,13 @@ def test_grammar_schema_compiles_with_llama_cpp() -> None:
 
 def test_small_profile_asks_for_less_and_its_grammar_makes_siblings_differ(monkeypatch: pytest.MonkeyPatch) -> None:
     """The small answer profile (PARADECOM_ANSWER_PROFILE=small, for the embedded model) asks for
-    exactly max subtasks with a title, one criterion and depends_on; its grammar starts each
+    exactly max subtasks with a title and depends_on; its grammar starts each
     position's title with a verb of its own (disjoint sets, so no two siblings start alike and
     none is numbered), allows no digit right after the verb, and fixes atomic to false."""
     schema = decomposition_schema(3, "small")
     subtasks = schema["properties"]["subtasks"]
     assert (subtasks["minItems"], subtasks["maxItems"]) == (3, 3)
-    assert subtasks["items"]["required"] == ["title", "acceptance_criteria", "depends_on", "atomic"]
+    assert subtasks["items"]["required"] == ["title", "depends_on", "atomic"]
     grammar = grammar_schema(schema)
     assert [len(a["prefixItems"]) for a in grammar["properties"]["subtasks"]["anyOf"]] == [3]
     patterns = [grammar["$defs"][f"subtask{p}"]["properties"]["title"]["pattern"] for p in (1, 2, 3)]
@@ -189,7 +189,6 @@ def test_small_profile_asks_for_less_and_its_grammar_makes_siblings_differ(monke
         assert not regex.fullmatch("Step 2: Build it") and not regex.fullmatch(f"{sorted(allowed)[0]} 1.0")
     item = grammar["$defs"]["subtask1"]["properties"]
     assert item["atomic"] == {"const": False}
-    assert item["acceptance_criteria"]["minItems"] == item["acceptance_criteria"]["maxItems"] == 1
     # The profile comes from the environment when not given, and a wrong name is one clear error.
     monkeypatch.setenv(ENV_ANSWER_PROFILE, "small")
     assert decomposition_schema(3) == schema and answer_profile() == "small"
