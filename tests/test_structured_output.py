@@ -199,7 +199,8 @@ def test_small_profile_asks_for_less_and_its_grammar_makes_siblings_differ(monke
 
 def test_small_profile_prompt_shows_an_answer_its_grammar_allows() -> None:
     """The small profile's messages carry its own rules and example, ask for exactly max subtasks,
-    and the example answer passes both the parser and the grammar's title patterns."""
+    leave the sibling tasks out, and the example answer passes both the parser and the grammar's
+    title patterns."""
     messages = build_messages(make_assignment(), 2, 3, profile="small")
     assert messages[0]["content"] == SMALL_SYSTEM_PROMPT
     assert json.loads(messages[2]["content"]) == SMALL_EXAMPLE_ANSWER
@@ -209,7 +210,10 @@ def test_small_profile_prompt_shows_an_answer_its_grammar_allows() -> None:
     for position, subtask in enumerate(SMALL_EXAMPLE_ANSWER["subtasks"], start=1):
         assert re.fullmatch(grammar["$defs"][f"subtask{position}"]["properties"]["title"]["pattern"], subtask["title"])
     assert len(parse_decomposition(json.dumps(SMALL_EXAMPLE_ANSWER), "Build the team blog")) == 3
-    assert build_messages(make_assignment(), 2, 3, profile="full")[0]["content"] != SMALL_SYSTEM_PROMPT
+    full = build_messages(make_assignment(), 2, 3, profile="full")
+    assert full[0]["content"] != SMALL_SYSTEM_PROMPT
+    # The sibling tasks are left out of the small profile's task: a small model copies them.
+    assert "Write the docs" in full[-1]["content"] and "Write the docs" not in messages[-1]["content"]
 
 
 def test_small_profile_grammar_compiles_with_llama_cpp() -> None:
