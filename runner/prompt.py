@@ -101,13 +101,14 @@ EXAMPLE_ANSWER = {
 
 # The small profile's example: the small profile's fields, titles starting with the verbs its
 # grammar allows at each position of three (runner/schema.py SMALL_TITLE_VERBS). A 135M model copies
-# the example's titles when it cannot make sense of a task (measured: "Test publishing a post" under
-# a bakery's back office), so they are ones that still make sense copied into any software task.
+# the example's titles when it cannot make sense of a task; titles this specific to the example's
+# blog were measured to be copied far less (7 of 99 subtasks of 10 DevAI requests) than generic
+# ones that would fit any task ("Design the data model", "Build the main screens": 47 of 95).
 SMALL_EXAMPLE_ANSWER = {
     "subtasks": [
-        {"title": "Design the data model", "depends_on": [], "atomic": False},
-        {"title": "Build the main screens", "depends_on": [1], "atomic": False},
-        {"title": "Test the whole flow end to end", "depends_on": [2], "atomic": False},
+        {"title": "Design the database schema", "depends_on": [], "atomic": False},
+        {"title": "Build the post editor", "depends_on": [1], "atomic": False},
+        {"title": "Test publishing a post", "depends_on": [2], "atomic": False},
     ]
 }
 
