@@ -67,10 +67,10 @@ START_TIMEOUT_S = 120.0
 # What the pool's proxy gives its own connections to close when it stops.
 STOP_TIMEOUT_S = 0.5
 POLL_INTERVAL_S = 0.2
-# The pool: at most this many servers, each needing about SERVER_MEMORY_BYTES (measured: ~190 MB
-# resident with N_CTX 4,096; the rest is headroom for the KV cache filling up and the grammar).
+# The pool: at most this many servers, each counted at SERVER_MEMORY_BYTES (measured: 786 MB
+# resident after a 1,900-token prompt with N_CTX 4,096, the server's Python included).
 MAX_SERVERS = 16
-SERVER_MEMORY_BYTES = 400 * 1024 * 1024
+SERVER_MEMORY_BYTES = 1024 * 1024 * 1024
 # What the proxy reads of one request: a prompt far over N_CTX tokens is refused by the server anyway.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # Request headers passed on to a server; hop-by-hop ones (Host, Content-Length, ...) are the proxy's own.
@@ -197,9 +197,9 @@ def _available_memory() -> int | None:
 def server_count() -> int:
     """How many requests the embedded endpoint answers at once on this machine: the number of
     single-threaded servers its pool runs. One per usable core (a server keeps one core busy while
-    it answers; two single-threaded servers on 2 cores answer twice as many requests per minute as
-    one server with two threads), at most as many as available memory holds at
-    SERVER_MEMORY_BYTES each, at most MAX_SERVERS, and at least 1."""
+    it answers; on 2 cores, two single-threaded servers did the same four decompositions faster
+    than one server with two threads in 6 of 7 interleaved rounds, docs/quality.md), at most as
+    many as available memory holds at SERVER_MEMORY_BYTES each, at most MAX_SERVERS, at least 1."""
     count = min(_usable_cores(), MAX_SERVERS)
     memory = _available_memory()
     if memory is not None:
