@@ -2,6 +2,11 @@
 # `make test` (install, then lint and run every test). Everything else is a step of those.
 PY := .venv/bin/python
 NODE_RUNNER := clients/node-runner
+# llama-cpp-python (the `local` extra) compiles llama.cpp. By default for the compiling CPU
+# (-march=native): such a build dies with SIGILL wherever an instruction it uses is missing or not
+# enabled, as AMX is on some virtual machines that report it; and pip's wheel cache hands the
+# build on to every later install. Built for x86-64 with AVX2 instead, it runs on any such machine.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 .PHONY: install proto proto-check lint test demo bench clean
 
@@ -28,7 +33,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest
 
-demo: install            ## decompose examples/webshop.yaml (the embedded model if no endpoint is set)
+demo: install            ## decompose examples/demo.yaml (the embedded model if no endpoint is set)
 	scripts/demo.sh
 
 # BENCH_ARGS=--quick for a sanity run (~6 min); the full run takes ~20 min on 2 cores.

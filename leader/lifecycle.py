@@ -377,7 +377,8 @@ class TaskLifecycle:
         task = self._leased(task_id, token)
         if subtasks:
             errors = subtask_errors(
-                [SubtaskShape(s.key, s.title, list(s.depends_on)) for s in subtasks], parent_title=task.title
+                [SubtaskShape(s.key, s.title, list(s.depends_on), s.description) for s in subtasks],
+                parent_title=task.title,
             )
             if errors:
                 raise InvalidResult(f"task {task_id}: " + "; ".join(errors[:10]))

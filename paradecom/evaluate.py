@@ -429,6 +429,8 @@ class Result:
     seconds: float
     score: Score | None = None
     error: str | None = None
+    # The tree's LLM usage (project.usage): calls, re-asks and failed attempts; empty without a tree.
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -471,6 +473,7 @@ def to_json(results: Sequence[Result], settings: Mapping[str, Any]) -> str:
     instances = []
     for r in results:
         item: dict[str, Any] = {"name": r.name, "file": r.file, "seconds": round(r.seconds, 3), "error": r.error}
+        item |= {f"llm_{key}": value for key, value in r.usage.items()}
         if r.score is not None:
             s = r.score
             item |= {
@@ -666,10 +669,12 @@ def _load_saved_tree(directory: str, inst: Instance) -> TaskTree:
 
 
 def _result(inst: Instance, tree: TaskTree, seconds: float, threshold: float) -> Result:
+    raw = tree.project.get("usage") or {}
+    usage = {key: int(raw.get(key) or 0) for key in ("calls", "reasks", "failures")}
     dead = dead_roots(tree)
     if dead is not None:
-        return Result(inst.name, inst.path.name, seconds, error=dead)
-    return Result(inst.name, inst.path.name, seconds, score=score_tree(tree, inst.requirements, threshold))
+        return Result(inst.name, inst.path.name, seconds, error=dead, usage=usage)
+    return Result(inst.name, inst.path.name, seconds, score=score_tree(tree, inst.requirements, threshold), usage=usage)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -766,8 +771,9 @@ def _progress(i: int, n: int, r: Result) -> str:
         return f"{head}: failed: {' '.join((r.error or '').split())}"
     s = r.score
     dead = f" ({s.dead} dead)" if s.dead else ""
+    calls = f", {r.usage['calls']} LLM calls ({r.usage['reasks']} re-asks)" if r.usage else ""
     return (
-        f"{head}: {s.tasks} tasks{dead}, {s.leaves} leaves, coverage {_pct(s.coverage)}, "
+        f"{head}: {s.tasks} tasks{dead}, {s.leaves} leaves{calls}, coverage {_pct(s.coverage)}, "
         f"dependency agreement {_pct(s.dependency_agreement)}"
     )
 

@@ -27,8 +27,10 @@ The answer's `content` is a JSON object string:
                    "acceptance_criteria": ["...", "..."], "depends_on": [],
                    "atomic": false, "atomic_reason": "...", "estimate_hours": 12.0}, ...]}
 
-with --fanout children whose titles start with a verb, are unique among siblings and differ from
-the parent's title, and whose dependencies point only at earlier siblings (so there is no cycle).
+with --fanout children whose titles start with a verb, are not numbered and differ from the
+parent's title, that differ from each other in title and description (each child takes its own
+noun, so they pass the near-duplicate rule of paradecom/subtasks.py), and whose dependencies
+point only at earlier siblings (so there is no cycle).
 `--fanout 10,5` sets the fan-out per depth: 10 children for a task at depth 0, 5 at depth 1 and
 every depth below (the last number repeats).
 
@@ -111,12 +113,32 @@ _VERBS = (
     "Design", "Build", "Implement", "Define", "Test", "Document", "Integrate", "Review",
     "Deploy", "Measure", "Secure", "Refactor", "Prototype", "Validate", "Automate", "Configure",
 )  # fmt: skip
-_NOUNS = (
-    "data model", "API", "storage layer", "user interface", "job scheduler", "auth flow",
-    "config loader", "metrics pipeline", "error handling", "search index", "cache", "CLI",
-    "release process", "audit log", "import tool", "notification service", "test harness",
-    "access control", "backup routine", "admin console",
-)  # fmt: skip
+# Each noun with what its part of the work covers: siblings get different nouns, so their titles
+# and descriptions differ as the structural rules require (no near-duplicate siblings), for any
+# fan-out up to limits.MAX_SUBTASKS.
+_NOUNS = {
+    "data model": "the entities, their fields and how they relate",
+    "API": "the endpoints other components call, with their inputs and errors",
+    "storage layer": "where records are written, read back and migrated",
+    "user interface": "the screens people use and how they move between them",
+    "job scheduler": "background jobs, when they run and what happens when one fails",
+    "auth flow": "signing in, signing out and resetting a password",
+    "config loader": "settings read from files and the environment, with defaults",
+    "metrics pipeline": "counters and timings collected, stored and charted",
+    "error handling": "how failures are caught, reported and recovered from",
+    "search index": "indexing content and answering queries quickly",
+    "cache": "keeping hot results close and invalidating stale ones",
+    "CLI": "commands, flags and their help text",
+    "release process": "versioning, packaging and shipping a build",
+    "audit log": "a record of who changed what and when",
+    "import tool": "bringing existing data in and checking it on arrival",
+    "notification service": "emails and messages sent when something happens",
+    "test harness": "fixtures and helpers that make tests quick to write",
+    "access control": "roles and the permissions each one grants",
+    "backup routine": "scheduled copies and restores that are rehearsed",
+    "admin console": "pages where staff manage users and settings",
+}
+assert len(_NOUNS) >= limits.MAX_SUBTASKS
 
 log = structlog.get_logger("paradecom.fakellm")
 
@@ -320,40 +342,41 @@ def parse_prompt(prompt: str) -> tuple[str, int]:
     return title, depth
 
 
-def _child_title(parent_title: str, index: int) -> str:
+def _child_nouns(parent_title: str, fanout: int) -> list[str]:
+    """`fanout` different nouns for the children of `parent_title`, in an order its title decides."""
+    return sorted(_NOUNS, key=lambda noun: _digest(parent_title, "noun", noun))[:fanout]
+
+
+def _child_title(parent_title: str, index: int, noun: str) -> str:
     h = _digest(parent_title, index)
     verb = _VERBS[h % len(_VERBS)]
-    noun = _NOUNS[(h >> 8) % len(_NOUNS)]
-    # The part number keeps siblings unique; the hash suffix keeps cousins apart and the title
-    # short however deep the tree goes (it never embeds the parent's title).
-    title = f"{verb} the {noun}, part {index} [{h >> 40:06x}]"
+    # The noun keeps siblings apart; the hash suffix keeps cousins apart and the title short
+    # however deep the tree goes (it never embeds the parent's title).
+    title = f"{verb} the {noun} [{h >> 40:06x}]"
     if title.casefold() == parent_title.strip().casefold():
-        title = f"{_VERBS[(h + 1) % len(_VERBS)]} the {noun}, part {index} [{h >> 40:06x}]"
+        title = f"{_VERBS[(h + 1) % len(_VERBS)]} the {noun} [{h >> 40:06x}]"
     return title
 
 
 def decomposition(parent_title: str, depth: int, fanout: int, atomic_depth: int) -> dict[str, Any]:
-    """The answer object for a task: `fanout` children, deterministic in every field."""
+    """The answer object for a task: `fanout` children, deterministic in every field, different
+    from each other in title and description."""
     child_depth = depth + 1
     atomic = child_depth >= atomic_depth
     short_parent = parent_title if len(parent_title) <= 120 else parent_title[:117] + "..."
     children: list[dict[str, Any]] = []
-    for index in range(1, fanout + 1):
+    for index, noun in enumerate(_child_nouns(parent_title, fanout), start=1):
         h = _digest(parent_title, index, "estimate")
-        title = _child_title(parent_title, index)
-        noun = title.split(" the ", 1)[1].split(",", 1)[0]
+        title = _child_title(parent_title, index, noun)
         estimate = float(1 + h % 8) if atomic else float(8 * fanout + h % 40)
         children.append(
             {
                 "key": str(index),
                 "title": title,
-                "description": (
-                    f"Part {index} of {fanout} of {short_parent!r}: everything about the {noun} "
-                    f"that the parent task needs, at depth {child_depth}."
-                ),
+                "description": f"The {noun} of {short_parent!r}: {_NOUNS[noun]}.",
                 "acceptance_criteria": [
-                    f"The {noun} of part {index} works end to end and automated tests cover it.",
-                    f"A reviewer confirms part {index} delivers what {short_parent!r} asked of the {noun}.",
+                    f"The {noun} works end to end and automated tests cover it.",
+                    f"A reviewer confirms the {noun} delivers what {short_parent!r} asked of it.",
                 ],
                 "depends_on": [str(index - 1)] if index % 2 == 0 else [],
                 "atomic": atomic,

@@ -209,7 +209,8 @@ class Decomposer:
         cached = self.cache.get(key) if self.cache else None
         if cached is not None:
             try:
-                outcome = self._outcome(parse_decomposition(cached, parent_title), usage)
+                # Salvaged as the answer was when it was stored (the last one may have been).
+                outcome = self._outcome(parse_decomposition(cached, parent_title, salvage=True), usage)
             except InvalidAnswer:
                 pass  # written by an older, laxer version: ask the LLM instead
             else:
@@ -230,7 +231,9 @@ class Decomposer:
                     # A cut-off answer may still parse (a fenced or partial object) but would be
                     # missing subtasks, so it is never taken.
                     raise InvalidAnswer(["the answer was cut off at the length limit: write a shorter answer"])
-                subtasks = parse_decomposition(completion.text, parent_title)
+                # The last answer is salvaged rather than refused: what is sound in it beats a task
+                # that fails and is tried again with the same prompt (schema.parse_decomposition).
+                subtasks = parse_decomposition(completion.text, parent_title, salvage=answer_number == answers)
                 if len(subtasks) > s.max_subtasks:
                     raise InvalidAnswer([f"{len(subtasks)} subtasks: give at most {s.max_subtasks}"])
                 if len(subtasks) < s.min_subtasks and answer_number < answers:

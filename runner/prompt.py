@@ -2,9 +2,10 @@
 
 The messages are the rules (system), one worked example (a user message and the assistant's
 answer to it), then the task. A concrete example answer is what lets even a very small model (the
-embedded SmolLM2-135M) write usable JSON; the numbered titles it shows ("Step 1: ...") keep such a
-model from repeating one title over and over, and `schema.parse_decomposition` takes the numbers
-off again when the titles stay distinct without them.
+embedded SmolLM2-135M) write usable JSON, and such a model copies its form closely: so the example
+is exactly what an answer should be, with titles that are not numbered (numbered titles are an
+invalid answer, `paradecom.subtasks.subtask_errors`), siblings that differ in title and
+description, no keys (a subtask's key is its position) and `depends_on` as earlier positions.
 
 The task's user message ends with two machine-readable lines, `Task to decompose: <title>` and
 `Task depth: <depth>`, each on a line of its own: the fake LLM server reads them (in the last user
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from paradecom import limits
 from paradecom.v1 import project_pb2, task_pb2
 
+from .schema import answer_profile
+
 # The fan-out asked of the LLM by default (the runner's --min/--max-subtasks): more children than
 # the maximum is an invalid answer (re-asked); fewer than the minimum makes the task a leaf (a stop
 # rule, recorded on the task).
@@ -32,10 +35,20 @@ DEFAULT_MAX_SUBTASKS = 7
 # the answer is held to is still here, once.
 SYSTEM_PROMPT = """You split one software task into smaller subtasks that together cover all of it, \
 without overlapping each other or the sibling tasks you are shown.
-Each subtask: a numbered title starting with a verb ("Step 1: Load the data"), a one-sentence \
-description, 1 to 5 testable acceptance criteria, depends_on: the keys of sibling subtasks it needs \
-first (no cycles), "atomic": true when one person can do it without splitting it further, with the \
-reason in "atomic_reason", and "estimate_hours": the effort in hours.
+Each subtask: a title starting with a verb, not numbered ("Load the data"), a one-sentence \
+description of what only this subtask does, 1 to 5 testable acceptance criteria, depends_on: the \
+positions of earlier subtasks it needs first (1 is the first subtask), "atomic": true when one \
+person can do it without splitting it further, with the reason in "atomic_reason", and \
+"estimate_hours": the effort in hours. No two subtasks may have the same title or description.
+Answer with JSON only, {"subtasks": [...]}, like the example answer."""
+
+
+# The `small` answer profile (runner/schema.py: very small local models): the same rules for a
+# shorter answer, whose shape the grammar enforces.
+SMALL_SYSTEM_PROMPT = """You split one software task into smaller subtasks that together cover all of it.
+Each subtask: a title starting with a verb that names one part of this task in the project's own words, \
+and depends_on: the positions of earlier subtasks it needs first (1 is the first subtask). \
+No two subtasks may have the same title, and none the title of the task itself.
 Answer with JSON only, {"subtasks": [...]}, like the example answer."""
 
 
@@ -57,8 +70,7 @@ def _example_assignment() -> task_pb2.TaskAssignment:
 EXAMPLE_ANSWER = {
     "subtasks": [
         {
-            "key": "1",
-            "title": "Step 1: Design the database schema",
+            "title": "Design the database schema",
             "description": "Tables for users, posts and comments.",
             "acceptance_criteria": ["The schema has tables for users, posts and comments"],
             "depends_on": [],
@@ -67,25 +79,36 @@ EXAMPLE_ANSWER = {
             "estimate_hours": 4,
         },
         {
-            "key": "2",
-            "title": "Step 2: Build the post editor",
+            "title": "Build the post editor",
             "description": "A page where a writer writes, saves and publishes a post.",
             "acceptance_criteria": ["A writer can publish a post and see it listed"],
-            "depends_on": ["1"],
+            "depends_on": [1],
             "atomic": False,
             "atomic_reason": "Editing, preview and publishing are separate pieces of work.",
             "estimate_hours": 8,
         },
         {
-            "key": "3",
-            "title": "Step 3: Write the end-to-end tests",
+            "title": "Write the end-to-end tests",
             "description": "Tests that publish a post and comment on it.",
             "acceptance_criteria": ["The tests pass in CI"],
-            "depends_on": ["2"],
+            "depends_on": [2],
             "atomic": True,
             "atomic_reason": "A small test suite.",
             "estimate_hours": 5,
         },
+    ]
+}
+
+# The small profile's example: the small profile's fields, titles starting with the verbs its
+# grammar allows at each position of three (runner/schema.py SMALL_TITLE_VERBS). A 135M model copies
+# the example's titles when it cannot make sense of a task; titles this specific to the example's
+# blog were measured to be copied far less (7 of 99 subtasks of 10 DevAI requests) than generic
+# ones that would fit any task ("Design the data model", "Build the main screens": 47 of 95).
+SMALL_EXAMPLE_ANSWER = {
+    "subtasks": [
+        {"title": "Design the database schema", "depends_on": [], "atomic": False},
+        {"title": "Build the post editor", "depends_on": [1], "atomic": False},
+        {"title": "Test publishing a post", "depends_on": [2], "atomic": False},
     ]
 }
 
@@ -116,7 +139,9 @@ def _describe_task(spec: project_pb2.TaskSpec) -> str:
     return "\n".join(lines)
 
 
-def _task_prompt(assignment: task_pb2.TaskAssignment, min_subtasks: int, max_subtasks: int) -> str:
+def _task_prompt(
+    assignment: task_pb2.TaskAssignment, min_subtasks: int, max_subtasks: int, *, siblings: bool = True
+) -> str:
     project = assignment.project
     task = assignment.task
     sections = [f"# Project\nName: {project.name}\nDescription: {project.description}"]
@@ -128,7 +153,7 @@ def _task_prompt(assignment: task_pb2.TaskAssignment, min_subtasks: int, max_sub
         # The path from the top-level task down tells the model how much of the project this task is.
         path = "\n".join(f"{'  ' * level}{level + 1}. {spec.title}" for level, spec in enumerate(assignment.ancestors))
         sections.append(f"# Where this task sits (top-level task first)\n{path}")
-    if assignment.sibling_titles:
+    if siblings and assignment.sibling_titles:
         sections.append(
             "# Sibling tasks (handled separately: do not cover their work)\n" + _bullets(assignment.sibling_titles)
         )
@@ -163,17 +188,27 @@ def build_messages(
     assignment: task_pb2.TaskAssignment,
     min_subtasks: int = DEFAULT_MIN_SUBTASKS,
     max_subtasks: int = DEFAULT_MAX_SUBTASKS,
+    *,
+    profile: str | None = None,
 ) -> list[dict[str, str]]:
     """The messages that ask for the decomposition of `assignment`'s task into `min_subtasks` to
     `max_subtasks` subtasks: the rules, the worked example, and the task itself (always the last
-    message, a user message)."""
+    message, a user message). `profile` is the answer profile (None: `schema.answer_profile()`,
+    from the environment); the `small` one asks for exactly `max_subtasks` subtasks, as its schema does."""
     if not 1 <= min_subtasks <= max_subtasks <= limits.MAX_SUBTASKS:
         raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
+    small = (profile or answer_profile()) == "small"
+    if small:
+        system, example, min_subtasks = SMALL_SYSTEM_PROMPT, SMALL_EXAMPLE_ANSWER, max_subtasks
+    else:
+        system, example = SYSTEM_PROMPT, EXAMPLE_ANSWER
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system},
         {"role": "user", "content": _task_prompt(_example_assignment(), min_subtasks, max_subtasks)},
-        {"role": "assistant", "content": json.dumps(EXAMPLE_ANSWER)},
-        {"role": "user", "content": _task_prompt(assignment, min_subtasks, max_subtasks)},
+        {"role": "assistant", "content": json.dumps(example)},
+        # A small model shown the sibling tasks copies their titles as subtasks (measured on the
+        # demo: every task of the second level had an uncle's title among its children).
+        {"role": "user", "content": _task_prompt(assignment, min_subtasks, max_subtasks, siblings=not small)},
     ]
 
 

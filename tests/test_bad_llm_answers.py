@@ -28,7 +28,7 @@ from paradecom.runner.schema import (
     InvalidAnswer,
     parse_decomposition,
 )
-from paradecom.subtasks import find_cycle
+from paradecom.subtasks import SubtaskShape, find_cycle, subtask_errors
 
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
 
@@ -269,13 +269,13 @@ ANSWERS = st.one_of(
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ANSWERS)
-def test_any_answer_is_valid_subtasks_or_invalid_answer(text: str) -> None:
+@given(ANSWERS, st.booleans())
+def test_any_answer_is_valid_subtasks_or_invalid_answer(text: str, salvage: bool) -> None:
     """Whatever the LLM writes (text, any JSON, subtasks with fields of any type), the parser
     returns subtasks that keep every rule the leader checks, or raises InvalidAnswer with reasons;
-    never any other exception."""
+    never any other exception. The same when it salvages what it can (the runner's last answer)."""
     try:
-        subtasks = parse_decomposition(text, "Build the shop")
+        subtasks = parse_decomposition(text, "Build the shop", salvage=salvage)
     except InvalidAnswer as exc:
         assert exc.errors and all(isinstance(e, str) and e for e in exc.errors)
         assert len(exc.errors) <= MAX_REPORTED_ERRORS
@@ -292,6 +292,58 @@ def test_any_answer_is_valid_subtasks_or_invalid_answer(text: str) -> None:
         assert s.estimate_hours >= 0
         s.SerializeToString()  # every string is valid UTF-8 for protobuf
     assert not find_cycle({s.key: list(s.depends_on) for s in subtasks})
+    shapes = [SubtaskShape(s.key, s.title, list(s.depends_on), s.description) for s in subtasks]
+    assert subtask_errors(shapes, parent_title="Build the shop") == []
+
+
+def test_criteria_without_a_word_are_left_out() -> None:
+    """Criteria with no letter or digit (punctuation a small model leaves behind) are dropped."""
+    [first, _] = parse_decomposition(two(child("1", "Do A", acceptance_criteria=["],", " - ", "It works", ""])), "P")
+    assert list(first.acceptance_criteria) == ["It works"]
+
+
+# --- the last answer: salvaged ------------------------------------------------------------------
+
+
+def test_salvage_keeps_what_is_sound_in_an_answer() -> None:
+    """With salvage (the runner's last answer) an answer is not refused for its children's faults:
+    a numbered title loses its number, the parent's title again, a sibling nearly repeating an
+    earlier one (by title or by description) and an empty title are left out, and dependencies
+    on what was left out are dropped. Without salvage the same answer is refused."""
+    answer = {
+        "subtasks": [
+            child("1", "Step 1: Load the data", description="Read the CSV files."),
+            child("2", "Load the data", depends_on=["1"]),
+            child("3", "Build the shop"),
+            child("4", "Train the model", depends_on=["2", "3"], description="Fit it on the loaded rows."),
+            child("5", "Fit the classifier", description="Fit it on the loaded rows!"),
+            child("6", "Evaluate the model", depends_on=["4", "5"]),
+        ]
+    }
+    text = json.dumps(answer)
+    assert len(errors_of(text)) == 3  # numbered, the parent again, a description repeated
+    kept = parse_decomposition(text, "Build the shop", salvage=True)
+    assert [(s.key, s.title, list(s.depends_on)) for s in kept] == [
+        ("1", "Load the data", []),
+        ("4", "Train the model", []),
+        ("6", "Evaluate the model", ["4"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    "subtasks",
+    [
+        [child("1", "Build the shop"), child("2", "build the shop ")],
+        [child("a", "Do A", depends_on=["b"]), child("b", "Do B", depends_on=["a"])],
+    ],
+    ids=["nothing-left", "cycle"],
+)
+def test_salvage_still_refuses_what_it_cannot_mend(subtasks: list[dict[str, Any]]) -> None:
+    """Nothing left after leaving out the faulty children, or a dependency cycle (which child to
+    cut is a guess): refused with the errors of the answer as it was."""
+    with pytest.raises(InvalidAnswer) as info:
+        parse_decomposition(json.dumps({"subtasks": subtasks}), "Build the shop", salvage=True)
+    assert info.value.errors
 
 
 # --- a cluster facing a bad LLM -------------------------------------------------------------------

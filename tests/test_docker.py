@@ -275,6 +275,7 @@ def test_compose_settings_come_from_the_environment(compose_config: Callable[...
         "PARADECOM_MODEL": "gpt-4o-mini",
         "PARADECOM_STRUCTURED_OUTPUT": "json_object",
         # Unset: the runner's own defaults.
+        "PARADECOM_ANSWER_PROFILE": "",
         "PARADECOM_MAX_SUBTASKS": "",
         "PARADECOM_MAX_TOKENS": "",
         "PARADECOM_MAX_REASKS": "",

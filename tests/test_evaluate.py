@@ -340,6 +340,7 @@ def test_eval_end_to_end_on_fake_llm(fake_llm: Callable[..., str], tmp_path: Pat
     for item in report["instances"]:
         assert item["error"] is None
         assert item["tasks"] == 4 and item["leaves"] == 3  # the root and fake-llm's 3 children
+        assert (item["llm_calls"], item["llm_reasks"], item["llm_failures"]) == (1, 0, 0)
         for key in ("coverage", "mean_best_similarity", "dependency_agreement", "chance_agreement"):
             assert item[key] is None or 0.0 <= item[key] <= 1.0, (key, item[key])
         assert 0.0 <= item["coverage"] <= 1.0

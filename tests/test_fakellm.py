@@ -19,7 +19,7 @@ import openai
 import pytest
 from helpers import Proc, run_cli
 
-from paradecom import fakellm
+from paradecom import fakellm, limits
 from paradecom.subtasks import SubtaskShape, find_cycle, subtask_errors
 
 FAKE = [sys.executable, "-m", "paradecom.fakellm"]
@@ -113,7 +113,7 @@ def test_answer_is_a_valid_decomposition(start_server: StartServer) -> None:
 
         children = subtasks_of(completion)
         assert len(children) == 5
-        shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"]) for c in children]
+        shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"], c["description"]) for c in children]
         assert subtask_errors(shapes, parent_title="Build an online shop") == []
         keys = [c["key"] for c in children]
         for position, child in enumerate(children):
@@ -126,6 +126,21 @@ def test_answer_is_a_valid_decomposition(start_server: StartServer) -> None:
             assert all(isinstance(a, str) and a for a in child["acceptance_criteria"])
             assert isinstance(child["estimate_hours"], float) and child["estimate_hours"] > 0
         assert any(c["depends_on"] for c in children), "some dependencies are exercised"
+
+
+@pytest.mark.parametrize("fanout", range(1, limits.MAX_SUBTASKS + 1))
+def test_every_fanout_passes_the_near_duplicate_and_numbering_rules(fanout: int) -> None:
+    """fake-llm's answers (the function the server calls) pass every structural rule, the
+    near-duplicate titles and descriptions and numbered titles included, at every fan-out it
+    accepts and for short, long and very alike parent titles; and they stay deterministic."""
+    parents = ["Build an online shop", "x", " ".join(["word"] * 60), "Build an online shop!"]
+    for parent in parents:
+        for depth in (0, 1, 5):
+            children = fakellm.decomposition(parent, depth, fanout, 2)["subtasks"]
+            assert fakellm.decomposition(parent, depth, fanout, 2)["subtasks"] == children
+            shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"], c["description"]) for c in children]
+            assert subtask_errors(shapes, parent_title=parent) == [], (parent, depth)
+            assert len({c["description"] for c in children}) == fanout
 
 
 def test_answers_are_deterministic_and_depend_on_the_title(start_server: StartServer) -> None:
@@ -146,7 +161,7 @@ def test_answers_are_deterministic_and_depend_on_the_title(start_server: StartSe
     title = "Write a compiler"
     for depth in range(8):
         children = subtasks_of(ask(addr, prompt(title, depth)))
-        shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"]) for c in children]
+        shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"], c["description"]) for c in children]
         assert subtask_errors(shapes, parent_title=title) == []
         title = children[-1]["title"]
 

@@ -101,7 +101,7 @@ def test_children_queue_until_max_depth_and_atomic_ones_are_leaves(tmp_path: Pat
     assert sorted(a.task.title for a in batch) == ["Build it", "Plan it"]
     assert batch[0].ancestors[0].title == "P" and set(batch[0].sibling_titles) >= {"Ship it"}
     for a in batch:
-        leader.process_results(a.lease.task_id, a.lease.token, children("Step one", "Step two"))
+        leader.process_results(a.lease.task_id, a.lease.token, children("Draft it", "Polish it"))
     summary = leader.summary(pid)
     assert summary is not None and summary.state == project_pb2.PROJECT_STATE_DONE and summary.total == 8
     (tree,) = leader.task_tree(pid)

@@ -12,12 +12,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 from conftest import DEVAI
 from helpers import Proc, run_cli
 
-from paradecom.local_llm import INSTALL_HINT, MODEL_NAME, EmbeddedModelError, EmbeddedServer
+from paradecom import local_llm
+from paradecom.local_llm import INSTALL_HINT, MODEL_NAME, EmbeddedModelError, EmbeddedPool, EmbeddedServer, free_port
 from paradecom.subtasks import SubtaskShape, subtask_errors
 
 # Generous: the machine has 2 cores shared with other work; alone the run takes well under 3 min.
@@ -164,3 +166,155 @@ def test_a_server_that_dies_at_start_is_reported_with_its_output(tmp_path: Path)
         asyncio.run(go())
     message = str(info.value)
     assert "exited with status 3" in message and "cannot mmap the model" in message and "\n" not in message
+
+
+# --- the pool -------------------------------------------------------------------------------------
+
+
+async def start_fake_backend(tmp_path: Path, name: str, latency: float) -> EmbeddedServer:
+    """A fake-llm process standing in for one llama-cpp-python server of the pool."""
+    port = free_port("127.0.0.1")
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "paradecom.fakellm", "--listen", f"127.0.0.1:{port}", "--latency", str(latency),
+            stdout=log_file, stderr=log_file,
+        )  # fmt: skip
+    server = EmbeddedServer(proc, "127.0.0.1", port, log_path)
+    await server.wait_ready(60)
+    return server
+
+
+def backend_requests(server: EmbeddedServer) -> int:
+    """Chat completions a fake backend has answered or is answering."""
+    with urllib.request.urlopen(f"http://{server.address}/stats", timeout=30) as response:
+        requests: int = json.load(response)["requests"]
+    return requests
+
+
+def ask_all(client: openai.AsyncOpenAI, count: int) -> Any:
+    """`count` chat completions sent at once."""
+    return asyncio.gather(
+        *(
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"Task to decompose: Task {i}\nTask depth: 0"}]
+            )
+            for i in range(count)
+        )
+    )
+
+
+def test_pool_hands_each_request_to_an_idle_server_and_passes_over_dead_ones(tmp_path: Path) -> None:
+    """The pool's proxy answers as many completions at once as it has servers, queueing the rest:
+    4 requests on 2 servers are 2 at a time, spread over both; /v1/models is passed through. A
+    server that dies is passed over (its requests go to the other), and with none left a request
+    is answered 503 naming the cause, at once."""
+
+    async def go() -> None:
+        pool = EmbeddedPool("127.0.0.1", 0)
+        await pool.start()
+        try:
+            backends = [await start_fake_backend(tmp_path, f"b{i}", latency=0.5) for i in range(2)]
+            for backend in backends:
+                pool.add(backend)
+            client = openai.AsyncOpenAI(base_url=pool.base_url, api_key="x", max_retries=0, timeout=60)
+            answers = await ask_all(client, 4)
+            assert all(json.loads(a.choices[0].message.content)["subtasks"] for a in answers)
+            assert (pool.max_busy, pool.busy) == (2, 0)
+            served = [backend_requests(b) for b in backends]
+            assert sum(served) == 4 and min(served) >= 1, served
+            assert [m.id for m in (await client.models.list()).data]
+
+            backends[0].proc.kill()
+            await backends[0].proc.wait()
+            await ask_all(client, 2)
+            assert backend_requests(backends[1]) == served[1] + 2
+
+            backends[1].proc.kill()
+            await backends[1].proc.wait()
+            with pytest.raises(openai.InternalServerError) as info:
+                await ask_all(client, 1)
+            assert info.value.status_code == 503 and "no server running" in info.value.message
+            await client.close()
+        finally:
+            await pool.stop()
+
+    asyncio.run(go())
+
+
+def test_stopping_the_pool_does_not_wait_for_an_answer_in_progress(tmp_path: Path) -> None:
+    """Stopping the pool while a server is writing a long answer stops that server and fails the
+    request instead of waiting for the answer (what lets Ctrl-C end a run at once)."""
+
+    async def go() -> None:
+        pool = EmbeddedPool("127.0.0.1", 0)
+        await pool.start()
+        backend = await start_fake_backend(tmp_path, "slow", latency=600)
+        pool.add(backend)
+        client = openai.AsyncOpenAI(base_url=pool.base_url, api_key="x", max_retries=0, timeout=600)
+        request = asyncio.ensure_future(ask_all(client, 1))
+        while pool.busy == 0:
+            assert not request.done(), request
+            await asyncio.sleep(0.05)
+        await pool.stop()
+        with pytest.raises(openai.APIConnectionError):
+            await request
+        assert backend.proc.returncode is not None
+        await client.close()
+
+    asyncio.run(go())
+
+
+def test_server_count_follows_cores_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One server per usable core, no more than available memory holds at SERVER_MEMORY_BYTES
+    each, at most MAX_SERVERS, never fewer than one."""
+    gib = 1024**3
+    for cores, memory, expected in [
+        (2, 8 * gib, 2),
+        (8, 1 * gib, 1 * gib // local_llm.SERVER_MEMORY_BYTES),
+        (64, None, local_llm.MAX_SERVERS),
+        (4, 100, 1),
+    ]:
+        monkeypatch.setattr(local_llm, "_usable_cores", lambda cores=cores: cores)
+        monkeypatch.setattr(local_llm, "_available_memory", lambda memory=memory: memory)
+        assert local_llm.server_count() == expected, (cores, memory)
+
+
+@pytest.mark.slow
+@pytest.mark.local_model
+@pytest.mark.timeout(900)
+def test_embedded_pool_decomposes_with_two_servers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded endpoint with two servers answers two decompositions at once (the pool's
+    busy count reaches 2), each in the embedded runners' settings (the small answer profile on a
+    grammar) and each a valid decomposition with distinct siblings; and the pool stops cleanly."""
+    from paradecom.runner.decompose import Decomposer, DecompositionSettings
+    from paradecom.runner.llm import LLMClient
+    from paradecom.v1 import task_pb2
+
+    for name, value in local_llm.EMBEDDED_RUNNER_ENV.items():
+        monkeypatch.setenv(name, value)
+    instance = json.loads(next(DEVAI.glob("02_*.json")).read_text())
+
+    async def go() -> None:
+        async with local_llm.embedded_server(servers=2) as pool:
+            llm = LLMClient(MODEL_NAME, base_url=pool.base_url)
+            # The settings every embedded run reads from the environment (runner processes too).
+            decomposer = Decomposer(DecompositionSettings.from_environment(MODEL_NAME), llm=llm)
+            assignments = []
+            for title in (instance["name"], "Build the maze environment"):
+                assignment = task_pb2.TaskAssignment(depth=0, max_depth=2)
+                assignment.project.name, assignment.project.description = instance["name"], instance["query"]
+                assignment.task.title = title
+                assignments.append(assignment)
+            outcomes = await asyncio.gather(*(decomposer.decompose(a) for a in assignments))
+            await llm.close()
+            assert pool.max_busy == 2
+            servers = list(pool.servers)
+        assert all(server.proc.returncode is not None for server in servers)
+        for assignment, outcome in zip(assignments, outcomes, strict=True):
+            assert len(outcome.subtasks) >= 2, outcome
+            shapes = [SubtaskShape(s.key, s.title, list(s.depends_on), s.description) for s in outcome.subtasks]
+            assert subtask_errors(shapes, parent_title=assignment.task.title) == []
+        print(f"usage: {[(o.usage.calls, o.usage.reasks, o.usage.completion_tokens) for o in outcomes]}")
+
+    asyncio.run(go())

@@ -62,6 +62,16 @@ def test_webshop_example_loads() -> None:
     assert project.description.startswith("A web shop")
 
 
+def test_demo_example_loads() -> None:
+    """examples/demo.yaml, what `make demo` decomposes, is the web shop of webshop.yaml given as
+    two seed tasks, two levels deep."""
+    demo, webshop = load_project(EXAMPLES / "demo.yaml"), load_project(EXAMPLES / "webshop.yaml")
+    assert (demo.name, demo.description, demo.goals, demo.constraints, demo.max_depth) == (
+        webshop.name, webshop.description, webshop.goals, webshop.constraints, 2,
+    )  # fmt: skip
+    assert [t.title for t in demo.tasks] == ["Build the customer shop", "Build the staff and owner back office"]
+
+
 def test_yaml_with_seed_tasks_loads(tmp_path: Path) -> None:
     """A YAML project with seed tasks keeps their order, criteria and stripped text."""
     path = _write(

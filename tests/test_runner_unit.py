@@ -256,15 +256,35 @@ def test_parse_rejects_dependency_cycle() -> None:
 def test_parse_rejects_dangling_dependency() -> None:
     """A dependency that names no sibling key is refused."""
     errors = errors_of(json.dumps({"subtasks": [child("1", "Do A"), child("2", "Do B", ["9"])]}))
-    assert errors == ["subtask 2: depends on '9', which is not a sibling key"]
+    assert errors == ["subtask 2: depends on '9', which is not a sibling; depends_on may name only '1'"]
 
 
 def test_parse_rejects_structural_rule_breaks() -> None:
-    """Duplicate keys, duplicate titles, the parent's own title and an empty list are refused."""
-    dup = {"subtasks": [child("1", "Do A"), child("1", "Do a"), child("3", "Build the shop")]}
+    """Duplicate keys, duplicate titles and descriptions, numbered titles, the parent's own title
+    and an empty list are refused, each error saying what to change."""
+    dup = {
+        "subtasks": [
+            child("1", "Do A"),
+            child("1", "Do a"),
+            child("3", "Build the shop"),
+            child("4", "Step 4: Ship it", description="Ship the release to the customers."),
+        ]
+    }
     errors = errors_of(json.dumps(dup))
     assert "subtask 2: duplicate key '1'" in errors
-    assert "subtask 3: repeats its parent's title" in errors
+    assert "subtask 3: repeats its parent's title; name the part of the work this subtask does" in errors
+    assert (
+        "subtask 2: the title 'Do a' is the same as subtask 1's 'Do A'; each subtask must be a different part "
+        "of the work: change one, or merge them into one subtask"
+    ) in errors
+    assert (
+        "subtask 2: the description is the same or nearly the same as subtask 1's; "
+        "describe what this subtask alone does"
+    ) in errors
+    assert (
+        "subtask 4: the title 'Step 4: Ship it' is numbered; write it without a step number "
+        "(the order of the work goes in depends_on)"
+    ) in errors
     assert errors_of(json.dumps({"subtasks": []})) == ["no subtasks"]
 
 
@@ -295,16 +315,17 @@ def test_build_messages_has_marker_lines_and_context() -> None:
 
 def test_build_messages_states_the_rules_and_the_configured_fan_out() -> None:
     """The prompt asks for the runner's --min/--max-subtasks and states every rule an answer is
-    held to: coverage without overlap, verb titles, 1-5 criteria, sibling-only dependencies,
-    atomic with a reason, an estimate in hours."""
+    held to: coverage without overlap, verb titles without numbers, 1-5 criteria, dependencies on
+    earlier positions, atomic with a reason, an estimate in hours, no two siblings alike."""
     default = build_messages(make_assignment())
     assert "Write 2 to 7 subtasks" in default[-1]["content"]
     narrow = build_messages(make_assignment(), 3, 4)
     assert "Write 3 to 4 subtasks" in narrow[-1]["content"] and "Write 3 to 4 subtasks" in narrow[1]["content"]
     assert "Write 5 subtasks" in build_messages(make_assignment(), 5, 5)[-1]["content"]
     system = default[0]["content"]
-    for rule in ("cover all of it", "without overlapping", "starting with a verb", "1 to 5 testable acceptance",
-                 "sibling subtasks", "atomic_reason", "estimate_hours"):  # fmt: skip
+    for rule in ("cover all of it", "without overlapping", "starting with a verb, not numbered",
+                 "1 to 5 testable acceptance", "positions of earlier subtasks", "atomic_reason", "estimate_hours",
+                 "No two subtasks may have the same title or description"):  # fmt: skip
         assert rule in system, rule
     with pytest.raises(ValueError):
         build_messages(make_assignment(), 4, 3)
@@ -530,6 +551,24 @@ def test_decompose_task_fails_after_max_reasks_with_usage() -> None:
     assert info.value.retryable
     assert info.value.usage.calls == 3 and chat.calls == 3
     assert "not valid JSON" in str(info.value)
+
+
+def test_decompose_task_salvages_the_last_answer_only() -> None:
+    """An answer that repeats the parent's title in one child is refused and re-asked with the
+    reason; once the re-asks are spent, the last answer is salvaged (the repeat left out) instead
+    of failing the task."""
+
+    def answers(_n: int, title: str) -> tuple[str, str]:
+        return json.dumps(
+            {"subtasks": [child("1", title), child("2", f"Design {title}"), child("3", f"Test {title}")]}
+        ), "stop"
+
+    chat = FakeChat(answers=answers)
+    runner = DecompositionRunner("127.0.0.1:1", model="m", llm=chat, max_reasks=1)
+    outcome = asyncio.run(runner.decompose_task(make_assignment(3)))
+    assert [s.title for s in outcome.subtasks] == ["Design Build part 3", "Test Build part 3"]
+    assert chat.calls == 2 and outcome.usage.reasks == 1
+    assert "- subtask 1: repeats its parent's title" in chat.prompts[1][-1]["content"]
 
 
 def test_decompose_task_passes_llm_errors_on_with_usage() -> None:

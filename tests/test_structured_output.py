@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -14,11 +15,22 @@ import httpx2
 import openai
 import pytest
 from helpers import Proc, run_cli
+from test_runner_unit import make_assignment
 
 from paradecom import limits
+from paradecom.errors import ConfigError
 from paradecom.runner.llm import LLMClient, rejects_response_format, response_format_for
-from paradecom.runner.prompt import EXAMPLE_ANSWER
-from paradecom.runner.schema import DECOMPOSITION_SCHEMA, decomposition_schema, grammar_schema, parse_decomposition
+from paradecom.runner.prompt import EXAMPLE_ANSWER, SMALL_EXAMPLE_ANSWER, SMALL_SYSTEM_PROMPT, build_messages
+from paradecom.runner.schema import (
+    DECOMPOSITION_SCHEMA,
+    ENV_ANSWER_PROFILE,
+    InvalidAnswer,
+    answer_profile,
+    decomposition_schema,
+    grammar_schema,
+    parse_decomposition,
+    small_title_verbs,
+)
 
 PROMPT = [
     {"role": "system", "content": "You decompose tasks."},
@@ -62,7 +74,8 @@ def objects(schema: Any) -> list[dict[str, Any]]:
 
 def test_schema_is_strict_compatible() -> None:
     """DECOMPOSITION_SCHEMA closes every object, requires every property, has no $ref, titles or
-    defaults, and still names every field of the answer (a property called "title" included)."""
+    defaults, and still names every field of the answer (a property called "title" included) but
+    `key`: a subtask's key is its position, and depends_on lists positions (integers)."""
     text = json.dumps(DECOMPOSITION_SCHEMA)
     assert "$ref" not in text and "$defs" not in text and '"default"' not in text
     found = objects(DECOMPOSITION_SCHEMA)
@@ -73,23 +86,30 @@ def test_schema_is_strict_compatible() -> None:
         assert all("title" not in sub for sub in obj["properties"].values())
     subtask = DECOMPOSITION_SCHEMA["properties"]["subtasks"]
     assert subtask["items"]["required"] == [
-        "key", "title", "description", "acceptance_criteria", "depends_on", "atomic", "atomic_reason", "estimate_hours",
+        "title", "description", "acceptance_criteria", "depends_on", "atomic", "atomic_reason", "estimate_hours",
     ]  # fmt: skip
+    assert subtask["items"]["properties"]["depends_on"] == {"type": "array", "items": {"type": "integer"}}
     assert (subtask["minItems"], subtask["maxItems"]) == (1, limits.MAX_SUBTASKS)
     assert decomposition_schema(5)["properties"]["subtasks"]["maxItems"] == 5
 
 
-def test_prompt_example_answer_is_valid_and_its_step_numbers_come_off() -> None:
-    """The prompt's example answer passes the parser, which takes its "Step N: " numbering off."""
+def test_prompt_example_answer_is_valid_unnumbered_and_keyed_by_position() -> None:
+    """The prompt's example answer is what an answer should be: it passes the parser as it is
+    (titles kept as written, none numbered), has no keys, and its dependencies are positions that
+    become the keys the runner assigns."""
+    assert all("key" not in child for child in EXAMPLE_ANSWER["subtasks"])
     subtasks = parse_decomposition(json.dumps(EXAMPLE_ANSWER), "Build the team blog")
     assert [s.title for s in subtasks] == [
         "Design the database schema",
         "Build the post editor",
         "Write the end-to-end tests",
     ]
-    # Numbers that are all that tells two titles apart stay, and the duplicate rule does not fire.
-    twins = {"subtasks": [dict(EXAMPLE_ANSWER["subtasks"][0], key=k, title=f"Step {k}: Train it") for k in "12"]}
-    assert [s.title for s in parse_decomposition(json.dumps(twins), "P")] == ["Step 1: Train it", "Step 2: Train it"]
+    assert [s.key for s in subtasks] == ["1", "2", "3"]
+    assert [list(s.depends_on) for s in subtasks] == [[], ["1"], ["2"]]
+    # Numbered titles are no longer taken off: they are an invalid answer, re-asked with the reason.
+    numbered = {"subtasks": [dict(EXAMPLE_ANSWER["subtasks"][0], title="Step 1: Design the schema")]}
+    with pytest.raises(InvalidAnswer, match="is numbered"):
+        parse_decomposition(json.dumps(numbered), "P")
 
 
 def test_response_formats_per_mode() -> None:
@@ -102,10 +122,107 @@ def test_response_formats_per_mode() -> None:
     # json_object goes to llama.cpp, which makes a grammar of it: string lengths are bounded there.
     bounded = response_format_for("json_object", schema)
     assert bounded == {"type": "json_object", "schema": grammar_schema(schema)} and bounded["schema"] != schema
-    item = bounded["schema"]["properties"]["subtasks"]["items"]["properties"]
-    assert item["title"]["maxLength"] == 120 and item["acceptance_criteria"]["maxItems"] == 5
+    defs = bounded["schema"]["$defs"]
+    assert defs["title"]["maxLength"] == 120 and defs["subtask1"]["properties"]["acceptance_criteria"]["maxItems"] == 5
     assert "maxLength" not in json.dumps(schema), "json_schema mode (OpenAI strict) must not get maxLength"
     assert response_format_for("prompt", schema) is None
+
+
+def test_grammar_schema_lets_each_subtask_depend_only_on_earlier_positions() -> None:
+    """In json_object mode the schema (a grammar for llama.cpp) allows 1 to max subtasks, one
+    alternative per count, and the subtask at position p may list only positions 1 to p-1 in
+    depends_on: a dependency on no sibling, on itself or in a cycle cannot be written. Every other
+    field is the strict schema's, with bounded strings."""
+    schema = decomposition_schema(4)
+    grammar = grammar_schema(schema)
+    alternatives = grammar["properties"]["subtasks"]["anyOf"]
+    assert [(a["minItems"], a["maxItems"], len(a["prefixItems"])) for a in alternatives] == [
+        (n, n, n) for n in range(1, 5)
+    ]
+    for alternative in alternatives:
+        assert [item["$ref"] for item in alternative["prefixItems"]] == [
+            f"#/$defs/subtask{p}" for p in range(1, alternative["maxItems"] + 1)
+        ]
+    defs = grammar["$defs"]
+    assert defs["subtask1"]["properties"]["depends_on"]["maxItems"] == 0
+    for position in range(2, 5):
+        depends_on = defs[f"subtask{position}"]["properties"]["depends_on"]
+        assert depends_on["items"] == {"enum": list(range(1, position))} and depends_on["maxItems"] == position - 1
+    strict_item = schema["properties"]["subtasks"]["items"]
+    for position in range(1, 5):
+        item = defs[f"subtask{position}"]
+        assert item["required"] == strict_item["required"] and item["additionalProperties"] is False
+    assert defs["title"] == {"type": "string", "maxLength": 120, "minLength": 3}
+
+
+def test_grammar_schema_compiles_with_llama_cpp() -> None:
+    """llama-cpp-python (the `local` extra) turns the json_object schema into a grammar without
+    error, and the grammar has one rule per position naming exactly the earlier positions."""
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    text = json.dumps(grammar_schema(decomposition_schema(5)))
+    gbnf = llama_grammar.json_schema_to_gbnf(text)
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
+    assert rules["subtask2-depends-on-item"] == '"1"'
+    assert rules["subtask5-depends-on-item"] == '"1" | "2" | "3" | "4"'
+    assert rules["subtask1-depends-on"] == '"[" space  "]" space'
+    llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
+
+
+def test_small_profile_asks_for_less_and_its_grammar_makes_siblings_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small answer profile (PARADECOM_ANSWER_PROFILE=small, for the embedded model) asks for
+    exactly max subtasks with a title and depends_on; its grammar starts each
+    position's title with a verb of its own (disjoint sets, so no two siblings start alike and
+    none is numbered), allows no digit right after the verb, and fixes atomic to false."""
+    schema = decomposition_schema(3, "small")
+    subtasks = schema["properties"]["subtasks"]
+    assert (subtasks["minItems"], subtasks["maxItems"]) == (3, 3)
+    assert subtasks["items"]["required"] == ["title", "depends_on", "atomic"]
+    grammar = grammar_schema(schema)
+    assert [len(a["prefixItems"]) for a in grammar["properties"]["subtasks"]["anyOf"]] == [3]
+    patterns = [grammar["$defs"][f"subtask{p}"]["properties"]["title"]["pattern"] for p in (1, 2, 3)]
+    verbs = [set(small_title_verbs(p, 3)) for p in (1, 2, 3)]
+    assert not (verbs[0] & verbs[1] or verbs[0] & verbs[2] or verbs[1] & verbs[2])
+    assert "Design" in verbs[0] and "Build" in verbs[1] and "Test" in verbs[2]
+    for pattern, allowed in zip(patterns, verbs, strict=True):
+        regex = re.compile(pattern)
+        assert all(regex.fullmatch(f"{verb} the data loader") for verb in allowed)
+        assert not regex.fullmatch("Step 2: Build it") and not regex.fullmatch(f"{sorted(allowed)[0]} 1.0")
+    item = grammar["$defs"]["subtask1"]["properties"]
+    assert item["atomic"] == {"const": False}
+    # The profile comes from the environment when not given, and a wrong name is one clear error.
+    monkeypatch.setenv(ENV_ANSWER_PROFILE, "small")
+    assert decomposition_schema(3) == schema and answer_profile() == "small"
+    monkeypatch.setenv(ENV_ANSWER_PROFILE, "tiny")
+    with pytest.raises(ConfigError, match="PARADECOM_ANSWER_PROFILE='tiny' is not one of full, small"):
+        answer_profile()
+
+
+def test_small_profile_prompt_shows_an_answer_its_grammar_allows() -> None:
+    """The small profile's messages carry its own rules and example, ask for exactly max subtasks,
+    leave the sibling tasks out, and the example answer passes both the parser and the grammar's
+    title patterns."""
+    messages = build_messages(make_assignment(), 2, 3, profile="small")
+    assert messages[0]["content"] == SMALL_SYSTEM_PROMPT
+    assert json.loads(messages[2]["content"]) == SMALL_EXAMPLE_ANSWER
+    assert messages[-1]["content"].endswith("Write 3 subtasks for this task, each a different part of the work, "
+                                            "in this project's own words.")  # fmt: skip
+    grammar = grammar_schema(decomposition_schema(3, "small"))
+    for position, subtask in enumerate(SMALL_EXAMPLE_ANSWER["subtasks"], start=1):
+        assert re.fullmatch(grammar["$defs"][f"subtask{position}"]["properties"]["title"]["pattern"], subtask["title"])
+    assert len(parse_decomposition(json.dumps(SMALL_EXAMPLE_ANSWER), "Build the team blog")) == 3
+    full = build_messages(make_assignment(), 2, 3, profile="full")
+    assert full[0]["content"] != SMALL_SYSTEM_PROMPT
+    # The sibling tasks are left out of the small profile's task: a small model copies them.
+    assert "Write the docs" in full[-1]["content"] and "Write the docs" not in messages[-1]["content"]
+
+
+def test_small_profile_grammar_compiles_with_llama_cpp() -> None:
+    """llama-cpp-python turns the small profile's grammar, title patterns included, into GBNF."""
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    text = json.dumps(grammar_schema(decomposition_schema(5, "small")))
+    llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
+    gbnf = llama_grammar.json_schema_to_gbnf(text)
+    assert '"Desig" "n"' in gbnf and '"Documen" "t"' in gbnf
 
 
 def test_request_body_carries_the_schema_through_the_openai_client() -> None:

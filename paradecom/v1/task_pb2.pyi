@@ -140,11 +140,14 @@ class Subtask(_message.Message):
     characters); depends_on refers to these keys.
     """
     title: _builtins.str
-    """Imperative title, 1 to 300 characters; unique among its siblings (ignoring case) and not the
-    parent's own title.
+    """Imperative title, 1 to 300 characters; not the parent's own title, not numbered ("Step 2: ...",
+    "2. ...": order goes in depends_on), and not the same or nearly the same as a sibling's (word
+    sets with a Jaccard index of 0.8 or more; see paradecom/subtasks.py).
     """
     description: _builtins.str
-    """What the child covers; at most 20,000 characters."""
+    """What the child covers; at most 20,000 characters. Not the same or nearly the same as a
+    sibling's (as for titles; empty descriptions are not compared).
+    """
     atomic: _builtins.bool
     """True when the child is small enough for one person and needs no further decomposition."""
     atomic_reason: _builtins.str
