@@ -2,7 +2,10 @@
 
 It stands in for a real model in tests, demos and load runs: answers are deterministic, cost nothing,
 arrive after a chosen latency, and faults (malformed answers, 429s, 500s, slow answers, a real
-requests-per-minute limit) can be injected at chosen rates.
+requests-per-minute limit) can be injected at chosen rates. With `--rpm`, every answer states the
+budget as OpenAI does (`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`,
+`x-ratelimit-reset-requests`: when the oldest request leaves the window), unless
+`--no-rate-limit-headers`.
 
     python -m paradecom.fakellm --listen 127.0.0.1:0 --fanout 3 --atomic-depth 2
 
@@ -162,6 +165,8 @@ class Options:
     rpm: int = 0
     response_format_support: str = "json_schema"
     rpm_window: float = RPM_WINDOW_S
+    # With rpm: state the budget on every answer, as OpenAI does (x-ratelimit-*-requests).
+    rate_limit_headers: bool = True
     api_key: str = ""
     models: tuple[str, ...] = ()
     # Per-depth fan-out (`--fanout 10,5`); empty: `fanout` at every depth.
@@ -274,6 +279,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="length of --rpm's sliding window in seconds, to make tests quick (default 60: a minute)",
     )
     parser.add_argument(
+        "--no-rate-limit-headers",
+        dest="rate_limit_headers",
+        action="store_false",
+        help="with --rpm, leave out the x-ratelimit-*-requests headers that OpenAI puts on every "
+        "answer (as servers that state no budget do)",
+    )
+    parser.add_argument(
         "--response-format-support",
         choices=RESPONSE_FORMAT_SUPPORT,
         default="json_schema",
@@ -318,6 +330,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         rpm=args.rpm,
         response_format_support=args.response_format_support,
         rpm_window=args.rpm_window,
+        rate_limit_headers=args.rate_limit_headers,
         api_key=args.api_key or "",
         models=tuple(m.strip() for m in (args.models or "").split(",") if m.strip()),
     )
@@ -675,6 +688,21 @@ class FakeLLM:
         window.append(now)
         return None
 
+    def _rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's statement of the request budget: the limit, what is left in the window now,
+        and when the oldest request in it leaves the window (`x-ratelimit-reset-requests`)."""
+        opts = self.options
+        if not opts.rpm or not opts.rate_limit_headers:
+            return {}
+        now = time.monotonic()
+        live = [t for t in self._window if t > now - opts.rpm_window]
+        reset = max(0.0, live[0] + opts.rpm_window - now) if live else 0.0
+        return {
+            "x-ratelimit-limit-requests": str(opts.rpm),
+            "x-ratelimit-remaining-requests": str(max(0, opts.rpm - len(live))),
+            "x-ratelimit-reset-requests": f"{math.ceil(reset * 1000)}ms",
+        }
+
     def _refuse_response_format(self, response_format: Any) -> web.Response | None:
         """Record the request's response_format; a 400 if --response-format-support refuses it."""
         stats = self.stats
@@ -751,6 +779,7 @@ class FakeLLM:
                 headers = {
                     "Retry-After": str(max(1, math.ceil(wait))),
                     "retry-after-ms": str(math.ceil(wait * 1000)),
+                    **self._rate_limit_headers(),
                 }
                 message = f"rate limit of {opts.rpm} requests per minute reached"
                 return _error(429, message, "requests", "rate_limit_exceeded", headers)
@@ -824,7 +853,8 @@ class FakeLLM:
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
                 },
-            }
+            },
+            headers=self._rate_limit_headers(),
         )
 
     async def models(self, request: web.Request) -> web.Response:

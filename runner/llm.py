@@ -36,6 +36,7 @@ from paradecom import limits
 from paradecom.errors import ConfigError, DecompositionError, EndpointError
 
 from .prompt import DEFAULT_MAX_SUBTASKS
+from .request_pacer import RequestPacer
 from .schema import decomposition_schema, grammar_schema
 
 log = structlog.get_logger("paradecom.runner.llm")
@@ -267,6 +268,7 @@ class LLMClient:
         self.temperature = temperature
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.pacer = RequestPacer()
         if client is not None:
             self.base_url = str(client.base_url)
             self._client = client
@@ -328,13 +330,23 @@ class LLMClient:
     async def _request(self, messages: Sequence[Mapping[str, str]], mode: str) -> Completion:
         response_format = response_format_for(mode, self.schema)
         extra: dict[str, Any] = {} if response_format is None else {"response_format": response_format}
-        response = await self._client.chat.completions.create(
-            model=self.model,
-            messages=cast(Any, list(messages)),
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            **extra,
-        )
+        number = await self.pacer.acquire()
+        headers: Mapping[str, str] | None = None
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self.model,
+                messages=cast(Any, list(messages)),
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                **extra,
+            )
+            headers = raw.headers
+            response = raw.parse()
+        except openai.APIStatusError as exc:
+            headers = exc.response.headers
+            raise
+        finally:
+            await self.pacer.learn(number, headers)
         choice = response.choices[0] if response.choices else None
         usage = response.usage
         return Completion(

@@ -29,6 +29,7 @@ from paradecom.runner.llm import Completion, LLMClient, is_retryable
 from paradecom.runner.loop import DecompositionFailed, DecompositionRunner
 from paradecom.runner.main import main
 from paradecom.runner.prompt import build_messages, reask_messages
+from paradecom.runner.request_pacer import RequestPacer, parse_duration
 from paradecom.runner.schema import InvalidAnswer, parse_decomposition
 from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
@@ -1094,3 +1095,39 @@ def test_cli_stops_cleanly_on_signal(sig: str) -> None:
         assert "sk-test-secret-value" not in proc.stderr
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("1h2m3.5s", 3723.5), ("250ms", 0.25), ("2.5", 2.5), ("", None),
+     ("soon", None), ("1x", None), ("-1s", None), ("nan", None), ("1s junk", None)],
+)  # fmt: skip
+def test_rate_limit_reset_durations_parse_as_openai_writes_them(text: str, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_pacer_holds_calls_while_the_stated_budget_is_spent() -> None:
+    """An answer saying 1 request is left lets one more go and holds the next until its reset;
+    after the reset one call probes while the others wait for its answer."""
+
+    async def scenario() -> list[str]:
+        pacer = RequestPacer()
+        first = await pacer.acquire()
+        await pacer.learn(first, {"x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "300ms"})
+        await pacer.acquire()  # the one left
+        events: list[str] = []
+
+        async def call(name: str) -> None:
+            number = await pacer.acquire()
+            events.append(f"{name} sent")
+            await pacer.learn(number, {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"})
+
+        waiting = [asyncio.create_task(call(n)) for n in ("a", "b", "c")]
+        for _ in range(20):  # every call gets its turns on the loop: none may pass before the reset
+            await asyncio.sleep(0)
+        events.append("before reset")
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        return events
+
+    events = asyncio.run(scenario())
+    assert events[0] == "before reset" and sorted(events[1:]) == ["a sent", "b sent", "c sent"]
