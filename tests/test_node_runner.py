@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import ROOT
 from helpers import Proc, run_cli
+from test_security import TOKEN, make_ca, make_cert
 
 NODE_RUNNER_DIR = ROOT / "clients" / "node-runner"
 RUNNER_JS = NODE_RUNNER_DIR / "runner.js"
@@ -108,3 +110,91 @@ def test_node_runner_bad_flags_exit_2_with_one_line(flags: list[str]) -> None:
     assert done.returncode == 2, (done.returncode, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("node-runner: error: "), done.stderr
+
+
+def get_json(base_url: str, path: str) -> Any:
+    """GET a fake-llm endpoint (base_url ends in /v1) and decode its JSON answer."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + path, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def tree_shape(tree: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What two runs of one project must agree on: every task's id, text, dependencies and status."""
+    return [
+        (t["id"], t["title"], t["description"], tuple(t["acceptance_criteria"]), tuple(t["depends_on"]),
+         t["atomic"], t["estimate_hours"], t["status"])
+        for t in walk(tree["tasks"])
+    ]  # fmt: skip
+
+
+def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_python_only_tree(
+    fake_llm: Callable[..., str],
+    start_leader: Callable[..., tuple[Proc, str]],
+    start_runner: Callable[..., Proc],
+    procs: list[Proc],
+    tmp_path: Path,
+) -> None:
+    """A Node runner and a Python runner share a leader that demands a token and TLS: both get tasks,
+    and the tree is the one a Python runner alone builds (same titles, texts, structure), from the
+    same LLM requests, body for body: the Node runner sends the contract's LlmRequest as it is.
+    The Node runner reads the token from $PARADECOM_AUTH_TOKEN, the Python one from a file."""
+    command = node_command()
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki, "ca")
+    make_cert(pki, "ca", "leader")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    security = ["--auth-token-file", str(token_file), "--tls-cert", str(pki / "leader.pem"),
+                "--tls-key", str(pki / "leader.key")]  # fmt: skip
+    client_security = ["--auth-token-file", str(token_file), "--tls-ca", str(pki / "ca.pem")]
+    project = tmp_path / "project.json"
+    project.write_text(json.dumps({
+        "name": "Bakery webshop",
+        "description": "Customers order bread online and collect it in a branch; staff mark orders ready.",
+        "goals": ["Order in under three minutes"],
+        "constraints": ["Runs on one small server"],
+        "max_depth": 3,
+    }))  # fmt: skip
+    trees: dict[str, dict[str, Any]] = {}
+    requests: dict[str, list[Any]] = {}
+    logs: dict[str, list[str]] = {}
+    for run in ("mixed", "python"):
+        # Latency keeps several tasks in flight at once, so both runners of the mixed run get some.
+        base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--latency", "0.2")
+        _, leader = start_leader(*security, db=tmp_path / f"{run}.db")
+        runners = [start_runner(leader, base_url, "--concurrency", "2", "--no-cache", *client_security)]
+        if run == "mixed":
+            node = Proc([*command, "--leader", leader, "--concurrency", "2", "--tls-ca", str(pki / "ca.pem")],
+                        env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key",
+                             "PARADECOM_AUTH_TOKEN": TOKEN})  # fmt: skip
+            procs.append(node)
+            runners.append(node)
+        submitted = run_cli([*PARADECOM, "submit", "--leader", leader, *client_security, str(project)])
+        assert submitted.returncode == 0, submitted.stderr
+        result = run_cli(
+            [*PARADECOM, "result", "--leader", leader, *client_security, submitted.stdout.strip(), "--wait",
+             "--format", "json"],
+            timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr + "".join(r.stderr for r in runners)
+        trees[run] = json.loads(result.stdout)
+        # In order of their messages; compared as JSON values (a number may be written 0 or 0.0).
+        requests[run] = sorted(get_json(base_url, "/requests"), key=lambda body: json.dumps(body["messages"]))
+        for runner in runners:
+            runner.signal(signal.SIGTERM)
+            assert runner.wait(timeout=30) == 0, runner.stderr
+        logs[run] = [r.stderr for r in runners]
+
+    python_tree, mixed_tree = trees["python"], trees["mixed"]
+    assert mixed_tree["project"]["state"] == python_tree["project"]["state"] == "done"
+    assert len(list(walk(python_tree["tasks"]))) == 1 + 3 + 9 + 27
+    assert tree_shape(mixed_tree) == tree_shape(python_tree)
+    # 13 decompositions in each run, asked the same way by either runner.
+    assert len(requests["python"]) == 13
+    assert requests["mixed"] == requests["python"]
+    python_log, node_log = logs["mixed"]
+    assert python_log.count('"result submitted"') >= 1, python_log
+    assert node_log.count("result submitted") >= 1, node_log
+    assert python_log.count('"result submitted"') + node_log.count("result submitted") == 13
+    assert "task failed" not in node_log and "re-asking" not in node_log, node_log
