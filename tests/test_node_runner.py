@@ -181,7 +181,8 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
             procs.append(node)
             runners.append(node)
         status = [*PARADECOM, "status", "--leader", leader, *client_security, "--json"]
-        wait_for(lambda s=status, n=len(runners): connected(s) == n, 60, what="every runner connected")
+        expected = len(runners)
+        wait_for(lambda s=status, n=expected: connected(s) == n, 60, what="every runner connected")
         submitted = run_cli([*PARADECOM, "submit", "--leader", leader, *client_security, str(project)])
         assert submitted.returncode == 0, submitted.stderr
         result = run_cli(
