@@ -31,10 +31,10 @@ class TaskServiceStub:
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (the leader
-    answers a client that pings more often, without data in between, with an HTTP/2 GOAWAY
-    "too_many_pings", which closes the connection and every call on it; the leader itself pings
-    every 20 s and drops a peer that does not answer within 10 s).
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
     Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
     After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
     and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
@@ -88,10 +88,10 @@ class TaskServiceServicer:
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (the leader
-    answers a client that pings more often, without data in between, with an HTTP/2 GOAWAY
-    "too_many_pings", which closes the connection and every call on it; the leader itself pings
-    every 20 s and drops a peer that does not answer within 10 s).
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
     Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
     After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
     and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
@@ -203,10 +203,10 @@ class TaskService:
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (the leader
-    answers a client that pings more often, without data in between, with an HTTP/2 GOAWAY
-    "too_many_pings", which closes the connection and every call on it; the leader itself pings
-    every 20 s and drops a peer that does not answer within 10 s).
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
     Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
     After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
     and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
