@@ -50,7 +50,7 @@ from .prompt import (
     build_request,
     reask_messages,
 )
-from .schema import InvalidAnswer, parse_decomposition
+from .schema import ANSWER_PROFILES, InvalidAnswer, parse_decomposition
 
 log = structlog.get_logger("paradecom.runner")
 
@@ -91,7 +91,8 @@ class DecompositionSettings:
             raise ValueError(f"max_reasks must be 0 to {MAX_REASKS_LIMIT}, not {self.max_reasks}")
         if self.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
-        self.request  # noqa: B018 - validates the answer profile with the rest of the request settings
+        if self.answer_profile not in ANSWER_PROFILES:
+            raise ValueError(f"answer_profile must be one of {', '.join(ANSWER_PROFILES)}")
 
     @property
     def request(self) -> RequestSettings:
