@@ -218,7 +218,9 @@ class LlmRequest(_message.Message):
     (role "user", reask.template with the reason): only the latest unusable answer is ever shown.
     Fewer than min_subtasks usable items also re-ask while re-asks remain; once they are spent the
     task is a leaf: SubmitResult with no subtasks and stop_reason "fewer than N subtasks" (N being
-    min_subtasks). An unusable last answer is reported with FailTask (retryable). A runner that does
+    min_subtasks). An unusable last answer is reported with FailTask (retryable), unless the runner
+    keeps what is sound in it (ParaDecom's runner drops numbered-title prefixes and repeated or
+    nearly repeated siblings, and submits the rest when it is usable). A runner that does
     not implement `version` reports FailTask (retryable) saying so, for another runner to take it.
     """
 
