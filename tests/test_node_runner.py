@@ -145,9 +145,10 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
     tmp_path: Path,
 ) -> None:
     """A Node runner and a Python runner share a leader that demands a token and TLS: both get tasks,
-    and the tree is the one a Python runner alone builds (same titles, texts, structure), from the
-    same LLM requests, body for body: the Node runner sends the contract's LlmRequest as it is.
-    The Node runner reads the token from $PARADECOM_AUTH_TOKEN, the Python one from a file."""
+    and the tree is the one a Python runner alone builds, and a Node runner alone (same titles,
+    texts, structure), from the same LLM requests, body for body: the Node runner sends the
+    contract's LlmRequest as it is. The Node runner reads the token from $PARADECOM_AUTH_TOKEN, the
+    Python one from a file."""
     command = node_command()
     pki = tmp_path / "pki"
     pki.mkdir()
@@ -169,12 +170,14 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
     trees: dict[str, dict[str, Any]] = {}
     requests: dict[str, list[Any]] = {}
     logs: dict[str, list[str]] = {}
-    for run in ("mixed", "python"):
+    for run in ("mixed", "python", "node"):
         # Latency keeps several tasks in flight at once, so both runners of the mixed run get some.
         base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--latency", "0.2")
         _, leader = start_leader(*security, db=tmp_path / f"{run}.db")
         runners = [start_runner(leader, base_url, "--concurrency", "2", "--no-cache", *client_security)]
-        if run == "mixed":
+        if run == "node":
+            runners = []
+        if run != "python":
             node = Proc([*command, "--leader", leader, "--concurrency", "2", "--tls-ca", str(pki / "ca.pem")],
                         env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key",
                              "PARADECOM_AUTH_TOKEN": TOKEN})  # fmt: skip
@@ -199,14 +202,14 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
             assert runner.wait(timeout=30) == 0, runner.stderr
         logs[run] = [r.stderr for r in runners]
 
-    python_tree, mixed_tree = trees["python"], trees["mixed"]
-    assert mixed_tree["project"]["state"] == python_tree["project"]["state"] == "done"
-    assert len(list(walk(python_tree["tasks"]))) == 1 + 3 + 9 + 27
-    assert tree_shape(mixed_tree) == tree_shape(python_tree)
+    assert {tree["project"]["state"] for tree in trees.values()} == {"done"}
+    assert len(list(walk(trees["python"]["tasks"]))) == 1 + 3 + 9 + 27
+    assert tree_shape(trees["mixed"]) == tree_shape(trees["node"]) == tree_shape(trees["python"])
     # 13 decompositions in each run, asked the same way by either runner.
     assert len(requests["python"]) == 13
-    assert requests["mixed"] == requests["python"]
+    assert requests["mixed"] == requests["node"] == requests["python"]
     python_log, node_log = logs["mixed"]
+    assert "task failed" not in logs["node"][0] and "re-asking" not in logs["node"][0], logs["node"][0]
     assert python_log.count('"result submitted"') >= 1, python_log
     assert node_log.count("result submitted") >= 1, node_log
     assert python_log.count('"result submitted"') + node_log.count("result submitted") == 13

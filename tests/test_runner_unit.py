@@ -971,6 +971,50 @@ def test_submit_retries_unavailable_and_drops_aborted() -> None:
     run_scenario(scenario)
 
 
+def test_a_result_refused_as_invalid_is_reported_with_fail_task() -> None:
+    """A result the leader refuses with INVALID_ARGUMENT leaves the lease ours (task_service.proto):
+    the runner reports it at once with FailTask (retryable, the refusal as the error, the attempt's
+    usage) instead of leaving the lease to expire."""
+
+    async def scenario() -> None:
+        leader = FakeLeader()
+        leader.submit_errors = [grpc.StatusCode.INVALID_ARGUMENT]
+        async with serving(leader) as address:
+            runner = DecompositionRunner(address, concurrency=1, model="m", llm=FakeChat())
+            leader.assign(1)
+            run = asyncio.create_task(runner.run())
+            await eventually(lambda: len(leader.fails) == 1, what="the failure report")
+            await stop_runner(runner, run)
+        (fail,) = leader.fails
+        assert fail.lease_token == "tok1" and fail.retryable
+        assert fail.error == "the leader refused the result: not now" and fail.usage.calls == 1
+        assert leader.submits == [] and leader.releases == []
+
+    run_scenario(scenario)
+
+
+def test_release_at_shutdown_carries_the_usage_spent() -> None:
+    """A task given back at shutdown is released with the LLM usage its decomposition has spent so
+    far (ReleaseTaskRequest.usage), so the project's accounting loses nothing."""
+
+    async def scenario() -> None:
+        leader = FakeLeader()
+        chat = FakeChat(delay=0.05, answers=lambda _n, _t: ("not JSON", "stop"))
+        async with serving(leader) as address:
+            runner = DecompositionRunner(address, concurrency=1, model="m", llm=chat, max_reasks=10)
+            leader.assign(1, timeout_ms=5_000)
+            run = asyncio.create_task(runner.run())
+            await eventually(lambda: chat.calls >= 3, what="a few answers")
+            runner.request_stop()
+            runner.request_stop()
+            await asyncio.wait_for(run, 10.0)
+        (release,) = leader.releases
+        assert release.lease_token == "tok1" and release.usage.calls >= 2 and release.usage.reasks >= 1
+        assert release.usage.prompt_tokens == 100 * release.usage.calls
+
+    run_scenario(scenario)
+
+
 def test_reconnects_after_drain_and_stream_end() -> None:
     """A drain notice or an ended stream makes the runner reconnect, and work on the new stream
     is done; tasks in hand carry on across the reconnect."""
