@@ -215,17 +215,25 @@ def build_messages(
         raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
     small = (profile or answer_profile()) == "small"
     if small:
-        system, example, min_subtasks = SMALL_SYSTEM_PROMPT, SMALL_EXAMPLE_ANSWER, max_subtasks
-    else:
-        system, example = SYSTEM_PROMPT, EXAMPLE_ANSWER
+        min_subtasks = max_subtasks
     return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": _task_prompt(_example_assignment(), min_subtasks, max_subtasks)},
-        {"role": "assistant", "content": json.dumps(example)},
+        *({"role": role, "content": content} for role, content in _leading_messages(min_subtasks, max_subtasks, small)),
         # A small model shown the sibling tasks copies their titles as subtasks (measured on the
         # demo: every task of the second level had an uncle's title among its children).
         {"role": "user", "content": _task_prompt(assignment, min_subtasks, max_subtasks, siblings=not small)},
     ]
+
+
+@functools.lru_cache(maxsize=64)
+def _leading_messages(min_subtasks: int, max_subtasks: int, small: bool) -> tuple[tuple[str, str], ...]:
+    """(role, content) of the rules and the worked example: the same for every task, and a leader
+    builds a request for every assignment it hands out."""
+    system, example = (SMALL_SYSTEM_PROMPT, SMALL_EXAMPLE_ANSWER) if small else (SYSTEM_PROMPT, EXAMPLE_ANSWER)
+    return (
+        ("system", system),
+        ("user", _task_prompt(_example_assignment(), min_subtasks, max_subtasks)),
+        ("assistant", json.dumps(example)),
+    )
 
 
 def reask_messages(
