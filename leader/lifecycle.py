@@ -424,7 +424,8 @@ class TaskLifecycle:
             title=s.title.strip(),
             description=s.description,
             acceptance_criteria=list(s.acceptance_criteria),
-            depends_on=list(s.depends_on),
+            # Order kept, repeats dropped: a key named twice is still one dependency.
+            depends_on=list(dict.fromkeys(s.depends_on)),
             atomic=s.atomic,
             atomic_reason=s.atomic_reason,
             estimate_hours=max(0.0, s.estimate_hours),
@@ -445,10 +446,16 @@ class TaskLifecycle:
         self.on_change(task.project_id)
         return state
 
-    def release(self, task_id: str, token: str, reason: str) -> None:
-        """Give a task back unworked: queued again at once, the attempt not charged."""
+    def release(self, task_id: str, token: str, reason: str, usage: task_pb2.Usage | None = None) -> None:
+        """Give a task back: queued again at once, the attempt not charged, the usage spent under
+        the lease counted."""
         with self.store.transaction():
             task = self._leased(task_id, token)
+            if usage is not None and usage.ByteSize():
+                project = self.store.get_project(task.project_id)
+                assert project is not None
+                _add_usage(project, usage)
+                self.store.update_project(project)
             task.attempts = max(0, task.attempts - 1)
             task.not_before_ms = 0
             task.last_error = f"released: {reason}"[: limits.MAX_ERROR_CHARS] if reason else task.last_error

@@ -163,7 +163,8 @@ class Scheduler:
             for assignment in assignments:
                 size = assignment.ByteSize()
                 sizes.append(size)
-                estimate = estimate_tokens(size)
+                # Calibrated on the task's context alone; the LlmRequest repeats it as the prompt.
+                estimate = estimate_tokens(size - assignment.llm_request.ByteSize())
                 self._estimates[assignment.lease.task_id] = (estimate, now)
                 self._typical_estimate = estimate
                 self.budget.spend(1, estimate)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
+from paradecom.runner.prompt import RequestSettings
 from paradecom.security import Security, TokenInterceptor, server_credentials
 from paradecom.v1 import (
     admin_service_pb2,
@@ -68,6 +69,8 @@ class LeaderSettings:
     enforce_parallelism: bool = False
     endpoint_slots: int | None = None
     parallelism_cap: int | None = None
+    # The LlmRequest every assignment carries: fan-out bounds, re-asks, answer profile.
+    request: RequestSettings = field(default_factory=RequestSettings)
 
 
 class LeaderServer:
@@ -79,7 +82,9 @@ class LeaderServer:
             self.store = SqliteStore(settings.db)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the store {settings.db}: {exc}") from None
-        self.leader = DecompositionLeader(self.store, settings.lease, default_max_depth=settings.max_depth)
+        self.leader = DecompositionLeader(
+            self.store, settings.lease, default_max_depth=settings.max_depth, request_settings=settings.request
+        )
         budget = LlmBudget(settings.llm_rpm, settings.llm_tpm)
         parallelism = Parallelism(
             self.leader,

@@ -207,7 +207,10 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         def call() -> task_service_pb2.ReleaseTaskResponse:
             _require_id("task_id", request.task_id)
             _require_id("lease_token", request.lease_token)
-            self.leader.release_task(request.task_id, request.lease_token, request.reason[: limits.MAX_ERROR_CHARS])
+            _check_usage(request.usage)
+            self.leader.release_task(
+                request.task_id, request.lease_token, request.reason[: limits.MAX_ERROR_CHARS], request.usage
+            )
             return task_service_pb2.ReleaseTaskResponse()
 
         return await _guard(context, call)

@@ -275,11 +275,14 @@ def test_compose_settings_come_from_the_environment(compose_config: Callable[...
         "PARADECOM_MODEL": "gpt-4o-mini",
         "PARADECOM_STRUCTURED_OUTPUT": "json_object",
         # Unset: the runner's own defaults.
+        "PARADECOM_MAX_TOKENS": "",
+        "PARADECOM_LLM_TIMEOUT": "600",
+    }
+    # The LLM request's settings are the leader's: it sends them to every runner with each task.
+    assert config["services"]["leader"]["environment"] == {
         "PARADECOM_ANSWER_PROFILE": "",
         "PARADECOM_MAX_SUBTASKS": "",
-        "PARADECOM_MAX_TOKENS": "",
         "PARADECOM_MAX_REASKS": "",
-        "PARADECOM_LLM_TIMEOUT": "600",
     }
     assert config["secrets"]["paradecom_token"]["file"] == "/etc/paradecom/token"
     ports = config["services"]["leader"]["ports"]
@@ -320,6 +323,7 @@ def test_tls_override_adds_only_the_tls_settings(compose_config: Callable[..., d
     ]
     assert tls["runner"]["command"] == [*base["runner"]["command"], "--tls-ca", "/run/secrets/paradecom_ca"]
     assert tls["leader"]["environment"] == {
+        **base["leader"]["environment"],
         "PARADECOM_HEALTH_TLS_CA": "/run/secrets/paradecom_ca",
         "PARADECOM_HEALTH_TLS_SERVER_NAME": "leader",
     }

@@ -75,7 +75,9 @@ class PullTaskResponse(_message.Message):
 
     @_builtins.property
     def batch(self) -> Global___AssignmentBatch:
-        """Several tasks to work on, in the order granted; only sent when max_batch is above 1."""
+        """Several tasks to work on, in the order granted; only sent when max_batch is above 1 (a
+        batch of one is sent as `assignment`).
+        """
 
     def __init__(
         self,
@@ -169,7 +171,9 @@ class SubmitResultRequest(_message.Message):
 
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage spent on this task, for the project's accounting."""
+        """LLM usage spent on this task, for the project's accounting. Every count must be 0 or more
+        (INVALID_ARGUMENT otherwise).
+        """
 
     def __init__(
         self,
@@ -315,7 +319,7 @@ class ExtendLeaseRequest(_message.Message):
     """The current lease token."""
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage since this lease's previous heartbeat. A runner that meets an HTTP 429 heartbeats at
+        """LLM usage since this lease's previous heartbeat (counts 0 or more). A runner that meets an HTTP 429 heartbeats at
         once with rate_limited (and retry_after_ms) set, so the leader slows dispatch for every runner.
         It feeds rate control only; the task's full usage goes with SubmitResult or FailTask.
         """
@@ -370,22 +374,32 @@ class ReleaseTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id, from its lease."""
     lease_token: _builtins.str
     """The current lease token."""
     reason: _builtins.str
-    """Why, for the leader's log (for example "runner shutting down")."""
+    """Why, for the task's last_error (for example "runner shutting down"); at most 4,000
+    characters are kept.
+    """
+    @_builtins.property
+    def usage(self) -> _task_pb2.Usage:
+        """LLM usage spent under this lease before giving it back (counts 0 or more), for the project's
+        accounting; empty when nothing was spent.
+        """
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         lease_token: _builtins.str = ...,
         reason: _builtins.str = ...,
+        usage: _task_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "reason", b"reason", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -429,7 +443,7 @@ class FailTaskRequest(_message.Message):
     """False when trying again cannot help (the task is dead-lettered at once)."""
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage spent on the failed attempt, for the project's accounting."""
+        """LLM usage spent on the failed attempt (counts 0 or more), for the project's accounting."""
 
     def __init__(
         self,
