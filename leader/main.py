@@ -74,6 +74,12 @@ def build_parser() -> Parser:
         "`metrics HOST:PORT` on stderr says which); default: none",
     )
     add_security_flags(parser, server=True)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on an address other machines can reach (--listen or --metrics-listen not loopback) "
+        "with no token; without it such a leader refuses to start",
+    )
     add_logging_flags(parser)
     return parser  # fmt: skip
 
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LeaderSettings(
             listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth,
             llm_rpm=args.llm_rpm, llm_tpm=args.llm_tpm, security=security,
-            metrics_listen=args.metrics_listen or "",
+            metrics_listen=args.metrics_listen or "", insecure=args.insecure,
         )  # fmt: skip
         asyncio.run(serve(settings))
     except ConfigError as exc:
