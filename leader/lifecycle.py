@@ -16,6 +16,8 @@ Rules kept here:
   keeps the project's counters in step; when a project has nothing queued or leased it is
   consolidated in the same transaction. Results may share a transaction (`accept_many`, the group
   commit): each is still answered only after the commit that holds it.
+- A runner restarted under its old id (a new session, `end_session`) ends the leases its
+  predecessor held at once, as expired leases: charged, retried with backoff, tokens fenced.
 - An expired lease is retried with backoff like a failure (ARCHITECTURE.md, promise 3): the task
   may be what kills its runners. The reassignment benchmark meets its target with it.
 """
@@ -492,6 +494,27 @@ class TaskLifecycle:
                     self.store.update_task(task)
                     count += 1
         return count
+
+    def end_session(self, runner_id: str) -> int:
+        """The runner restarted (a new session under its id): the leases it held end now, as if
+        expired. The attempt stays charged, so a task that kills its runner at every try still
+        reaches max_attempts however fast the runner comes back; their tokens are refused from now
+        on, so the old process, if it is still alive, cannot submit for them. Returns how many."""
+        changed: set[str] = set()
+        ended = 0
+        with self.store.transaction():
+            for task_id in self.store.leased_task_ids(runner_id=runner_id):
+                task = self.store.get_task(task_id)
+                assert task is not None
+                error = f"lease lost: runner {runner_id} restarted (a new session took its id)"
+                self._retry_or_bury(task, error, retryable=True, expired=True)
+                changed.add(task.project_id)
+                ended += 1
+            for project_id in changed:
+                self._finish_if_drained(project_id)
+        for project_id in changed:
+            self.on_change(project_id)
+        return ended
 
     def renew_all_leases(self) -> int:
         """At start-up: the runners could not heartbeat while the leader was down, so every lease

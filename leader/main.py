@@ -126,6 +126,12 @@ def build_parser() -> Parser:
         f"one (default ${ENV_ANSWER_PROFILE}, else full)",
     )
     add_security_flags(parser, server=True)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on an address other machines can reach (--listen or --metrics-listen not loopback) "
+        "with no token; without it such a leader refuses to start",
+    )
     add_logging_flags(parser)
     return parser  # fmt: skip
 
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LeaderSettings(
             listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth,
             llm_rpm=args.llm_rpm, llm_tpm=args.llm_tpm, security=security,
-            metrics_listen=args.metrics_listen or "", request=request,
+            metrics_listen=args.metrics_listen or "", request=request, insecure=args.insecure,
         )  # fmt: skip
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -196,6 +196,10 @@ class DecompositionRunner:
         self.concurrency = concurrency
         self.model = decomposer.model
         self.runner_id = runner_id or default_runner_id()
+        # Sent on every stream this runner opens: the same value on a reconnect keeps the leases in
+        # hand; a process restarted under the same runner id sends a new one, and the leader ends
+        # the dead process's leases at once instead of leaving them to fill the new one's slots.
+        self.session_id = secrets.token_hex(16)
         self.drain_timeout = drain_timeout
         self.security = security
         self.metrics = metrics
@@ -292,6 +296,7 @@ class DecompositionRunner:
         call = stub.PullTask(
             task_service_pb2.PullTaskRequest(
                 runner_id=self.runner_id,
+                session_id=self.session_id,
                 max_in_flight=self.concurrency,
                 max_batch=min(self.concurrency, limits.MAX_BATCH),
             )

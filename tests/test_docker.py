@@ -304,6 +304,9 @@ def test_metrics_override_scrapes_the_leader_and_every_runner(compose_config: Ca
         assert cmd[cmd.index("--metrics-listen") + 1] == "0.0.0.0:9100"
     jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
     assert jobs["paradecom-leader"]["static_configs"][0]["targets"] == ["leader:9100"]
+    # The leader's /metrics wants the token: Prometheus reads it from the same secret.
+    assert jobs["paradecom-leader"]["authorization"]["credentials_file"] == SECRET
+    assert "paradecom_token" in [s if isinstance(s, str) else s["source"] for s in prometheus["secrets"]]
     runners = jobs["paradecom-runner"]["dns_sd_configs"][0]
     assert runners["names"] == ["runner"] and runners["port"] == 9100
 
@@ -521,9 +524,11 @@ def test_compose_commands_decompose_a_project_outside_containers(
     probe = run_cli(host_command(healthcheck("leader"), {}), env={"PARADECOM_HEALTH_ADDRESS": address})
     assert probe.returncode == 0, probe.stderr
 
-    # What Prometheus scrapes (docker/compose.metrics.yaml): the leader's metrics saw the result.
+    # What Prometheus scrapes (docker/compose.metrics.yaml, with the token): the leader's metrics saw
+    # the result.
     metrics = leader.metrics_address()
-    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as resp:
+    scrape = urllib.request.Request(f"http://{metrics}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(scrape, timeout=10) as resp:
         text = resp.read().decode()
     assert "paradecom_results_accepted_total 1.0" in text, text
 

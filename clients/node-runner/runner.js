@@ -454,13 +454,17 @@ function fatalRefusal(err) {
   return "";
 }
 
+// Sent unchanged on every stream of this process (PullTaskRequest.session_id): a reconnect keeps
+// the leases in hand; a restart under the same --runner-id has the leader end the old ones at once.
+const SESSION_ID = randomBytes(16).toString("hex");
+
 // One PullTask stream at a time; reconnects with backoff whenever it ends, until shutdown.
 async function pullLoop() {
   for (let failures = 0; !stopping;) {
     const received = await new Promise((done) => {
       let got = false, closed = false;
       const finish = (why) => { if (!closed) { closed = true; stream = null; done({ got, why }); } };
-      stream = client.PullTask({ runner_id: opts.runnerId, max_in_flight: opts.concurrency, max_batch: Math.min(opts.concurrency, MAX_BATCH) }, metadata());
+      stream = client.PullTask({ runner_id: opts.runnerId, session_id: SESSION_ID, max_in_flight: opts.concurrency, max_batch: Math.min(opts.concurrency, MAX_BATCH) }, metadata());
       stream.on("data", (msg) => {
         got = true;
         if (msg.event === "assignment") accept(msg.assignment);

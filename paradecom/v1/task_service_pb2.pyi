@@ -29,9 +29,11 @@ class PullTaskRequest(_message.Message):
     RUNNER_ID_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
-    """Stable id of the runner process, 1 to 200 characters; a new stream with the same id replaces
-    the old one, and the runner keeps the leases it holds.
+    """Stable id of the runner, 1 to 200 characters. The leases granted under this id count against
+    max_in_flight. One stream per id: a new stream with the same id closes the older one, and
+    session_id says whether the leases held under the id stay with it.
     """
     max_in_flight: _builtins.int
     """How many tasks the runner works on at once, 1 to 1024."""
@@ -41,16 +43,33 @@ class PullTaskRequest(_message.Message):
     reads `batch` too, and the leader puts the assignments it grants at once in one message, up
     to this many and about 4 MiB.
     """
+    session_id: _builtins.str
+    """This run of the runner process, 0 to 200 characters: chosen at random when the process starts
+    and sent unchanged on every stream it opens. A stream whose session_id is the one the leader
+    last saw under runner_id is a reconnect (after a dropped stream): the runner keeps the leases
+    it holds, they still count against max_in_flight, and their heartbeats and results are
+    accepted as before. A stream with another non-empty session_id is a restart: the leases held
+    under runner_id end at once, as if they had expired (the attempt counts; each task is retried
+    after its backoff or dead-lettered, and counted in leases_expired), their tokens are refused
+    from then on (ABORTED) in case the old process is still alive, and all the new stream's slots
+    are free at once (ready tasks are sent now, the ended ones after their backoff). An empty
+    session_id (a runner that predates this field) is always a reconnect, so such a runner
+    restarted under its old id waits for its old leases to expire. The leader keeps the last
+    session_id of each id only while it runs: after a leader restart the first stream under an id
+    is a reconnect. Two live processes must not share a runner_id: each new stream of one would
+    end the leases of the other.
+    """
     def __init__(
         self,
         *,
         runner_id: _builtins.str = ...,
         max_in_flight: _builtins.int = ...,
         max_batch: _builtins.int = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_in_flight", b"max_in_flight", "runner_id", b"runner_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_in_flight", b"max_in_flight", "runner_id", b"runner_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

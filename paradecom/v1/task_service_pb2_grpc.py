@@ -42,6 +42,10 @@ class TaskServiceStub:
     any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def __init__(self, channel):
@@ -99,6 +103,10 @@ class TaskServiceServicer:
     any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def PullTask(self, request, context):
@@ -214,6 +222,10 @@ class TaskService:
     any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @staticmethod

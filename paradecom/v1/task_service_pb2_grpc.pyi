@@ -43,6 +43,10 @@ class TaskServiceStub:
     any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @_typing.overload
@@ -97,6 +101,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -147,6 +155,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @_abc_1.abstractmethod
