@@ -366,7 +366,7 @@ class TaskNode(_message.Message):
     status: Global___TaskStatus.ValueType
     """Where the task is in its life (DONE or DEAD once the project is done)."""
     attempts: _builtins.int
-    """Leases granted for this task so far."""
+    """Attempts charged so far: leases granted, less those given back with ReleaseTask."""
     last_error: _builtins.str
     """The last error of a failed or expired attempt; empty if none."""
     stop_reason: _builtins.str
