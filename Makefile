@@ -16,7 +16,10 @@ install: .venv/.installed
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bench,local]'
 	@if [ -f $(NODE_RUNNER)/package-lock.json ]; then npm ci --silent --prefix $(NODE_RUNNER); fi
-	npm ci --silent --prefix tools   # buf, for tests/test_proto_lint.py
+	npm ci --silent --prefix tools   # buf (tests/test_proto_lint.py); marked, mermaid, jsdom (tests/test_output_safety.py)
+	@# An editable install compiles none of the repository's modules; where PYTHONDONTWRITEBYTECODE is
+	@# set, every command would compile them again (~0.15 s of each start-up).
+	$(PY) -m compileall -q paradecom leader runner
 	touch $@
 
 proto: install           ## regenerate paradecom/v1 from proto/

@@ -18,6 +18,7 @@ from typing import Protocol
 from paradecom import limits
 from paradecom.errors import ProjectFileError
 from paradecom.project import ProjectDefinition
+from paradecom.runner.prompt import RequestSettings, build_request
 from paradecom.v1 import project_pb2, task_pb2
 
 from .consolidate import build_tree, task_node
@@ -95,8 +96,11 @@ class DecompositionLeader:
         default_max_depth: int = limits.DEFAULT_MAX_DEPTH,
         clock: Callable[[], float] = time.time,
         observer: LeaseObserver | None = None,
+        request_settings: RequestSettings | None = None,
     ) -> None:
         self.store = store
+        # What shapes the LlmRequest of every assignment (fan-out, re-asks, answer profile).
+        self.request_settings = request_settings or RequestSettings()
         self.observer = observer
         self.config = config or LeaseConfig()
         self.default_max_depth = default_max_depth
@@ -292,7 +296,7 @@ class DecompositionLeader:
         ancestors.reverse()
         siblings = self.store.children_titles(task.project_id, task.parent_id, MAX_SIBLING_TITLES + 1)
         definition = self._context(task.project_id)
-        return task_pb2.TaskAssignment(
+        assignment = task_pb2.TaskAssignment(
             lease=task_pb2.Lease(
                 task_id=str(task.id),
                 attempt=clamp_int(task.attempts, limits.INT32_MAX),
@@ -310,6 +314,8 @@ class DecompositionLeader:
             depth=task.depth,
             max_depth=definition.max_depth,
         )
+        assignment.llm_request.CopyFrom(build_request(assignment, self.request_settings))
+        return assignment
 
     def process_results(
         self,
@@ -357,8 +363,8 @@ class DecompositionLeader:
             self.observer.settled(task_id, accepted=False)
         return STATUS[state]
 
-    def release_task(self, task_id: str, lease_token: str, reason: str) -> None:
-        self.lifecycle.release(task_id, lease_token, reason)
+    def release_task(self, task_id: str, lease_token: str, reason: str, usage: task_pb2.Usage | None = None) -> None:
+        self.lifecycle.release(task_id, lease_token, reason, usage)
         if self.observer:
             self.observer.settled(task_id, accepted=False)
 

@@ -16,6 +16,8 @@ Rules kept here:
   keeps the project's counters in step; when a project has nothing queued or leased it is
   consolidated in the same transaction. Results may share a transaction (`accept_many`, the group
   commit): each is still answered only after the commit that holds it.
+- A runner restarted under its old id (a new session, `end_session`) ends the leases its
+  predecessor held at once, as expired leases: charged, retried with backoff, tokens fenced.
 - An expired lease is retried with backoff like a failure (ARCHITECTURE.md, promise 3): the task
   may be what kills its runners. The reassignment benchmark meets its target with it.
 """
@@ -428,7 +430,8 @@ class TaskLifecycle:
             title=s.title.strip(),
             description=s.description,
             acceptance_criteria=list(s.acceptance_criteria),
-            depends_on=list(s.depends_on),
+            # Order kept, repeats dropped: a key named twice is still one dependency.
+            depends_on=list(dict.fromkeys(s.depends_on)),
             atomic=s.atomic,
             atomic_reason=s.atomic_reason,
             estimate_hours=max(0.0, s.estimate_hours),
@@ -449,10 +452,16 @@ class TaskLifecycle:
         self.on_change(task.project_id)
         return state
 
-    def release(self, task_id: str, token: str, reason: str) -> None:
-        """Give a task back unworked: queued again at once, the attempt not charged."""
+    def release(self, task_id: str, token: str, reason: str, usage: task_pb2.Usage | None = None) -> None:
+        """Give a task back: queued again at once, the attempt not charged, the usage spent under
+        the lease counted."""
         with self.store.transaction():
             task = self._leased(task_id, token)
+            if usage is not None and usage.ByteSize():
+                project = self.store.get_project(task.project_id)
+                assert project is not None
+                _add_usage(project, usage)
+                self.store.update_project(project)
             task.attempts = max(0, task.attempts - 1)
             task.not_before_ms = 0
             task.last_error = f"released: {reason}"[: limits.MAX_ERROR_CHARS] if reason else task.last_error
@@ -489,6 +498,27 @@ class TaskLifecycle:
                     self.store.update_task(task)
                     count += 1
         return count
+
+    def end_session(self, runner_id: str) -> int:
+        """The runner restarted (a new session under its id): the leases it held end now, as if
+        expired. The attempt stays charged, so a task that kills its runner at every try still
+        reaches max_attempts however fast the runner comes back; their tokens are refused from now
+        on, so the old process, if it is still alive, cannot submit for them. Returns how many."""
+        changed: set[str] = set()
+        ended = 0
+        with self.store.transaction():
+            for task_id in self.store.leased_task_ids(runner_id=runner_id):
+                task = self.store.get_task(task_id)
+                assert task is not None
+                error = f"lease lost: runner {runner_id} restarted (a new session took its id)"
+                self._retry_or_bury(task, error, retryable=True, expired=True)
+                changed.add(task.project_id)
+                ended += 1
+            for project_id in changed:
+                self._finish_if_drained(project_id)
+        for project_id in changed:
+            self.on_change(project_id)
+        return ended
 
     def renew_all_leases(self) -> int:
         """At start-up: the runners could not heartbeat while the leader was down, so every lease

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 
 from paradecom import limits
 from paradecom.cliargs import Parser, add_logging_flags, address, fail, float_range, int_range
 from paradecom.errors import ConfigError
 from paradecom.logs import configure_logging
+from paradecom.runner.prompt import (
+    DEFAULT_MAX_REASKS,
+    DEFAULT_MAX_SUBTASKS,
+    DEFAULT_MIN_SUBTASKS,
+    ENV_MAX_REASKS,
+    ENV_MAX_SUBTASKS,
+    MAX_REASKS_LIMIT,
+    RequestSettings,
+)
+from paradecom.runner.schema import ANSWER_PROFILES, ENV_ANSWER_PROFILE
 from paradecom.security import add_security_flags, security_from_args
 
 from .lifecycle import LeaseConfig
@@ -15,6 +27,12 @@ from .llm_budget import MAX_RPM, MAX_TPM
 from .server import LeaderSettings, serve
 
 PROG = "paradecom-leader"
+
+
+def _answer_profile(text: str) -> str:
+    if text not in ANSWER_PROFILES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(ANSWER_PROFILES)}")
+    return text
 
 
 def build_parser() -> Parser:
@@ -73,13 +91,58 @@ def build_parser() -> Parser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; the line "
         "`metrics HOST:PORT` on stderr says which); default: none",
     )
+    # The LlmRequest every assignment carries (task.proto): every runner asks the same.
+    parser.add_argument(
+        "--min-subtasks",
+        type=int_range(1, limits.MAX_SUBTASKS),
+        default=None,
+        metavar="N",
+        help=f"fewer valid subtasks than this make a task a leaf (default {DEFAULT_MIN_SUBTASKS}, "
+        "or --max-subtasks if smaller)",
+    )
+    parser.add_argument(
+        "--max-subtasks",
+        type=int_range(1, limits.MAX_SUBTASKS),
+        default=os.environ.get(ENV_MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS,
+        metavar="N",
+        help=f"more subtasks than this is an invalid answer, re-asked; the answer's schema says so too "
+        f"(default ${ENV_MAX_SUBTASKS}, else {DEFAULT_MAX_SUBTASKS})",
+    )
+    parser.add_argument(
+        "--max-reasks",
+        type=int_range(0, MAX_REASKS_LIMIT),
+        default=os.environ.get(ENV_MAX_REASKS) or DEFAULT_MAX_REASKS,
+        metavar="N",
+        help=f"times runners send a bad answer back with its errors, 0..{MAX_REASKS_LIMIT} "
+        f"(default ${ENV_MAX_REASKS}, else {DEFAULT_MAX_REASKS})",
+    )
+    parser.add_argument(
+        "--answer-profile",
+        type=_answer_profile,
+        # A string default goes through `type`, so a bad environment value is a flag error.
+        default=os.environ.get(ENV_ANSWER_PROFILE) or "full",
+        metavar="PROFILE",
+        help=f"what an answer is asked to hold: full, or small for very small models such as the embedded "
+        f"one (default ${ENV_ANSWER_PROFILE}, else full)",
+    )
     add_security_flags(parser, server=True)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on an address other machines can reach (--listen or --metrics-listen not loopback) "
+        "with no token; without it such a leader refuses to start",
+    )
     add_logging_flags(parser)
     return parser  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    min_subtasks = min(DEFAULT_MIN_SUBTASKS, args.max_subtasks) if args.min_subtasks is None else args.min_subtasks
+    if min_subtasks > args.max_subtasks:
+        parser.error(f"--min-subtasks {min_subtasks} is more than --max-subtasks {args.max_subtasks}")
+    request = RequestSettings(min_subtasks, args.max_subtasks, args.max_reasks, args.answer_profile)
     configure_logging(args.log_format, args.log_level)
     lease = LeaseConfig(
         lease_timeout_s=args.lease_timeout,
@@ -92,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LeaderSettings(
             listen=args.listen, db=args.db, lease=lease, max_depth=args.max_depth,
             llm_rpm=args.llm_rpm, llm_tpm=args.llm_tpm, security=security,
-            metrics_listen=args.metrics_listen or "",
+            metrics_listen=args.metrics_listen or "", request=request, insecure=args.insecure,
         )  # fmt: skip
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -35,6 +35,7 @@ class RunnerSession:
     peer: str = ""
     connected_ms: int = 0  # when the stream opened (Unix ms), for ListRunners
     max_batch: int = 1  # assignments per message; 1 for a runner that did not ask for batches
+    session_id: str = ""  # PullTaskRequest.session_id: one per runner process, "" from older runners
     outbox: asyncio.Queue[task_service_pb2.PullTaskResponse | None] = field(default_factory=asyncio.Queue)
 
 
@@ -87,6 +88,9 @@ class Scheduler:
         # How many tasks could run at once (leader/parallelism.py); enforced only in a local auto run.
         self.parallelism = parallelism or Parallelism(leader, self.budget)
         self.sessions: dict[str, RunnerSession] = {}
+        # The last non-empty session id seen under each runner id whose stream is open or that
+        # still holds leases: a new stream with another one is a restart (see connect).
+        self._last_session: dict[str, str] = {}
         self.draining = False
         self._turn = 0
         # Token estimates of the tasks in flight, to correct the budget when their usage comes back,
@@ -96,14 +100,31 @@ class Scheduler:
         # Stream messages that carried assignments (fewer than the leases granted when batched).
         self.assignment_messages = 0
 
-    def connect(self, runner_id: str, max_in_flight: int, peer: str = "", *, max_batch: int = 1) -> RunnerSession:
-        """Register a runner's stream; a new stream with the same runner id replaces the old one."""
+    def connect(
+        self, runner_id: str, max_in_flight: int, peer: str = "", *, max_batch: int = 1, session_id: str = ""
+    ) -> RunnerSession:
+        """Register a runner's stream; a new stream with the same runner id replaces the old one.
+        With the same session id (or none) it is a reconnect and keeps the leases held under the id;
+        with another session id the runner restarted, and those leases end now (end_session), so
+        the dead process's leases do not fill the new one's slots until they expire."""
         old = self.sessions.get(runner_id)
         if old is not None:
             self._close(old)
-        session = RunnerSession(runner_id, max_in_flight, peer, int(self.leader.clock() * 1000), max(1, max_batch))
+        ended = 0
+        if session_id:
+            previous = self._last_session.get(runner_id)
+            if previous is not None and previous != session_id:
+                ended = self.leader.lifecycle.end_session(runner_id)
+            self._last_session[runner_id] = session_id
+        session = RunnerSession(
+            runner_id, max_in_flight, peer, int(self.leader.clock() * 1000), max(1, max_batch), session_id=session_id
+        )
         self.sessions[runner_id] = session
-        log.info("runner connected", runner_id=runner_id, max_in_flight=max_in_flight, max_batch=max_batch, peer=peer)
+        self._forget_sessions()
+        log.info(
+            "runner connected", runner_id=runner_id, max_in_flight=max_in_flight, max_batch=max_batch, peer=peer,
+            restarted_leases_ended=ended,
+        )  # fmt: skip
         self.leader.feed.any_change.set()
         return session
 
@@ -115,6 +136,13 @@ class Scheduler:
             shortened = self.leader.lifecycle.shorten_leases(session.runner_id)
             log.info("runner disconnected", runner_id=session.runner_id, leases_in_grace=shortened)
             self.leader.feed.any_change.set()
+
+    def _forget_sessions(self) -> None:
+        """Drop the session ids of runner ids with no stream and no lease: a restart under such an
+        id has nothing to take back, and the map stays as small as the runners that matter."""
+        leases = self.leader.lifecycle.leases_by_runner
+        for runner_id in [r for r in self._last_session if r not in self.sessions and not leases.get(r)]:
+            del self._last_session[runner_id]
 
     def _close(self, session: RunnerSession) -> None:
         while not session.outbox.empty():
@@ -163,7 +191,8 @@ class Scheduler:
             for assignment in assignments:
                 size = assignment.ByteSize()
                 sizes.append(size)
-                estimate = estimate_tokens(size)
+                # Calibrated on the task's context alone; the LlmRequest repeats it as the prompt.
+                estimate = estimate_tokens(size - assignment.llm_request.ByteSize())
                 self._estimates[assignment.lease.task_id] = (estimate, now)
                 self._typical_estimate = estimate
                 self.budget.spend(1, estimate)

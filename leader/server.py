@@ -17,7 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
-from paradecom.security import Security, TokenInterceptor, server_credentials
+from paradecom.runner.prompt import RequestSettings
+from paradecom.security import Security, TokenInterceptor, exposure_error, server_credentials
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -63,11 +64,16 @@ class LeaderSettings:
     llm_tpm: int = 0
     security: Security = field(default_factory=Security)
     metrics_listen: str = ""  # HOST:PORT for Prometheus' /metrics; "" serves none
+    # Serve gRPC (and metrics) on an address other machines reach although no token is set; without
+    # it such a leader refuses to start (paradecom.security.exposure_error).
+    insecure: bool = False
     # A local auto run (`paradecom run --runners auto`): dispatch is held to leader/parallelism.py's
     # limit, with the endpoint's known slots and the caller's cap among its bounds.
     enforce_parallelism: bool = False
     endpoint_slots: int | None = None
     parallelism_cap: int | None = None
+    # The LlmRequest every assignment carries: fan-out bounds, re-asks, answer profile.
+    request: RequestSettings = field(default_factory=RequestSettings)
 
 
 class LeaderServer:
@@ -75,11 +81,14 @@ class LeaderServer:
 
     def __init__(self, settings: LeaderSettings) -> None:
         self.settings = settings
+        self._check_exposure()
         try:
             self.store = SqliteStore(settings.db)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the store {settings.db}: {exc}") from None
-        self.leader = DecompositionLeader(self.store, settings.lease, default_max_depth=settings.max_depth)
+        self.leader = DecompositionLeader(
+            self.store, settings.lease, default_max_depth=settings.max_depth, request_settings=settings.request
+        )
         budget = LlmBudget(settings.llm_rpm, settings.llm_tpm)
         parallelism = Parallelism(
             self.leader,
@@ -101,7 +110,10 @@ class LeaderServer:
 
             self.metrics = LeaderMetrics(self.leader, self.scheduler)
             self.leader.observer = self.metrics
-            self.metrics_server = MetricsServer(settings.metrics_listen, self.metrics.registry)
+            # The token guards /metrics too: a scrape without it is answered 401.
+            self.metrics_server = MetricsServer(
+                settings.metrics_listen, self.metrics.registry, token=settings.security.token
+            )
         self.health = health.aio.HealthServicer()
         token = settings.security.token
         # The token is checked first: a caller without it is refused UNAUTHENTICATED, bytes unread.
@@ -111,6 +123,24 @@ class LeaderServer:
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self.port = 0
         self._background: list[asyncio.Task[None]] = []
+
+    def _check_exposure(self) -> None:
+        """Refuse (ConfigError) to serve gRPC or metrics on an address other machines can reach
+        with no token, unless `insecure` says so; then warn on every start."""
+        settings = self.settings
+        token = settings.security.token
+        for what, listen in (("gRPC", settings.listen), ("metrics", settings.metrics_listen)):
+            if not listen:
+                continue
+            error = exposure_error(what, listen, token)
+            if error is None:
+                continue
+            if not settings.insecure:
+                raise ConfigError(error)
+            log.warning(
+                f"INSECURE: serving {what} on {listen} with no token (--insecure): anyone who can reach "
+                "that address can use it"
+            )
 
     async def start(self) -> str:
         renewed = self.leader.lifecycle.renew_all_leases()

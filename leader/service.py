@@ -152,11 +152,17 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             )
         if not 0 <= request.max_batch <= limits.MAX_BATCH:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_batch must be from 0 to {limits.MAX_BATCH}")
+        if len(request.session_id) > limits.MAX_RUNNER_ID_CHARS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"session_id: at most {limits.MAX_RUNNER_ID_CHARS} characters",
+            )
         if self.scheduler.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "leader is shutting down")
         session = self.scheduler.connect(
-            request.runner_id, request.max_in_flight, context.peer(), max_batch=request.max_batch
-        )
+            request.runner_id, request.max_in_flight, context.peer(), max_batch=request.max_batch,
+            session_id=request.session_id,
+        )  # fmt: skip
         try:
             while True:
                 item = await session.outbox.get()
@@ -229,7 +235,10 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         def call() -> task_service_pb2.ReleaseTaskResponse:
             _require_id("task_id", request.task_id)
             _require_id("lease_token", request.lease_token)
-            self.leader.release_task(request.task_id, request.lease_token, request.reason[: limits.MAX_ERROR_CHARS])
+            _check_usage(request.usage)
+            self.leader.release_task(
+                request.task_id, request.lease_token, request.reason[: limits.MAX_ERROR_CHARS], request.usage
+            )
             return task_service_pb2.ReleaseTaskResponse()
 
         return await _guard(context, call)

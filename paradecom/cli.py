@@ -2,7 +2,12 @@
 embedded model's server (local-llm) and the DevAI scorer (eval).
 
 Exit status: 0 success; 1 the work did not succeed (project failed or cancelled, leader refused);
-2 bad input (flags, project file, configuration) or the leader cannot be reached.
+2 bad input (flags, project file, configuration) or the leader cannot be reached; 130 stopped by
+Ctrl-C or SIGTERM; 141 the reader of the output went away (`paradecom result ... | head`): the
+command stops quietly, as a tool killed by SIGPIPE does, with the status a shell shows for one.
+
+Text the CLI did not write itself (names, titles, errors, runner ids) is printed through
+paradecom.textsafe: on a terminal it can show control characters and bidi overrides, never obey them.
 """
 
 from __future__ import annotations
@@ -28,17 +33,21 @@ from paradecom.errors import (
 )
 from paradecom.logs import configure_logging
 from paradecom.security import Security, security_from_args
+from paradecom.textsafe import terminal_safe
 from paradecom.v1 import project_pb2
 
 if TYPE_CHECKING:
     from paradecom.progress import ProgressReporter
     from paradecom.run_settings import RunSettings
+    from paradecom.tree import TaskTree
 
 PROG = "paradecom"
 FORMATS = ("json", "markdown", "mermaid", "csv")
 DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
 DEFAULT_STATUS_PROJECTS = 20
 MAX_STATUS_PROJECTS = 1_000
+# 128 + SIGPIPE: what a shell reports for a command killed by writing to a pipe nobody reads.
+EXIT_PIPE_CLOSED = 141
 
 
 def _add_leader(parser: argparse.ArgumentParser) -> None:
@@ -255,11 +264,27 @@ async def _result(args: argparse.Namespace) -> int:
             )
             return 1
         tree = TaskTree.from_proto(await client.tree(args.project_id))
-    print(tree.render(args.format))
+    _print_tree(tree, args.format)
     if summary.state != project_pb2.PROJECT_STATE_DONE:
-        print(f"{PROG}: project {args.project_id} ended {state_name(summary.state)}", file=sys.stderr)
+        print(f"{PROG}: project {terminal_safe(args.project_id)} ended {state_name(summary.state)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_tree(tree: TaskTree, fmt: str) -> None:
+    """The tree on stdout. JSON, Markdown and Mermaid carry no control character as it is (see
+    docs/tree-format.md); CSV carries the text exactly, so on a terminal it is escaped."""
+    text = tree.render(fmt)
+    if fmt == "csv" and _isatty(sys.stdout):
+        text = terminal_safe(text, keep_newlines=True)
+    print(text)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _run_settings(args: argparse.Namespace) -> RunSettings:
@@ -300,7 +325,7 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_project(args)
     except RunInterrupted as exc:
         if exc.tree is not None:
-            print(exc.tree.render(args.format))  # type: ignore[attr-defined]
+            _print_tree(exc.tree, args.format)  # type: ignore[arg-type]
         print(f"{PROG}: stopped; printed what was finished", file=sys.stderr)
         return 130
     except asyncio.CancelledError:
@@ -321,10 +346,13 @@ async def _run_project(args: argparse.Namespace) -> int:
         with _progress(args, sys.stderr) as show:
             tree = await decompose(project, settings, on_progress=show, on_embedded=_embedded_notice)
     except PartialTreeError as exc:
-        print(exc.tree.render(args.format))  # type: ignore[attr-defined]
-        print(f"{PROG}: error: {exc} (--allow-partial accepts such a tree)", file=sys.stderr)
+        _print_tree(exc.tree, args.format)  # type: ignore[arg-type]
+        print(
+            f"{PROG}: error: {terminal_safe(str(exc), reversible=False)} (--allow-partial accepts such a tree)",
+            file=sys.stderr,
+        )
         return 1
-    print(tree.render(args.format))
+    _print_tree(tree, args.format)
     return 0
 
 
@@ -379,13 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LeaderUnavailableError) as exc:
         return fail(PROG, str(exc))
     except LeaderRefusedError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {terminal_safe(str(exc), reversible=False)}", file=sys.stderr)
         return 1
     except ProjectFileError as exc:
         return fail(PROG, str(exc))
     except ParaDecomError as exc:
         # A run that started and failed is a failed result, not bad input.
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {terminal_safe(str(exc), reversible=False)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -394,8 +422,20 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The `paradecom` command. After `run`, the process exits at once once its output is flushed:
     tearing down the interpreter (grpc, openai and pydantic objects) took ~0.3 s, a tenth of a
-    small project's whole run, and everything the run started has been stopped by then."""
-    code = main()
+    small project's whole run, and everything the run started has been stopped by then.
+
+    A closed stdout (`paradecom result ... | head`) ends any command quietly with EXIT_PIPE_CLOSED."""
+    try:
+        code = main()
+        # A closed pipe shows here when the output fitted in the buffer.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Nothing more can be written there; Python would still try to flush stdout at exit and
+        # print a traceback, so stdout now goes to /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        code = EXIT_PIPE_CLOSED
     if sys.argv[1:2] == ["run"]:
         sys.stdout.flush()
         sys.stderr.flush()

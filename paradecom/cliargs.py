@@ -12,13 +12,14 @@ from typing import NoReturn
 from paradecom.grpc_options import parse_address
 from paradecom.logs import LOG_FORMATS
 from paradecom.run_settings import Runners, parse_runners
+from paradecom.textsafe import terminal_safe
 
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: `PROG: error: MESSAGE`, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {terminal_safe(message, reversible=False)}\n")
 
 
 def int_range(low: int, high: int) -> Callable[[str], int]:
@@ -82,6 +83,7 @@ def add_logging_flags(parser: argparse.ArgumentParser, default_level: str = "inf
 
 
 def fail(prog: str, message: str) -> int:
-    """Print a one-line error for a problem found after parsing; returns exit status 2."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Print a one-line error for a problem found after parsing; returns exit status 2. The message
+    may quote a file's or a leader's text: control characters in it are shown escaped."""
+    print(f"{prog}: error: {terminal_safe(message, reversible=False)}", file=sys.stderr)
     return 2

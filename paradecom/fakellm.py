@@ -2,7 +2,10 @@
 
 It stands in for a real model in tests, demos and load runs: answers are deterministic, cost nothing,
 arrive after a chosen latency, and faults (malformed answers, 429s, 500s, slow answers, a real
-requests-per-minute limit) can be injected at chosen rates.
+requests-per-minute limit) can be injected at chosen rates. With `--rpm`, every answer states the
+budget as OpenAI does (`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`,
+`x-ratelimit-reset-requests`: when the oldest request leaves the window), unless
+`--no-rate-limit-headers`.
 
     python -m paradecom.fakellm --listen 127.0.0.1:0 --fanout 3 --atomic-depth 2
 
@@ -10,22 +13,31 @@ Once bound it prints one line, `listening HOST:PORT`, on stdout; logs go to stde
 
 Prompt contract
 ---------------
-The answer is derived from the last user message (the last message if none has role "user"). Two
-lines in it are read, each on a line of its own (the first of each counts):
+The answer is derived from structured data, never from a prompt's wording: the task line, a line
+that is a JSON object with a string `task_to_decompose` (the title of the task being decomposed)
+and an integer `task_depth` (its depth; 0 for a top-level task), alone on its line:
 
-    Task to decompose: <title of the task being decomposed>
-    Task depth: <integer depth of that task; 0 for a top-level task>
+    {"task_to_decompose": "Build the shop", "task_depth": 1}
 
-The title seeds every child (titles, keys, dependencies, estimates), so the same prompt always gets
-the same answer and different titles get different ones. The depth decides atomicity: a child sits
-at depth d + 1 and is atomic when d + 1 >= --atomic-depth. Without a `Task to decompose:` line a
-hash of the whole message is the seed; without a `Task depth:` line the depth is 0.
+It is what the task message of every LlmRequest holds (proto/paradecom/v1/task.proto; the leader
+writes it, runner/prompt.py), so any runner that sends the contract's messages gets the same answers.
+The task line read is the last one in the last user message that has one (a re-ask after it has
+none, so the task it re-asks about still counts). The title seeds every child (titles,
+dependencies, estimates), so the same task always gets the same answer and different titles get
+different ones. The depth decides atomicity: a child sits at depth d + 1 and is atomic when
+d + 1 >= --atomic-depth. A depth that is missing, not an integer or negative counts as 0. Without
+a task line a hash of the last user message (the last message if none has role "user") is the
+seed and the depth is 0.
 
-The answer's `content` is a JSON object string:
+The answer's `content` is a JSON object string, valid against the contract's answer schema:
 
-    {"subtasks": [{"key": "1", "title": "...", "description": "...",
+    {"subtasks": [{"title": "...", "description": "...",
                    "acceptance_criteria": ["...", "..."], "depends_on": [],
                    "atomic": false, "atomic_reason": "...", "estimate_hours": 12.0}, ...]}
+
+where `depends_on` lists positions of earlier siblings (1 for the first). When the request's
+`response_format` is a json_schema named "decomposition", each subtask holds just the properties
+that schema's subtask items have (the `small` answer profile asks for three).
 
 with --fanout children whose titles start with a verb, are not numbered and differ from the
 parent's title, that differ from each other in title and description (each child takes its own
@@ -36,7 +48,7 @@ every depth below (the last number repeats).
 
 Other clients' structured output
 --------------------------------
-A request that is not a ParaDecom decomposition prompt (no `Task to decompose:` line) and asks for
+A request that is not a ParaDecom decomposition prompt (no task line) and asks for
 `response_format: {"type": "json_schema", ...}` under another name than ParaDecom's
 ("decomposition") gets a valid, deterministic instance of that schema instead (`schema_instance`),
 so other tools (Taskmaster, in bench/) can be run against fake-llm. It does what the prompt asks
@@ -106,8 +118,9 @@ MAX_RECORDED = 1_000
 # --response-format-support: the most demanding response_format kind still accepted.
 RESPONSE_FORMAT_SUPPORT = ("json_schema", "json_object", "none")
 
-_TITLE_RE = re.compile(r"^[ \t]*Task to decompose:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
-_DEPTH_RE = re.compile(r"^[ \t]*Task depth:[ \t]*(-?\d{1,9})[ \t]*$", re.MULTILINE)
+# The task line's keys (runner/prompt.py TASK_LINE_KEYS; not imported: it pulls in pydantic).
+TASK_KEY, DEPTH_KEY = "task_to_decompose", "task_depth"
+MAX_DEPTH_READ = 10**9
 
 _VERBS = (
     "Design", "Build", "Implement", "Define", "Test", "Document", "Integrate", "Review",
@@ -162,6 +175,8 @@ class Options:
     rpm: int = 0
     response_format_support: str = "json_schema"
     rpm_window: float = RPM_WINDOW_S
+    # With rpm: state the budget on every answer, as OpenAI does (x-ratelimit-*-requests).
+    rate_limit_headers: bool = True
     api_key: str = ""
     models: tuple[str, ...] = ()
     # Per-depth fan-out (`--fanout 10,5`); empty: `fanout` at every depth.
@@ -274,6 +289,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="length of --rpm's sliding window in seconds, to make tests quick (default 60: a minute)",
     )
     parser.add_argument(
+        "--no-rate-limit-headers",
+        dest="rate_limit_headers",
+        action="store_false",
+        help="with --rpm, leave out the x-ratelimit-*-requests headers that OpenAI puts on every "
+        "answer (as servers that state no budget do)",
+    )
+    parser.add_argument(
         "--response-format-support",
         choices=RESPONSE_FORMAT_SUPPORT,
         default="json_schema",
@@ -318,6 +340,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         rpm=args.rpm,
         response_format_support=args.response_format_support,
         rpm_window=args.rpm_window,
+        rate_limit_headers=args.rate_limit_headers,
         api_key=args.api_key or "",
         models=tuple(m.strip() for m in (args.models or "").split(",") if m.strip()),
     )
@@ -331,15 +354,43 @@ def _digest(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
+def task_line(text: str) -> tuple[str, int] | None:
+    """(title, depth) of the last task line in `text` (see the module docstring), or None."""
+    for line in reversed(text.split("\n")):
+        line = line.strip()
+        if not (line.startswith("{") and line.endswith("}") and TASK_KEY in line):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get(TASK_KEY), str):
+            depth = data.get(DEPTH_KEY)
+            if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
+                depth = 0
+            return str(data[TASK_KEY]), min(depth, MAX_DEPTH_READ)
+    return None
+
+
 def parse_prompt(prompt: str) -> tuple[str, int]:
-    """(title seed, depth) of a prompt, following the contract in the module docstring."""
-    title_match = _TITLE_RE.search(prompt)
-    title = title_match.group(1) if title_match else ""
-    if not title:
-        title = f"prompt-{_digest(prompt):016x}"
-    depth_match = _DEPTH_RE.search(prompt)
-    depth = max(0, int(depth_match.group(1))) if depth_match else 0
-    return title, depth
+    """(title seed, depth) of one message, following the contract in the module docstring."""
+    found = task_line(prompt)
+    if found is not None and found[0]:
+        return found
+    return f"prompt-{_digest(prompt):016x}", found[1] if found else 0
+
+
+def parse_messages(messages: list[dict[str, Any]]) -> tuple[str, int, bool]:
+    """(title seed, depth, whether a task line was found) of a chat request's messages: the last
+    user message with a task line, else the last user message (else the last message) as a whole."""
+    texts = [_message_text(m) for m in messages]
+    users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
+    for text in reversed(users):
+        if task_line(text) is not None:
+            title, depth = parse_prompt(text)
+            return title, depth, True
+    title, depth = parse_prompt(users[-1] if users else texts[-1])
+    return title, depth, False
 
 
 def _child_nouns(parent_title: str, fanout: int) -> list[str]:
@@ -358,9 +409,11 @@ def _child_title(parent_title: str, index: int, noun: str) -> str:
     return title
 
 
-def decomposition(parent_title: str, depth: int, fanout: int, atomic_depth: int) -> dict[str, Any]:
+def decomposition(
+    parent_title: str, depth: int, fanout: int, atomic_depth: int, fields: list[str] | None = None
+) -> dict[str, Any]:
     """The answer object for a task: `fanout` children, deterministic in every field, different
-    from each other in title and description."""
+    from each other in title and description; each child with only `fields` when given."""
     child_depth = depth + 1
     atomic = child_depth >= atomic_depth
     short_parent = parent_title if len(parent_title) <= 120 else parent_title[:117] + "..."
@@ -369,26 +422,39 @@ def decomposition(parent_title: str, depth: int, fanout: int, atomic_depth: int)
         h = _digest(parent_title, index, "estimate")
         title = _child_title(parent_title, index, noun)
         estimate = float(1 + h % 8) if atomic else float(8 * fanout + h % 40)
-        children.append(
-            {
-                "key": str(index),
-                "title": title,
-                "description": f"The {noun} of {short_parent!r}: {_NOUNS[noun]}.",
-                "acceptance_criteria": [
-                    f"The {noun} works end to end and automated tests cover it.",
-                    f"A reviewer confirms the {noun} delivers what {short_parent!r} asked of it.",
-                ],
-                "depends_on": [str(index - 1)] if index % 2 == 0 else [],
-                "atomic": atomic,
-                "atomic_reason": (
-                    f"At depth {child_depth} the work fits one person in about {estimate:g} hours."
-                    if atomic
-                    else f"At depth {child_depth} the work still spans several people or days."
-                ),
-                "estimate_hours": estimate,
-            }
-        )
+        child = {
+            "title": title,
+            "description": f"The {noun} of {short_parent!r}: {_NOUNS[noun]}.",
+            "acceptance_criteria": [
+                f"The {noun} works end to end and automated tests cover it.",
+                f"A reviewer confirms the {noun} delivers what {short_parent!r} asked of it.",
+            ],
+            "depends_on": [index - 1] if index % 2 == 0 else [],
+            "atomic": atomic,
+            "atomic_reason": (
+                f"At depth {child_depth} the work fits one person in about {estimate:g} hours."
+                if atomic
+                else f"At depth {child_depth} the work still spans several people or days."
+            ),
+            "estimate_hours": estimate,
+        }
+        children.append(child if fields is None else {name: child[name] for name in fields if name in child})
     return {"subtasks": children}
+
+
+def requested_fields(response_format: Any) -> list[str] | None:
+    """The subtask properties a json_schema response_format named "decomposition" asks for; None
+    (every field) for any other request."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or spec.get("name") != DECOMPOSITION_SCHEMA_NAME:
+        return None
+    try:
+        properties = spec["schema"]["properties"]["subtasks"]["items"]["properties"]
+    except (KeyError, TypeError):
+        return None
+    return [str(name) for name in properties] if isinstance(properties, dict) else None
 
 
 # --- other clients' structured output -----------------------------------------------------------
@@ -675,6 +741,21 @@ class FakeLLM:
         window.append(now)
         return None
 
+    def _rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's statement of the request budget: the limit, what is left in the window now,
+        and when the oldest request in it leaves the window (`x-ratelimit-reset-requests`)."""
+        opts = self.options
+        if not opts.rpm or not opts.rate_limit_headers:
+            return {}
+        now = time.monotonic()
+        live = [t for t in self._window if t > now - opts.rpm_window]
+        reset = max(0.0, live[0] + opts.rpm_window - now) if live else 0.0
+        return {
+            "x-ratelimit-limit-requests": str(opts.rpm),
+            "x-ratelimit-remaining-requests": str(max(0, opts.rpm - len(live))),
+            "x-ratelimit-reset-requests": f"{math.ceil(reset * 1000)}ms",
+        }
+
     def _refuse_response_format(self, response_format: Any) -> web.Response | None:
         """Record the request's response_format; a 400 if --response-format-support refuses it."""
         stats = self.stats
@@ -751,6 +832,7 @@ class FakeLLM:
                 headers = {
                     "Retry-After": str(max(1, math.ceil(wait))),
                     "retry-after-ms": str(math.ceil(wait * 1000)),
+                    **self._rate_limit_headers(),
                 }
                 message = f"rate limit of {opts.rpm} requests per minute reached"
                 return _error(429, message, "requests", "rate_limit_exceeded", headers)
@@ -783,15 +865,16 @@ class FakeLLM:
         texts = [_message_text(m) for m in messages]
         users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
         prompt = users[-1] if users else texts[-1]
-        title, depth = parse_prompt(prompt)
-        schema = None if _TITLE_RE.search(prompt) else foreign_schema(body.get("response_format"))
+        title, depth, has_task = parse_messages(messages)
+        schema = None if has_task else foreign_schema(body.get("response_format"))
         if schema is not None:
             conversation = "\n".join(texts)
             count = requested_count(prompt, conversation) or opts.fanout_at(0)
             content = json.dumps(schema_instance(schema, prompt, count, prompt_examples(conversation)))
             stats.schema_answers += 1
         else:
-            content = json.dumps(decomposition(title, depth, opts.fanout_at(depth), opts.atomic_depth))
+            fields = requested_fields(body.get("response_format"))
+            content = json.dumps(decomposition(title, depth, opts.fanout_at(depth), opts.atomic_depth, fields))
         if malformed:
             # Cut mid-object: looks like a model that ran out of tokens, never parses as JSON.
             content = content[: len(content) // 2]
@@ -824,7 +907,8 @@ class FakeLLM:
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
                 },
-            }
+            },
+            headers=self._rate_limit_headers(),
         )
 
     async def models(self, request: web.Request) -> web.Response:

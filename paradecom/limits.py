@@ -36,10 +36,11 @@ TREE_PAGE_BYTES = 4 * 1024 * 1024
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 # LLM usage a runner reports in one call (Usage, in SubmitResult, SubmitResults, FailTask and
-# ExtendLease), each field checked where it comes in (INVALID_ARGUMENT above the limit). A project's
-# totals add up at most MAX_TASKS_PER_PROJECT x MAX_ATTEMPTS_LIMIT reports (2 x 10**7), so with these
-# limits every total stays far below INT64_MAX (tokens: 2 x 10**17; counts: 2 x 10**13); the leader
-# also saturates every total at INT64_MAX, so no sequence of reports can overflow one.
+# ExtendLease, ReleaseTask), each field checked where it comes in (INVALID_ARGUMENT above the limit).
+# A project's results and failures are at most MAX_TASKS_PER_PROJECT x MAX_ATTEMPTS_LIMIT reports
+# (2 x 10**7), whose totals stay far below INT64_MAX with these limits (tokens: 2 x 10**17; counts:
+# 2 x 10**13). Releases charge no attempt, so their number has no bound: the leader also saturates
+# every total at INT64_MAX, and no sequence of reports can overflow one.
 MAX_USAGE_TOKENS = 10**10  # prompt_tokens, completion_tokens
 MAX_USAGE_COUNT = 1_000_000  # calls, reasks, rate_limited, cache_hits
 # Usage.retry_after_ms: an HTTP Retry-After pauses dispatch for every runner, for at most this long

@@ -131,6 +131,7 @@ async def run_locally(
             enforce_parallelism=settings.auto,
             endpoint_slots=endpoint_slots,
             parallelism_cap=settings.concurrency if settings.auto else None,
+            request=decomposition.request,
         )
     )
     address = await leader.start()

@@ -1,6 +1,8 @@
 """structlog set-up shared by every ParaDecom process: readable lines by default, JSON with
 `--log-format json`, always on stderr (stdout is kept for a command's own output), and a processor
-that masks secrets so no token or API key reaches a log line."""
+that masks secrets so no token or API key reaches a log line. Readable lines show the text they
+quote (runner ids, titles, LLM errors) through `terminal_safe`, so a log on a terminal cannot be
+made to rewrite it; JSON lines escape it anyway."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
+
+from paradecom.textsafe import terminal_safe
 
 LogFormat = Literal["console", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
@@ -37,6 +41,18 @@ def _mask_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
     return event_dict
 
 
+# Tracebacks keep their line breaks (the console renderer prints them under the line).
+_MULTILINE_KEYS = ("exception", "stack")
+
+
+def _terminal_safe_values(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Other values are printed with repr(), which escapes non-printable characters already.
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = terminal_safe(value, keep_newlines=key in _MULTILINE_KEYS, reversible=False)
+    return event_dict
+
+
 def configure_logging(fmt: LogFormat = "console", level: str = "info") -> None:
     """Route structlog to stderr in `fmt`, at `level` and above."""
     renderer: Any = (
@@ -51,6 +67,7 @@ def configure_logging(fmt: LogFormat = "console", level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _mask_secrets,
+            *([] if fmt == "json" else [_terminal_safe_values]),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

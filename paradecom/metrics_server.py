@@ -6,12 +6,16 @@ the event loop's thread (see leader/store.py). Each process passes its own `Coll
 never the global one, so two leaders or runners in one process (tests, the Python API) keep their
 numbers apart.
 
+With a token (the leader's, when it has one), a scrape must carry `Authorization: Bearer <token>`
+or is answered 401, as every gRPC call but health must carry it.
+
 Once bound, the process prints one line `metrics HOST:PORT` on **stderr** (stdout carries only the
 `listening HOST:PORT` line that scripts and tests parse), so a port 0 choice can be found.
 """
 
 from __future__ import annotations
 
+import hmac
 import socket
 import sys
 
@@ -34,13 +38,22 @@ def format_address(host: str, port: int) -> str:
 class MetricsServer:
     """Serves `registry` at http://HOST:PORT/metrics until `stop()`."""
 
-    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+    def __init__(self, listen: str, registry: CollectorRegistry, *, token: str | None = None) -> None:
         self.listen = listen
         self.registry = registry
+        # With a token, a scrape without `Authorization: Bearer <token>` is answered 401 (Prometheus:
+        # `authorization: {credentials_file: ...}` in the scrape job).
+        self._expected = f"Bearer {token}".encode() if token else None
         self.address = ""
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self._expected is not None:
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, self._expected):
+                return web.Response(
+                    status=401, text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"}
+                )
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from paradecom.textsafe import terminal_safe
 from paradecom.v1 import project_pb2
 
 if TYPE_CHECKING:
@@ -165,12 +166,15 @@ class ProgressReporter:
                 refresh_per_second=4,
             )
             self._progress.start()
-            self._task = self._progress.add_task(snap.project_id, total=None, counts="", pace="")
+            self._task = self._progress.add_task("", total=None, counts="", pace="")
         assert self._task is not None
         eta = "ETA ?" if snap.eta_s is None else f"ETA {_duration(snap.eta_s)}"
+        from rich.markup import escape
+
         self._progress.update(
             self._task,
-            description=f"{snap.project_id} {snap.state}",
+            # The id comes from the leader: shown, never obeyed (no terminal escape, no rich markup).
+            description=escape(f"{terminal_safe(snap.project_id)} {snap.state}"),
             completed=snap.done + snap.dead,
             total=max(snap.total, 1),
             counts=f"done {snap.done} · at once {snap.leased} (peak {snap.peak_leased}) · queued {snap.queued} · "

@@ -1,8 +1,11 @@
 """Who may talk to a leader: a shared bearer token and TLS (optionally mutual).
 
-The leader checks `authorization: Bearer <token>` on every call except the health service (load
-balancers and orchestrators probe it without credentials), comparing in constant time. Clients
-and runners send the token on every call through an interceptor. Certificates are PEM files.
+The leader checks `authorization: Bearer <token>` on every call except the health service's methods
+(load balancers and orchestrators probe them without credentials), comparing in constant time; a
+call without it is UNAUTHENTICATED whatever its method name, so an unknown method is not told apart
+from a known one. Clients and runners send the token on every call through an interceptor.
+Certificates are PEM files. A leader refuses to serve an address other machines can reach without a
+token unless told `--insecure` (`exposure_error`).
 
 Settings come from flags or the environment: PARADECOM_AUTH_TOKEN / --auth-token-file for the
 token; --tls-cert/--tls-key (leader: its certificate; clients: theirs, for mutual TLS),
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ from typing import Any
 import grpc
 
 from paradecom.errors import ConfigError
-from paradecom.grpc_options import CHANNEL_OPTIONS
+from paradecom.grpc_options import CHANNEL_OPTIONS, parse_address
 
 TOKEN_ENV = "PARADECOM_AUTH_TOKEN"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -106,7 +110,8 @@ def server_credentials(sec: Security) -> grpc.ServerCredentials | None:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every call without the right bearer token, except health checks."""
+    """Refuses every call without the right bearer token, except the health service's own methods:
+    UNAUTHENTICATED for any method name, one that exists or not (including reflection)."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
@@ -127,18 +132,44 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        if details.method.startswith(HEALTH_PREFIX):
-            return await continuation(details)
         given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), "")
         given_bytes = given.encode() if isinstance(given, str) else bytes(given)
         if hmac.compare_digest(given_bytes, self._expected):
             return await continuation(details)
         handler = await continuation(details)
-        if handler is None:
+        if handler is not None and details.method.startswith(HEALTH_PREFIX):
             return handler
-        if handler.request_streaming and handler.response_streaming:
+        # A method that does not exist is refused like one that does (a bidi handler answers any
+        # kind of call without reading it): UNIMPLEMENTED would tell an outsider which methods exist.
+        if handler is None or (handler.request_streaming and handler.response_streaming):
             return self._bidi
         return self._stream if handler.response_streaming else self._unary
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST (as --listen gives it, brackets removed) reaches this machine only: `localhost`
+    or a loopback address. Any other name may resolve to a public address, so it counts as public."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def exposure_error(what: str, listen: str, token: str | None) -> str | None:
+    """Why serving `what` on `listen` (HOST:PORT) must be refused unless the operator says
+    `--insecure`: an address other machines can reach, and no token to check. None when it may."""
+    host, _ = parse_address(listen)
+    if token or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve {what} on {listen} without a token: anyone who can reach that address could "
+        f"use it. Set a token (--auth-token-file PATH or ${TOKEN_ENV}), or pass --insecure to serve it "
+        "open on purpose (only on a network you control)"
+    )
 
 
 def _with_token(details: grpc.aio.ClientCallDetails, header: tuple[str, str]) -> grpc.aio.ClientCallDetails:

@@ -45,7 +45,11 @@ async def decompose_sequentially(
     """Decompose `project` task by task in this process. Cancelled, it raises RunInterrupted with
     the tree as far as it got."""
     store = SqliteStore(":memory:")
-    leader = DecompositionLeader(store, LeaseConfig(lease_timeout_s=LEASE_TIMEOUT_S, max_attempts=max_attempts))
+    leader = DecompositionLeader(
+        store,
+        LeaseConfig(lease_timeout_s=LEASE_TIMEOUT_S, max_attempts=max_attempts),
+        request_settings=decomposer.settings.request,
+    )
     project_id = ""
     try:
         project_id = leader.generate_work_queue(project)

@@ -1,13 +1,18 @@
-"""`paradecom status`: a leader's projects and runners, as a table for people or JSON for programs."""
+"""`paradecom status`: a leader's projects and runners, as a table for people or JSON for programs.
+
+Names, runner ids and peers come from users and runners: the table shows them through
+`terminal_safe` (control characters and bidi overrides escaped, `\\x1b`); the JSON keeps them exact
+(json.dumps escapes every non-ASCII character)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from paradecom.textsafe import terminal_safe
 from paradecom.v1 import admin_service_pb2, project_pb2
 
-# Longer names are cut in the table (the JSON keeps them whole).
+# Longer names (counted once escaped) are cut in the table (the JSON keeps them whole).
 NAME_WIDTH = 40
 
 
@@ -54,6 +59,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)]
 
 
+def _cut(text: str, width: int) -> str:
+    """terminal_safe(text), cut to `width` characters with "…", never inside an escape."""
+    if len(terminal_safe(text)) <= width:
+        return terminal_safe(text)
+    shown = ""
+    for char in text:
+        piece = terminal_safe(char)
+        if len(shown) + len(piece) > width - 1:
+            break
+        shown += piece
+    return shown + "…"
+
+
 def render_status(
     projects: Sequence[project_pb2.ProjectSummary], runners: Sequence[admin_service_pb2.RunnerInfo]
 ) -> str:
@@ -64,8 +82,8 @@ def render_status(
             ("PROJECT", "NAME", "STATE", "DONE/TOTAL", "LEASED", "QUEUED", "DEAD"),
             [
                 (
-                    p.project_id,
-                    p.name if len(p.name) <= NAME_WIDTH else p.name[: NAME_WIDTH - 1] + "…",
+                    terminal_safe(p.project_id),
+                    _cut(p.name, NAME_WIDTH),
                     _state(p.state),
                     f"{p.done}/{p.total}",
                     str(p.leased),
@@ -83,11 +101,11 @@ def render_status(
             ("RUNNER", "CONNECTED", "IN FLIGHT", "MAX", "PEER"),
             [
                 (
-                    r.runner_id,
+                    terminal_safe(r.runner_id),
                     "yes" if r.connected else "no (grace)",
                     str(r.in_flight),
                     str(r.max_in_flight) if r.connected else "-",
-                    r.peer or "-",
+                    terminal_safe(r.peer) or "-",
                 )
                 for r in runners
             ],

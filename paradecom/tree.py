@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import copy
 import csv
+import html
 import io
 import json
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from paradecom.textsafe import json_safe, terminal_safe
 from paradecom.v1 import project_pb2, project_service_pb2
 
 FORMATS = ("json", "markdown", "mermaid", "csv")
@@ -182,19 +185,24 @@ class TaskTree:
         )
 
     def to_json(self, indent: int | None = 2) -> str:
-        """to_dict() as JSON text, without a trailing newline; non-ASCII text is kept as it is."""
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """to_dict() as JSON text, without a trailing newline. Printable non-ASCII text is kept as it
+        is; non-printable characters (controls, bidi overrides, ...) are written as \\uXXXX escapes,
+        so the document is the exact tree and still safe to print on a terminal."""
+        return json_safe(json.dumps(self.to_dict(), indent=indent, ensure_ascii=False))
 
     def to_markdown(self) -> str:
         """A readable checklist: project heading, counts, then every task nested under its parent.
 
         The boxes are unchecked because a task's "done" means decomposed: the work is still to do.
+        Every piece of text from the project or the LLM is escaped (`_md_text`, the rules in
+        docs/tree-format.md), so a Markdown parser reads back exactly the tree's tasks and text,
+        whatever they hold.
         """
         p = self.project
         counts: Mapping[str, Any] = p.get("counts", {})
-        lines = [f"# {_line(str(p.get('name', '')))}", ""]
+        lines = [f"# {_md_text(str(p.get('name', '')))}".rstrip(), ""]
         summary = (
-            f"{p.get('state', '')} · {counts.get('total', 0)} tasks: "
+            f"{_md_text(str(p.get('state', '')))} · {counts.get('total', 0)} tasks: "
             + ", ".join(f"{counts.get(k, 0)} {k}" for k in _COUNT_KEYS[1:])
             + f" · max depth {p.get('max_depth', 0)}"
         )
@@ -216,20 +224,21 @@ class TaskTree:
         if run:
             lines += [
                 "",
-                f"Run: runners {_line(str(run.get('runners', '')))} ({_line(str(run.get('mode', '')))}), at most "
-                f"{run.get('peak_concurrency', 0)} decompositions at once, {run.get('mean_concurrency', 0)} on "
+                f"Run: runners {_md_text(str(run.get('runners', '')))} ({_md_text(str(run.get('mode', '')))}), at "
+                f"most {run.get('peak_concurrency', 0)} decompositions at once, {run.get('mean_concurrency', 0)} on "
                 f"average, {run.get('wall_s', 0)} s.",
             ]
         if p.get("error"):
-            lines += ["", f"**Failed:** {_line(str(p['error']))}"]
-        description = str(p.get("description", "")).strip()
+            lines += ["", f"**Failed:** {_md_text(str(p['error']))}"]
+        description = str(p.get("description", ""))
         if description:
-            lines += ["", description]
+            # A quote, so that no description can pass for one of the summary lines above.
+            lines += ["", "> " + _md_text(description, break_prefix="> ")]
         for heading, key in (("Goals", "goals"), ("Constraints", "constraints")):
             items = p.get(key) or []
             if items:
                 lines += ["", f"## {heading}", ""]
-                lines += [f"- {_line(str(item))}" for item in items]
+                lines += [f"- {_md_item(str(item))}" for item in items]
         lines += ["", "## Tasks", ""]
         for task in self.tasks:
             _task_markdown(task, 0, lines)
@@ -241,22 +250,26 @@ class TaskTree:
         task to the tasks that depend on it (`A -.-> B`: A must be finished before B).
 
         Node ids are `t` and the task id with dots as underscores (`t1_2_3`); labels are the task
-        id, title and estimate, whitespace collapsed and Mermaid's special characters written as
-        entity codes. Atomic tasks and dead tasks are styled (classes `atomic` and `dead`).
+        id, title, estimate and (unless done) status. In a title, every character other than a
+        letter, a digit, a mark, `.,-_'!?/` and an inner space is written as Mermaid's entity code
+        (`#59;` for ";"), so Mermaid reads back exactly the title. The project's name is the
+        diagram's title: HTML-escaped, its non-printable characters written as Python escapes
+        (docs/tree-format.md). Atomic tasks and dead tasks are styled (classes `atomic` and `dead`).
         """
-        lines = ["---", f"title: {_yaml_quoted(_line(str(self.project.get('name', ''))))}", "---", "flowchart TD"]
+        name = html.escape(terminal_safe(str(self.project.get("name", ""))), quote=False)
+        lines = ["---", f"title: {_yaml_quoted(name)}", "---", "flowchart TD"]
         node_ids: dict[str, str] = {}
         taken: set[str] = set()
         for task in self.iter_tasks():
             node_ids[task.id] = _mermaid_id(task.id, taken)
             taken.add(node_ids[task.id])
         for task in self.iter_tasks():
-            label = f"{task.id} {_line(task.title)}"
+            label = f"{_mermaid_text(task.id)} {_mermaid_text(task.title)}"
             if task.estimate_hours > 0:
                 label += f" ({_hours(task.estimate_hours)})"
             if task.status != "done":
-                label += f" ({task.status})"
-            lines.append(f'    {node_ids[task.id]}["{_mermaid_text(label)}"]')
+                label += f" ({_mermaid_text(task.status)})"
+            lines.append(f'    {node_ids[task.id]}["{label}"]')
         for task in self.iter_tasks():
             lines += [f"    {node_ids[task.id]} --> {node_ids[child.id]}" for child in task.children]
         for task in self.iter_tasks():
@@ -282,12 +295,17 @@ class TaskTree:
         top-level task), depends_on (ids joined by ";"), estimate_hours (empty when unknown),
         labels (joined by ";": `depth-N`, then `atomic`, the status when it is not `done` such as
         `dead`, and `stop:<reason>` with the stop reason in lower-case words joined by "-"), and
-        acceptance_criteria (one per line). Descriptions and criteria keep their line breaks; the
-        csv module quotes them. Values are written as they are: a spreadsheet may read a cell that
-        starts with "=" as a formula.
+        acceptance_criteria (one per line: a line break inside one criterion is written as a space).
+        Every other value is written exactly as it is, line breaks and control characters included;
+        the csv module quotes what needs it. A spreadsheet may read a cell that starts with "=" as a
+        formula; `paradecom result` escapes non-printable characters when it prints CSV on a terminal.
         """
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
+        # The csv module quotes a cell holding the line terminator, but (Python 3.11 at least) not one
+        # holding a lone "\r", which a reader then takes for the end of the row: such rows are quoted
+        # whole.
+        quote_all = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(CSV_COLUMNS)
         for task in self.iter_tasks():
             labels = [f"depth-{task.depth}"]
@@ -297,18 +315,17 @@ class TaskTree:
                 labels.append(task.status)
             if task.stop_reason:
                 labels.append(f"stop:{_slug(task.stop_reason)}")
-            writer.writerow(
-                [
-                    task.id,
-                    _line(task.title),
-                    task.description.strip(),
-                    task.parent_id or "",
-                    ";".join(task.depends_on),
-                    f"{task.estimate_hours:g}" if task.estimate_hours > 0 else "",
-                    ";".join(labels),
-                    "\n".join(_line(c) for c in task.acceptance_criteria),
-                ]
-            )
+            row = [
+                task.id,
+                task.title,
+                task.description,
+                task.parent_id or "",
+                ";".join(task.depends_on),
+                f"{task.estimate_hours:g}" if task.estimate_hours > 0 else "",
+                ";".join(labels),
+                "\n".join(_CSV_LINE_BREAK.sub(" ", c) for c in task.acceptance_criteria),
+            ]
+            (quote_all if any("\r" in cell for cell in row) else writer).writerow(row)
         return out.getvalue().removesuffix("\n")
 
     def render(self, fmt: str) -> str:
@@ -336,25 +353,29 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
 def _task_markdown(task: TreeTask, level: int, lines: list[str]) -> None:
     pad = "  " * level
     inner = pad + "  "
-    head = f"{pad}- [ ] {task.id} {_line(task.title)}"
+    # The id and title are plain text, the estimate and status emphasis: nothing a title holds can
+    # pass for them. Fixed labels of the lines under the task are emphasis too, criteria plain text.
+    head = f"{pad}- [ ] {_md_text(task.id)} {_md_text(task.title)}"
     if task.estimate_hours > 0:
-        head += f" ({_hours(task.estimate_hours)})"
+        head += f" _({_hours(task.estimate_hours)})_"
     if task.status == "dead":
         head += " **DEAD**"
     elif task.status != "done":
-        head += f" _({task.status})_"
-    lines.append(head)
-    description = task.description.strip()
-    if description:
+        head += f" _({_md_text(task.status)})_"
+    lines.append(head.rstrip(" "))
+    if task.description:
         # A quote, not plain text: plain lines would run on into the title's paragraph when rendered.
-        lines += [f"{inner}> {row}".rstrip() for row in description.splitlines()]
+        lines.append(f"{inner}> " + _md_text(task.description, break_prefix=f"{inner}> "))
     if task.depends_on:
-        lines.append(f"{inner}- depends on: {', '.join(task.depends_on)}")
+        lines.append(f"{inner}- _depends on:_ {', '.join(_md_text(d) for d in task.depends_on)}")
     if task.status == "dead":
-        attempts = f" after {task.attempts} attempt{'s' if task.attempts != 1 else ''}"
-        lines.append(f"{inner}- dead{attempts}: {_line(task.last_error) or 'no error recorded'}")
+        attempts = f"after {task.attempts} attempt{'s' if task.attempts != 1 else ''}"
+        if task.last_error:
+            lines.append(f"{inner}- _dead {attempts}:_ {_md_text(task.last_error)}")
+        else:
+            lines.append(f"{inner}- _dead {attempts}, no error recorded_")
     for criterion in task.acceptance_criteria:
-        lines.append(f"{inner}- {_line(criterion)}")
+        lines.append(f"{inner}- {_md_item(criterion)}")
     for child in task.children:
         _task_markdown(child, level + 1, lines)
 
@@ -363,18 +384,102 @@ def _hours(hours: float) -> str:
     return f"{hours:g} h"
 
 
-def _line(text: str) -> str:
-    # Titles, criteria and errors come from an LLM or a runner; a newline would break the list.
-    return " ".join(text.split())
+# Markdown (CommonMark, and GitHub's extensions as marked reads them). What user text may hold and
+# still be read back as exactly that text, with nothing it holds taken as syntax:
+# - ASCII punctuation that starts or ends inline syntax anywhere is backslash-escaped: \ ` * _ [ ]
+#   < & ~ | # @ (code, emphasis, links, HTML, entities, strikethrough, tables, headings' closing
+#   sequence, e-mail autolinks); ":" before "/" and "." after "www" (GitHub's URL autolinks).
+# - At the start of a line, any ASCII punctuation (block syntax: lists, quotes, fences, headings,
+#   breaks, HTML blocks, tables), and "." or ")" after leading digits when a space, a line break
+#   or the end follows (ordered lists). Every text is taken to start a line: marked reads what
+#   follows a task's checkbox as the start of a block.
+# - A space at either end of a line is written as &#32; (parsers strip those).
+# - A non-printable character (str.isprintable) as a numeric character reference, &#x1B; ... or,
+#   where markdown-it would read the reference as U+FFFD (NUL, other C0 controls than tab, LF, FF
+#   and CR, DEL, C1 controls, surrogates, noncharacters), as a code span naming it: `U+0000`
+#   (a run of them in one span: `U+001B U+0007`).
+#   User text never makes a code span (its backticks are escaped), so the two cannot be confused.
+# - A line break: in descriptions a hard break (backslash at the end of the line, the next line
+#   under the same prefix), the last one as &#10;; elsewhere &#10;.
+_ASCII_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_MD_ALWAYS = frozenset("\\`*_[]<&~|#@")
+_MD_EMPTY_ITEM = "_(empty)_"
 
 
-# Mermaid reads "#name;" / "#NN;" in a label as an entity (decimal code point); every character that
-# could end the label, open a shape or edge label, or be taken as HTML is written that way.
-_MERMAID_ESCAPES = str.maketrans({c: f"#{ord(c)};" for c in '"#&<>[]{}|`'})
+def _md_undecodable(code: int) -> bool:
+    # The numeric character references markdown-it replaces with U+FFFD (its isValidEntityCode).
+    return (
+        code <= 0x08
+        or code == 0x0B
+        or 0x0E <= code <= 0x1F
+        or 0x7F <= code <= 0x9F
+        or 0xD800 <= code <= 0xDFFF
+        or 0xFDD0 <= code <= 0xFDEF
+        or code & 0xFFFE == 0xFFFE
+    )
+
+
+def _md_text(text: str, break_prefix: str | None = None) -> str:
+    """User text as Markdown inline text that parses back to exactly `text`; one line unless
+    `break_prefix` is given, then each line break (but a last one) is a hard break followed by a
+    new line starting with `break_prefix`."""
+    out: list[str] = []
+    last = len(text) - 1
+    line_start = 0
+    for i, char in enumerate(text):
+        if char == "\n":
+            out.append("\\\n" + break_prefix if break_prefix is not None and i < last else "&#10;")
+            line_start = i + 1
+        elif char == " ":
+            at_edge = i in (0, last) or text[i - 1] == "\n" or text[i + 1] == "\n"
+            out.append("&#32;" if at_edge else " ")
+        elif not char.isprintable():
+            code = ord(char)
+            if not _md_undecodable(code):
+                out.append(f"&#x{code:X};")
+            elif out and out[-1].endswith("`") and out[-1].startswith("`U+"):
+                # One code span for a run: two spans side by side would read as one "``" delimiter.
+                out[-1] = f"{out[-1][:-1]} U+{code:04X}`"
+            else:
+                out.append(f"`U+{code:04X}`")
+        elif char in _ASCII_PUNCTUATION and (
+            char in _MD_ALWAYS
+            or i == line_start
+            or (char in ".)" and text[line_start:i].isdigit() and text[i + 1 : i + 2] in ("", " ", "\n"))
+            or (char == ":" and text[i + 1 : i + 2] == "/")
+            or (char == "." and text[max(0, i - 3) : i].lower() == "www")
+        ):
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _md_item(text: str) -> str:
+    # An empty list item could end the paragraph above it as a setext underline ("-"): say "empty".
+    return _md_text(text) if text else _MD_EMPTY_ITEM
+
+
+_CSV_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+# Mermaid keeps, in a quoted label, letters, digits, marks and this punctuation as they are; any
+# other character, and a space at either end (Mermaid trims labels), is written as Mermaid's
+# entity code "#N;" (N the decimal code point), which Mermaid reads as that character. ";", ":",
+# "#" and "%" must be: Mermaid's preprocessing drops the ";" of a line matching
+# `style.*:\S*#.*;` and treats "%%{...}%%" anywhere as a directive.
+_MERMAID_PUNCTUATION = frozenset(".,-_'!?/")
 
 
 def _mermaid_text(text: str) -> str:
-    return text.translate(_MERMAID_ESCAPES)
+    last = len(text) - 1
+    return "".join(
+        char
+        if (char == " " and 0 < i < last)
+        or char in _MERMAID_PUNCTUATION
+        or (char.isprintable() and unicodedata.category(char)[0] in "LMN")
+        else f"#{ord(char)};"
+        for i, char in enumerate(text)
+    )
 
 
 def _mermaid_id(task_id: str, taken: set[str]) -> str:
@@ -389,8 +494,9 @@ def _mermaid_id(task_id: str, taken: set[str]) -> str:
 
 
 def _yaml_quoted(text: str) -> str:
-    # A JSON string is a valid YAML double-quoted scalar (Mermaid's front matter is YAML).
-    return json.dumps(text)
+    # A JSON string is a valid YAML double-quoted scalar (Mermaid's front matter is YAML); the text
+    # is printable already, so non-ASCII letters may stay as they are.
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _slug(text: str) -> str:

@@ -2,13 +2,16 @@
 
 Apart from the worker loop (`loop.py`) so that every caller sends the same LLM request for the same
 task: runner processes, the runners `paradecom run` keeps in its own process, and the sequential
-fallback (`--runners 0`) all build a `Decomposer` from the same `DecompositionSettings`, so their
-requests (messages, schema, fan-out bounds, re-ask rules, error handling) and their cache keys are
-the same, and so are their trees.
+fallback (`--runners 0`) all follow the assignment's LlmRequest (messages, schema, fan-out bounds,
+re-ask rule), which the leader builds for every runner alike (`prompt.build_request`), so their
+requests and their cache keys are the same, and so are their trees. Only an assignment from a
+leader that sends no LlmRequest is asked about with a request built here, from the runner's own
+`DecompositionSettings`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +29,6 @@ from .llm import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TIMEOUT_S,
     ENV_LLM_TIMEOUT,
-    ENV_MAX_SUBTASKS,
     ENV_MAX_TOKENS,
     MAX_TIMEOUT_S,
     MAX_TOKENS_LIMIT,
@@ -38,29 +40,40 @@ from .llm import (
     env_setting,
 )
 from .metrics import RunnerMetrics
-from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS, build_messages, reask_messages
-from .schema import InvalidAnswer, parse_decomposition
+from .prompt import (
+    CONTRACT_VERSION,
+    DEFAULT_MAX_REASKS,
+    DEFAULT_MAX_SUBTASKS,
+    DEFAULT_MIN_SUBTASKS,
+    MAX_REASKS_LIMIT,
+    RequestSettings,
+    build_request,
+    reask_messages,
+)
+from .schema import ANSWER_PROFILES, InvalidAnswer, parse_decomposition
 
 log = structlog.get_logger("paradecom.runner")
 
 DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_MAX_REASKS = 2
-MAX_REASKS_LIMIT = 10
 ENV_MODEL = "PARADECOM_MODEL"
-ENV_MAX_REASKS = "PARADECOM_MAX_REASKS"
 
 
 class ChatClient(Protocol):
     """What a decomposition needs of an LLM client; `LLMClient` is the real one, tests pass fakes."""
 
-    async def complete(self, messages: Sequence[Mapping[str, str]]) -> Completion: ...
+    async def complete(
+        self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, object] | None = None
+    ) -> Completion: ...
 
     async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class DecompositionSettings:
-    """Everything that shapes the LLM request for a task, and so its answer and its cache key."""
+    """A runner's settings: the model and how the endpoint is called (structured-output mode,
+    max_tokens, timeout), which are the runner's own; and the request settings (fan-out bounds,
+    re-asks, answer profile) that a leader decides and sends in LlmRequest, used here only for an
+    assignment that has none (`request`), and by `paradecom run` for the leader it starts."""
 
     model: str = DEFAULT_MODEL
     min_subtasks: int = DEFAULT_MIN_SUBTASKS
@@ -69,6 +82,7 @@ class DecompositionSettings:
     structured_output: str = "auto"
     max_tokens: int = DEFAULT_MAX_TOKENS
     llm_timeout_s: float = DEFAULT_TIMEOUT_S
+    answer_profile: str = "full"
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_subtasks <= self.max_subtasks <= limits.MAX_SUBTASKS:
@@ -77,20 +91,27 @@ class DecompositionSettings:
             raise ValueError(f"max_reasks must be 0 to {MAX_REASKS_LIMIT}, not {self.max_reasks}")
         if self.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
+        if self.answer_profile not in ANSWER_PROFILES:
+            raise ValueError(f"answer_profile must be one of {', '.join(ANSWER_PROFILES)}")
+
+    @property
+    def request(self) -> RequestSettings:
+        """The settings of the LlmRequest these settings describe."""
+        return RequestSettings(self.min_subtasks, self.max_subtasks, self.max_reasks, self.answer_profile)
 
     @classmethod
     def from_environment(cls, model: str | None = None) -> DecompositionSettings:
         """The settings a runner started with no flags would use: $PARADECOM_MODEL,
-        $PARADECOM_MAX_SUBTASKS, $PARADECOM_MAX_REASKS, $PARADECOM_STRUCTURED_OUTPUT,
-        $PARADECOM_MAX_TOKENS and $PARADECOM_LLM_TIMEOUT where set, else the defaults.
-        ConfigError names a variable whose value is not valid."""
-        max_subtasks = int(env_setting(ENV_MAX_SUBTASKS, int, 1, limits.MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS)
-        reasks = env_setting(ENV_MAX_REASKS, int, 0, MAX_REASKS_LIMIT)
+        $PARADECOM_MAX_SUBTASKS, $PARADECOM_MAX_REASKS, $PARADECOM_ANSWER_PROFILE,
+        $PARADECOM_STRUCTURED_OUTPUT, $PARADECOM_MAX_TOKENS and $PARADECOM_LLM_TIMEOUT where set, else
+        the defaults. ConfigError names a variable whose value is not valid."""
+        request = RequestSettings.from_environment()
         return cls(
             model=model or os.environ.get(ENV_MODEL) or DEFAULT_MODEL,
-            min_subtasks=min(DEFAULT_MIN_SUBTASKS, max_subtasks),
-            max_subtasks=max_subtasks,
-            max_reasks=DEFAULT_MAX_REASKS if reasks is None else int(reasks),
+            min_subtasks=request.min_subtasks,
+            max_subtasks=request.max_subtasks,
+            max_reasks=request.max_reasks,
+            answer_profile=request.answer_profile,
             structured_output=default_structured_output(),
             max_tokens=int(env_setting(ENV_MAX_TOKENS, int, 1, MAX_TOKENS_LIMIT) or DEFAULT_MAX_TOKENS),
             llm_timeout_s=env_setting(ENV_LLM_TIMEOUT, float, 1.0, MAX_TIMEOUT_S) or DEFAULT_TIMEOUT_S,
@@ -167,14 +188,18 @@ class Decomposer:
             self._owns_llm = False
             await self.llm.close()
 
-    async def decompose(self, assignment: task_pb2.TaskAssignment) -> DecompositionOutcome:
+    async def decompose(
+        self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage | None = None
+    ) -> DecompositionOutcome:
         """Ask the LLM to decompose `assignment`'s task; re-ask with the errors up to max_reasks times.
+        `usage` (a new one if None) is counted into as calls are made, so a caller that cancels the
+        decomposition still knows what it cost (for ReleaseTask).
 
         Raises only DecompositionFailed (whose `usage` holds what was spent): retryable when the LLM
         was unreachable, kept answering badly or something unexpected went wrong here (another
         attempt, maybe elsewhere, may succeed), not retryable when the endpoint refused the request.
         """
-        usage = task_pb2.Usage()
+        usage = task_pb2.Usage() if usage is None else usage
         outer = RATE_LIMIT_LISTENER.get()
 
         def count_rate_limit(retry_after: float | None) -> None:
@@ -202,26 +227,32 @@ class Decomposer:
 
     async def _decompose(self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage) -> DecompositionOutcome:
         s = self.settings
-        messages = build_messages(assignment, s.min_subtasks, s.max_subtasks)
+        request = assignment.llm_request if assignment.HasField("llm_request") else build_request(assignment, s.request)
+        schema, min_subtasks, max_subtasks, max_reasks = _read_request(request)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
         parent_title = assignment.task.title
         # The answer format (structured-output mode and schema) is part of what produced an answer.
-        key = cache_key(s.model, messages, getattr(self.llm, "answer_format", None)) if self.cache else ""
+        answer_format = getattr(self.llm, "answer_format", None)
+        if isinstance(answer_format, dict):
+            answer_format = {**answer_format, "schema": schema}
+        key = cache_key(s.model, messages, answer_format) if self.cache else ""
         cached = self.cache.get(key) if self.cache else None
         if cached is not None:
             try:
                 # Salvaged as the answer was when it was stored (the last one may have been).
-                outcome = self._outcome(parse_decomposition(cached, parent_title, salvage=True), usage)
+                outcome = self._outcome(parse_decomposition(cached, parent_title, salvage=True), usage, min_subtasks)
             except InvalidAnswer:
                 pass  # written by an older, laxer version: ask the LLM instead
             else:
                 usage.cache_hits = 1
                 return outcome
         errors: list[str] = []
-        answers = s.max_reasks + 1
+        answers = max_reasks + 1
+        asked = messages
         for answer_number in range(1, answers + 1):
             called = time.monotonic()
             try:
-                completion = await self.llm.complete(messages)
+                completion = await self.llm.complete(asked, schema)
             finally:
                 if self.metrics:
                     self.metrics.llm_call_seconds.observe(time.monotonic() - called)
@@ -234,34 +265,61 @@ class Decomposer:
                 # The last answer is salvaged rather than refused: what is sound in it beats a task
                 # that fails and is tried again with the same prompt (schema.parse_decomposition).
                 subtasks = parse_decomposition(completion.text, parent_title, salvage=answer_number == answers)
-                if len(subtasks) > s.max_subtasks:
-                    raise InvalidAnswer([f"{len(subtasks)} subtasks: give at most {s.max_subtasks}"])
-                if len(subtasks) < s.min_subtasks and answer_number < answers:
+                if len(subtasks) > max_subtasks:
+                    raise InvalidAnswer([f"{len(subtasks)} subtasks: give at most {max_subtasks}"])
+                if len(subtasks) < min_subtasks and answer_number < answers:
                     # Asked once more before the stop rule makes the task a leaf: small models often
                     # stop after one subtask, and a leaf this early is rarely what the user wants.
                     plural = "" if len(subtasks) == 1 else "s"
                     raise InvalidAnswer(
-                        [f"{len(subtasks)} subtask{plural}: give at least {s.min_subtasks}, each a different part"]
+                        [f"{len(subtasks)} subtask{plural}: give at least {min_subtasks}, each a different part"]
                     )
             except InvalidAnswer as exc:
                 errors = exc.errors
                 log.info("answer rejected", answer=answer_number, of=answers, errors=errors[:5])
                 if answer_number < answers:
-                    messages = reask_messages(messages, completion.text, errors)
+                    asked = reask_messages(messages, completion.text, errors, request.reask.template)
                     usage.reasks += 1
                 continue
             if self.cache:
                 self.cache.put(key, completion.text)
-            return self._outcome(subtasks, usage)
+            return self._outcome(subtasks, usage, min_subtasks)
         raise DecompositionFailed(
             clip_error(f"no valid decomposition in {answers} answers; last errors: " + "; ".join(errors)),
             retryable=True,
             usage=usage,
         )
 
-    def _outcome(self, subtasks: list[task_pb2.Subtask], usage: task_pb2.Usage) -> DecompositionOutcome:
+    @staticmethod
+    def _outcome(subtasks: list[task_pb2.Subtask], usage: task_pb2.Usage, min_subtasks: int) -> DecompositionOutcome:
         """Apply the stop rule on fan-out: fewer than min_subtasks children make the task a leaf."""
-        if len(subtasks) < self.settings.min_subtasks:
-            reason = f"fewer than {self.settings.min_subtasks} subtasks"
+        if len(subtasks) < min_subtasks:
+            reason = f"fewer than {min_subtasks} subtasks"
             return DecompositionOutcome(subtasks=[], usage=usage, stop_reason=reason)
         return DecompositionOutcome(subtasks=subtasks, usage=usage)
+
+
+def _read_request(request: task_pb2.LlmRequest) -> tuple[dict[str, object], int, int, int]:
+    """(answer schema, min_subtasks, max_subtasks, max_reasks) of an LlmRequest; DecompositionError
+    (retryable: another runner may implement it) for one this runner cannot follow."""
+    if request.version != CONTRACT_VERSION:
+        raise DecompositionError(
+            f"the leader's LLM request is version {request.version[:100]!r}; this runner follows {CONTRACT_VERSION}",
+            retryable=True,
+        )
+    problems = []
+    if not request.messages:
+        problems.append("no messages")
+    if not 1 <= request.min_subtasks <= request.max_subtasks <= limits.MAX_SUBTASKS:
+        problems.append(f"subtask bounds {request.min_subtasks}..{request.max_subtasks}")
+    if not 0 <= request.reask.max_reasks <= MAX_REASKS_LIMIT:
+        problems.append(f"max_reasks {request.reask.max_reasks}")
+    try:
+        schema = json.loads(request.answer_schema_json)
+    except ValueError:
+        schema = None
+    if not isinstance(schema, dict):
+        problems.append("answer_schema_json is not a JSON object")
+    if problems or not isinstance(schema, dict):
+        raise DecompositionError("the leader's LLM request cannot be followed: " + "; ".join(problems), retryable=True)
+    return schema, request.min_subtasks, request.max_subtasks, request.reask.max_reasks

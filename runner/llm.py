@@ -35,7 +35,8 @@ import structlog
 from paradecom import limits
 from paradecom.errors import ConfigError, DecompositionError, EndpointError
 
-from .prompt import DEFAULT_MAX_SUBTASKS
+from .prompt import DEFAULT_MAX_SUBTASKS, ENV_MAX_SUBTASKS
+from .request_pacer import RequestPacer
 from .schema import decomposition_schema, grammar_schema
 
 log = structlog.get_logger("paradecom.runner.llm")
@@ -63,7 +64,6 @@ MAX_TIMEOUT_S = 3_600.0
 ENV_STRUCTURED_OUTPUT = "PARADECOM_STRUCTURED_OUTPUT"
 ENV_MAX_TOKENS = "PARADECOM_MAX_TOKENS"
 ENV_LLM_TIMEOUT = "PARADECOM_LLM_TIMEOUT"
-ENV_MAX_SUBTASKS = "PARADECOM_MAX_SUBTASKS"
 # Names the endpoint in the decomposition cache's key when its URL does not: a server started on a
 # free port for each run (the embedded model) is the same model at a new address every time.
 ENV_ENDPOINT_ID = "PARADECOM_ENDPOINT_ID"
@@ -167,7 +167,12 @@ def response_format_for(mode: str, schema: Mapping[str, Any]) -> dict[str, Any] 
     if mode == "json_schema":
         return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": schema}}
     if mode == "json_object":
-        return {"type": "json_object", "schema": grammar_schema(dict(schema))}
+        try:
+            grammar = grammar_schema(dict(schema))
+        except (KeyError, TypeError, AttributeError):
+            # Not shaped like ParaDecom's schemas (a later contract version's): sent as it is.
+            grammar = dict(schema)
+        return {"type": "json_object", "schema": grammar}
     if mode == "prompt":
         return None
     raise ValueError(f"no response_format for structured output mode {mode!r}")
@@ -267,6 +272,7 @@ class LLMClient:
         self.temperature = temperature
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.pacer = RequestPacer()
         if client is not None:
             self.base_url = str(client.base_url)
             self._client = client
@@ -298,7 +304,7 @@ class LLMClient:
         structured-output mode and the schema."""
         return {"endpoint": self.endpoint_id, "structured_output": self.structured_output, "schema": self.schema}
 
-    async def _create(self, messages: Sequence[Mapping[str, str]]) -> Completion:
+    async def _create(self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any]) -> Completion:
         """One request, in the structured-output mode set, or learned, or (`auto`) being learned.
 
         `auto` holds no request back while it learns: the first calls all go at once in the first
@@ -306,13 +312,13 @@ class LLMClient:
         A burst of first calls costs at most one quick refusal each, never a round trip of waiting.
         """
         if self.structured_output != "auto":
-            return await self._request(messages, self.structured_output)
+            return await self._request(messages, self.structured_output, schema)
         endpoint = (self.base_url, self.model)
         while True:
             learned = _learned_modes.get(endpoint)
             mode = learned or next(m for m in AUTO_ORDER if m not in self._refused)
             try:
-                completion = await self._request(messages, mode)
+                completion = await self._request(messages, mode, schema)
             except openai.APIStatusError as exc:
                 if learned or mode == AUTO_ORDER[-1] or not rejects_response_format(exc):
                     raise
@@ -325,16 +331,26 @@ class LLMClient:
                 log.info("structured output mode chosen", mode=mode, base_url=self.base_url, model=self.model)
             return completion
 
-    async def _request(self, messages: Sequence[Mapping[str, str]], mode: str) -> Completion:
-        response_format = response_format_for(mode, self.schema)
+    async def _request(self, messages: Sequence[Mapping[str, str]], mode: str, schema: Mapping[str, Any]) -> Completion:
+        response_format = response_format_for(mode, dict(schema))
         extra: dict[str, Any] = {} if response_format is None else {"response_format": response_format}
-        response = await self._client.chat.completions.create(
-            model=self.model,
-            messages=cast(Any, list(messages)),
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            **extra,
-        )
+        number = await self.pacer.acquire()
+        headers: Mapping[str, str] | None = None
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self.model,
+                messages=cast(Any, list(messages)),
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                **extra,
+            )
+            headers = raw.headers
+            response = raw.parse()
+        except openai.APIStatusError as exc:
+            headers = exc.response.headers
+            raise
+        finally:
+            await self.pacer.learn(number, headers)
         choice = response.choices[0] if response.choices else None
         usage = response.usage
         return Completion(
@@ -344,15 +360,18 @@ class LLMClient:
             completion_tokens=usage.completion_tokens if usage is not None else 0,
         )
 
-    async def complete(self, messages: Sequence[Mapping[str, str]]) -> Completion:
-        """One completion of `messages`, retrying transient errors with backoff.
+    async def complete(
+        self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any] | None = None
+    ) -> Completion:
+        """One completion of `messages`, retrying transient errors with backoff. `schema` is the
+        answer's JSON schema (an LlmRequest's); None: the one for this client's max_subtasks.
 
         Raises DecompositionError: retryable=True once the attempts are spent on transient errors
         (the leader may try again later), retryable=False for an error no retry can fix.
         """
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return await self._create(messages)
+                return await self._create(messages, self.schema if schema is None else schema)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -38,7 +38,6 @@ from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_p
 
 from .cache import DecompositionCache
 from .decompose import (
-    DEFAULT_MAX_REASKS,
     ChatClient,
     Decomposer,
     DecompositionFailed,
@@ -48,7 +47,7 @@ from .decompose import (
 )
 from .llm import RATE_LIMIT_LISTENER, backoff_delay
 from .metrics import RunnerMetrics
-from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
+from .prompt import DEFAULT_MAX_REASKS, DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
 from .results import ResultSender
 
 if TYPE_CHECKING:
@@ -102,6 +101,10 @@ class _Lease:
     reported: int = 0
     retry_after_ms: int = 0
     rate_limit_met: asyncio.Event = field(default_factory=asyncio.Event)
+    # What the decomposition has spent so far, sent with ReleaseTask if the task is given back.
+    usage: task_pb2.Usage = field(default_factory=task_pb2.Usage)
+    # The leader's reason for refusing a result with INVALID_ARGUMENT (the lease is still ours).
+    refused: str = ""
 
     def note_rate_limit(self, retry_after: float | None) -> None:
         self.rate_limited += 1
@@ -193,6 +196,10 @@ class DecompositionRunner:
         self.concurrency = concurrency
         self.model = decomposer.model
         self.runner_id = runner_id or default_runner_id()
+        # Sent on every stream this runner opens: the same value on a reconnect keeps the leases in
+        # hand; a process restarted under the same runner id sends a new one, and the leader ends
+        # the dead process's leases at once instead of leaving them to fill the new one's slots.
+        self.session_id = secrets.token_hex(16)
         self.drain_timeout = drain_timeout
         self.security = security
         self.metrics = metrics
@@ -205,9 +212,11 @@ class DecompositionRunner:
         self._tokens: set[str] = set()
         self._results: ResultSender | None = None
 
-    async def decompose_task(self, assignment: task_pb2.TaskAssignment) -> DecompositionOutcome:
+    async def decompose_task(
+        self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage | None = None
+    ) -> DecompositionOutcome:
         """Decompose `assignment`'s task (Decomposer.decompose): raises only DecompositionFailed."""
-        return await self.decomposer.decompose(assignment)
+        return await self.decomposer.decompose(assignment, usage)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -287,6 +296,7 @@ class DecompositionRunner:
         call = stub.PullTask(
             task_service_pb2.PullTaskRequest(
                 runner_id=self.runner_id,
+                session_id=self.session_id,
                 max_in_flight=self.concurrency,
                 max_batch=min(self.concurrency, limits.MAX_BATCH),
             )
@@ -369,7 +379,7 @@ class DecompositionRunner:
             # LLM client's 429s reach this lease's heartbeat.
             RATE_LIMIT_LISTENER.set(held.note_rate_limit)
             heartbeat = asyncio.create_task(self._heartbeat(stub, held))
-            work = asyncio.create_task(self._decompose_in_slot(assignment))
+            work = asyncio.create_task(self._decompose_in_slot(assignment, held.usage))
             try:
                 done, _ = await asyncio.wait({work, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
                 if work not in done:
@@ -386,12 +396,14 @@ class DecompositionRunner:
             finally:
                 await _cancel_and_wait(work, heartbeat)
 
-    async def _decompose_in_slot(self, assignment: task_pb2.TaskAssignment) -> DecompositionOutcome:
+    async def _decompose_in_slot(
+        self, assignment: task_pb2.TaskAssignment, usage: task_pb2.Usage
+    ) -> DecompositionOutcome:
         # The leader sends no more than max_in_flight, but right after a reconnect it may count
         # differently for a moment; the slots keep the LLM load at `concurrency` regardless.
         assert self._slots is not None
         async with self._slots:
-            return await self.decompose_task(assignment)
+            return await self.decompose_task(assignment, usage)
 
     async def _heartbeat(self, stub: TaskServiceAsyncStub, held: _Lease) -> None:
         """Extend the lease every third of its timeout; return only when the lease is lost."""
@@ -443,6 +455,12 @@ class DecompositionRunner:
         assert self._results is not None
         results = self._results
         response = await self._settle("SubmitResult", held, lambda: results.submit(request))
+        if held.refused:
+            # Checked here by the same rules, so only a leader of another version refuses a result:
+            # the lease is still ours, and FailTask hands the task on at once instead of at expiry.
+            reason = f"the leader refused the result: {held.refused}"
+            await self._fail(stub, held, DecompositionFailed(clip_error(reason), retryable=True, usage=outcome.usage))
+            return
         if response is not None:
             if self.metrics:
                 self.metrics.tasks_done.inc()
@@ -482,6 +500,10 @@ class DecompositionRunner:
                 response = await call()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                if code == grpc.StatusCode.INVALID_ARGUMENT and what == "SubmitResult":
+                    held.refused = exc.details() or "invalid result"
+                    log.warning(f"{what} refused", code=code.name, details=exc.details())
+                    return None
                 if code not in _TRANSIENT_CODES:
                     # A stale lease, a cancelled project or a result the leader will never take:
                     # trying again cannot change the answer.
@@ -528,7 +550,7 @@ class DecompositionRunner:
 
     async def _release(self, stub: TaskServiceAsyncStub, held: _Lease) -> None:
         request = task_service_pb2.ReleaseTaskRequest(
-            task_id=held.task_id, lease_token=held.token, reason=REASON_SHUTDOWN
+            task_id=held.task_id, lease_token=held.token, reason=REASON_SHUTDOWN, usage=held.usage
         )
         try:
             await stub.ReleaseTask(request, timeout=RELEASE_DEADLINE_S)

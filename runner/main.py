@@ -66,9 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     from paradecom.cliargs import Parser, add_logging_flags, address, float_range, int_range
     from paradecom.security import add_security_flags
 
-    from .decompose import DEFAULT_MAX_REASKS, DEFAULT_MODEL, ENV_MAX_REASKS, MAX_REASKS_LIMIT
-    from .llm import ENV_MAX_SUBTASKS, ENV_STRUCTURED_OUTPUT
-    from .prompt import DEFAULT_MAX_SUBTASKS, DEFAULT_MIN_SUBTASKS
+    from .decompose import DEFAULT_MODEL
+    from .llm import ENV_STRUCTURED_OUTPUT
+    from .prompt import (
+        DEFAULT_MAX_REASKS,
+        DEFAULT_MAX_SUBTASKS,
+        DEFAULT_MIN_SUBTASKS,
+        ENV_MAX_REASKS,
+        ENV_MAX_SUBTASKS,
+        MAX_REASKS_LIMIT,
+    )
 
     parser = Parser(
         prog=PROG,

@@ -7,27 +7,43 @@ is exactly what an answer should be, with titles that are not numbered (numbered
 invalid answer, `paradecom.subtasks.subtask_errors`), siblings that differ in title and
 description, no keys (a subtask's key is its position) and `depends_on` as earlier positions.
 
-The task's user message ends with two machine-readable lines, `Task to decompose: <title>` and
-`Task depth: <depth>`, each on a line of its own: the fake LLM server reads them (in the last user
-message) to shape its answer, and they give a real model an unambiguous statement of its job.
+Near its end the task's user message has one line that is a JSON object, `{"task_to_decompose":
+"<title on one line>", "task_depth": <depth>}` (TASK_LINE_KEYS): structured data that the fake LLM
+server reads to shape its answer (paradecom/fakellm.py), and an unambiguous statement of the job
+for a real model.
+
+The leader builds the whole request (`build_request`: messages, answer schema, fan-out bounds,
+re-ask rule) and hands it to every runner in TaskAssignment.llm_request (proto/paradecom/v1/
+task.proto, LlmRequest), so a runner in any language sends the same request for the same task.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import re
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from paradecom import limits
+from paradecom.errors import ConfigError
 from paradecom.v1 import project_pb2, task_pb2
 
-from .schema import answer_profile
+from .schema import ANSWER_PROFILES, answer_profile, decomposition_schema
 
 # The fan-out asked of the LLM by default (the runner's --min/--max-subtasks): more children than
 # the maximum is an invalid answer (re-asked); fewer than the minimum makes the task a leaf (a stop
 # rule, recorded on the task).
 DEFAULT_MIN_SUBTASKS = 2
 DEFAULT_MAX_SUBTASKS = 7
+DEFAULT_MAX_REASKS = 2
+MAX_REASKS_LIMIT = 10
+ENV_MAX_SUBTASKS = "PARADECOM_MAX_SUBTASKS"
+ENV_MAX_REASKS = "PARADECOM_MAX_REASKS"
+# LlmRequest.version: how an answer maps to subtasks (documented on LlmRequest in task.proto).
+CONTRACT_VERSION = "paradecom.decompose/1"
+# The keys of the task message's machine-readable line.
+TASK_LINE_KEYS = ("task_to_decompose", "task_depth")
 
 # Short on purpose: SmolLM2-135M, the embedded model, was measured to copy the example answer or
 # repeat one subtask far more often under a long list of rules (0-2 valid answers in 6 DevAI
@@ -112,13 +128,12 @@ SMALL_EXAMPLE_ANSWER = {
     ]
 }
 
-_REASK_LEAD = "Your answer cannot be used:"
-_REASK_TAIL = (
+# LlmRequest.reask.template: "{reason}" stands for the problems, one "- " line each.
+REASK_TEMPLATE = (
+    "Your answer cannot be used:\n{reason}\n\n"
     "Answer again with ONLY the corrected JSON object, shaped like the example answer: "
     "all subtasks, not just the ones with errors."
 )
-_TITLE_LINE_RE = re.compile(r"^Task to decompose:.*$", re.MULTILINE)
-_DEPTH_LINE_RE = re.compile(r"^Task depth:.*$", re.MULTILINE)
 # A re-ask repeats at most this many errors; the first ones are enough to steer a correction.
 _MAX_REASK_ERRORS = 20
 # An answer over limits.MAX_ANSWER_CHARS is shown back only this far: enough for the model to see
@@ -170,12 +185,13 @@ def _task_prompt(
         if depth + 1 >= max_depth
         else ""
     )
+    # One line whatever the title holds (split() takes every line break with the other white space),
+    # or the line would not be machine-readable.
+    task_line = json.dumps(dict(zip(TASK_LINE_KEYS, (" ".join(task.title.split()), depth), strict=True)))
     sections.append(
         "\n".join(
             [
-                # One line whatever the title holds, or the line would not be machine-readable.
-                f"Task to decompose: {' '.join(task.title.split())}",
-                f"Task depth: {depth}",
+                task_line,
                 f"Its subtasks will be at depth {depth + 1}. {depth_note}",
                 closing_line(min_subtasks, max_subtasks),
             ]
@@ -199,49 +215,104 @@ def build_messages(
         raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
     small = (profile or answer_profile()) == "small"
     if small:
-        system, example, min_subtasks = SMALL_SYSTEM_PROMPT, SMALL_EXAMPLE_ANSWER, max_subtasks
-    else:
-        system, example = SYSTEM_PROMPT, EXAMPLE_ANSWER
+        min_subtasks = max_subtasks
     return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": _task_prompt(_example_assignment(), min_subtasks, max_subtasks)},
-        {"role": "assistant", "content": json.dumps(example)},
+        *({"role": role, "content": content} for role, content in _leading_messages(min_subtasks, max_subtasks, small)),
         # A small model shown the sibling tasks copies their titles as subtasks (measured on the
         # demo: every task of the second level had an uncle's title among its children).
         {"role": "user", "content": _task_prompt(assignment, min_subtasks, max_subtasks, siblings=not small)},
     ]
 
 
-def reask_messages(messages: Sequence[dict[str, str]], bad_answer: str, errors: Sequence[str]) -> list[dict[str, str]]:
-    """The task's messages followed by the bad answer and a request to correct the listed errors.
+@functools.lru_cache(maxsize=64)
+def _leading_messages(min_subtasks: int, max_subtasks: int, small: bool) -> tuple[tuple[str, str], ...]:
+    """(role, content) of the rules and the worked example: the same for every task, and a leader
+    builds a request for every assignment it hands out."""
+    system, example = (SMALL_SYSTEM_PROMPT, SMALL_EXAMPLE_ANSWER) if small else (SYSTEM_PROMPT, EXAMPLE_ANSWER)
+    return (
+        ("system", system),
+        ("user", _task_prompt(_example_assignment(), min_subtasks, max_subtasks)),
+        ("assistant", json.dumps(example)),
+    )
 
-    Only the latest bad answer is shown: an earlier re-ask in `messages` is replaced, so the
-    conversation does not grow with every round (small local models have small context windows)
-    and the model is not anchored to its older mistakes.
+
+def reask_messages(
+    messages: Sequence[Mapping[str, str]], bad_answer: str, errors: Sequence[str], template: str = REASK_TEMPLATE
+) -> list[dict[str, str]]:
+    """The re-ask of LlmRequest: the request's `messages` followed by the bad answer (role
+    assistant) and `template` with "{reason}" replaced by the errors, one "- " line each.
+
+    Only the latest bad answer is ever shown (the caller passes the request's own messages, not the
+    conversation so far): the conversation does not grow with every round (small local models have
+    small context windows) and the model is not anchored to its older mistakes.
     """
     listed = list(errors[:_MAX_REASK_ERRORS]) or ["the answer is not a valid decomposition"]
-    # The task's message is the last user message that is not a re-ask.
-    task_index = next(
-        (
-            i
-            for i in range(len(messages) - 1, -1, -1)
-            if messages[i].get("role") == "user" and not messages[i].get("content", "").startswith(_REASK_LEAD)
-        ),
-        len(messages) - 1,
-    )
-    task_prompt = messages[task_index].get("content", "") if messages else ""
     if len(bad_answer) > limits.MAX_ANSWER_CHARS:
         bad_answer = bad_answer[:_OVERSIZED_ANSWER_SHOWN_CHARS] + f"… [{len(bad_answer):,} characters in all]"
-    # The marker lines are repeated because readers of the prompt (the fake LLM among them) look
-    # only at the last user message; the last occurrence is ours, earlier ones may be quoted text.
-    markers = "\n".join(
-        found[-1] for found in (_TITLE_LINE_RE.findall(task_prompt), _DEPTH_LINE_RE.findall(task_prompt)) if found
-    )
-    content = f"{_REASK_LEAD}\n{_bullets(listed)}\n\n{_REASK_TAIL}"
-    if markers:
-        content += f"\n\n{markers}"
     return [
-        *messages[: task_index + 1],
+        *(dict(m) for m in messages),
         {"role": "assistant", "content": bad_answer},
-        {"role": "user", "content": content},
+        {"role": "user", "content": template.replace("{reason}", _bullets(listed))},
     ]
+
+
+def _env_int(name: str, low: int, high: int) -> int | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"{name}={text!r} is not a whole number from {low} to {high}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """What shapes every task's LLM request, decided by the leader for all runners (LlmRequest):
+    the fan-out bounds, the re-asks, and the answer profile (runner/schema.py). What an endpoint
+    supports (structured-output mode, max_tokens, timeout) and the model stay the runner's."""
+
+    min_subtasks: int = DEFAULT_MIN_SUBTASKS
+    max_subtasks: int = DEFAULT_MAX_SUBTASKS
+    max_reasks: int = DEFAULT_MAX_REASKS
+    answer_profile: str = "full"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_subtasks <= self.max_subtasks <= limits.MAX_SUBTASKS:
+            raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
+        if not 0 <= self.max_reasks <= MAX_REASKS_LIMIT:
+            raise ValueError(f"max_reasks must be 0 to {MAX_REASKS_LIMIT}, not {self.max_reasks}")
+        if self.answer_profile not in ANSWER_PROFILES:
+            raise ValueError(f"answer_profile must be one of {', '.join(ANSWER_PROFILES)}")
+
+    @classmethod
+    def from_environment(cls) -> RequestSettings:
+        """$PARADECOM_MAX_SUBTASKS (the minimum follows it down), $PARADECOM_MAX_REASKS and
+        $PARADECOM_ANSWER_PROFILE where set, else the defaults; ConfigError names a bad value."""
+        max_subtasks = _env_int(ENV_MAX_SUBTASKS, 1, limits.MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS
+        reasks = _env_int(ENV_MAX_REASKS, 0, MAX_REASKS_LIMIT)
+        return cls(
+            min_subtasks=min(DEFAULT_MIN_SUBTASKS, max_subtasks),
+            max_subtasks=max_subtasks,
+            max_reasks=DEFAULT_MAX_REASKS if reasks is None else reasks,
+            answer_profile=answer_profile(),
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_json(max_subtasks: int, profile: str) -> str:
+    # Built from the pydantic models for every assignment otherwise: a leader hands out thousands.
+    return json.dumps(decomposition_schema(max_subtasks, profile=profile))
+
+
+def build_request(assignment: task_pb2.TaskAssignment, settings: RequestSettings) -> task_pb2.LlmRequest:
+    """The LlmRequest that decomposes `assignment`'s task (every field of the assignment but
+    `lease` and `llm_request` may shape it)."""
+    messages = build_messages(assignment, settings.min_subtasks, settings.max_subtasks, profile=settings.answer_profile)
+    return task_pb2.LlmRequest(
+        version=CONTRACT_VERSION,
+        messages=[task_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+        answer_schema_json=_schema_json(settings.max_subtasks, settings.answer_profile),
+        min_subtasks=settings.min_subtasks,
+        max_subtasks=settings.max_subtasks,
+        reask=task_pb2.ReaskRule(max_reasks=settings.max_reasks, template=REASK_TEMPLATE),
+    )

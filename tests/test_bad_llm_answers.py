@@ -354,12 +354,11 @@ def test_salvage_still_refuses_what_it_cannot_mend(subtasks: list[dict[str, Any]
 SCRIPTED_LLM = r"""
 import json, sys, time
 from aiohttp import web
-from paradecom.fakellm import decomposition, parse_prompt
+from paradecom.fakellm import decomposition, parse_messages
 
 async def chat(request):
     body = await request.json()
-    prompt = [m["content"] for m in body["messages"] if m.get("role") == "user"][-1]
-    title, depth = parse_prompt(prompt)
+    title, depth, _ = parse_messages(body["messages"])
     if "POISON" in title:
         content = "I am sorry, I cannot produce JSON for " + title
     elif "HUGE" in title:
@@ -407,8 +406,8 @@ def test_llm_that_never_answers_json_dead_letters_and_the_project_finishes(
     FailTask; after --max-attempts the task is dead-lettered with the parser's reason, and the
     project still ends DONE with the dead tasks marked."""
     base_url = fake_llm("--malformed-rate", "1")
-    _, leader = start_leader("--max-attempts", "2")
-    runner = start_runner(leader, base_url, "--concurrency", "2", "--max-reasks", "1", "--no-cache")
+    _, leader = start_leader("--max-attempts", "2", "--max-reasks", "1")
+    runner = start_runner(leader, base_url, "--concurrency", "2", "--no-cache")
     path = tmp_path / "p.json"
     seeds = [{"title": "Write the importer"}, {"title": "Write the exporter"}]
     path.write_text(json.dumps({"name": "Never JSON", "description": "d", "tasks": seeds, "max_depth": 1}))
@@ -438,8 +437,8 @@ def test_one_poisoned_branch_dies_and_the_rest_of_the_tree_is_complete(
     llm = Proc([sys.executable, "-c", SCRIPTED_LLM])
     procs.append(llm)
     base_url = f"http://{llm.address()}/v1"
-    _, leader = start_leader("--max-attempts", "3")
-    start_runner(leader, base_url, "--concurrency", "2", "--max-reasks", "0", "--no-cache")
+    _, leader = start_leader("--max-attempts", "3", "--max-reasks", "0")
+    start_runner(leader, base_url, "--concurrency", "2", "--no-cache")
     path = tmp_path / "p.json"
     seeds = [{"title": "Build the catalogue"}, {"title": "Build the POISON pill"}, {"title": "Build the cart"}]
     path.write_text(json.dumps({"name": "One bad branch", "description": "d", "tasks": seeds, "max_depth": 2}))
@@ -473,8 +472,8 @@ def test_enormous_answers_are_re_asked_then_dead_lettered_and_everyone_keeps_ser
     llm = Proc([sys.executable, "-c", SCRIPTED_LLM])
     procs.append(llm)
     base_url = f"http://{llm.address()}/v1"
-    leader_proc, leader = start_leader("--max-attempts", "2")
-    runner = start_runner(leader, base_url, "--concurrency", "2", "--max-reasks", "1", "--no-cache")
+    leader_proc, leader = start_leader("--max-attempts", "2", "--max-reasks", "1")
+    runner = start_runner(leader, base_url, "--concurrency", "2", "--no-cache")
     path = tmp_path / "p.json"
     seeds = [{"title": "Build the catalogue"}, {"title": "Build the HUGE pile"}]
     path.write_text(json.dumps({"name": "Enormous answers", "description": "d", "tasks": seeds, "max_depth": 1}))

@@ -275,11 +275,14 @@ def test_compose_settings_come_from_the_environment(compose_config: Callable[...
         "PARADECOM_MODEL": "gpt-4o-mini",
         "PARADECOM_STRUCTURED_OUTPUT": "json_object",
         # Unset: the runner's own defaults.
+        "PARADECOM_MAX_TOKENS": "",
+        "PARADECOM_LLM_TIMEOUT": "600",
+    }
+    # The LLM request's settings are the leader's: it sends them to every runner with each task.
+    assert config["services"]["leader"]["environment"] == {
         "PARADECOM_ANSWER_PROFILE": "",
         "PARADECOM_MAX_SUBTASKS": "",
-        "PARADECOM_MAX_TOKENS": "",
         "PARADECOM_MAX_REASKS": "",
-        "PARADECOM_LLM_TIMEOUT": "600",
     }
     assert config["secrets"]["paradecom_token"]["file"] == "/etc/paradecom/token"
     ports = config["services"]["leader"]["ports"]
@@ -301,6 +304,9 @@ def test_metrics_override_scrapes_the_leader_and_every_runner(compose_config: Ca
         assert cmd[cmd.index("--metrics-listen") + 1] == "0.0.0.0:9100"
     jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
     assert jobs["paradecom-leader"]["static_configs"][0]["targets"] == ["leader:9100"]
+    # The leader's /metrics wants the token: Prometheus reads it from the same secret.
+    assert jobs["paradecom-leader"]["authorization"]["credentials_file"] == SECRET
+    assert "paradecom_token" in [s if isinstance(s, str) else s["source"] for s in prometheus["secrets"]]
     runners = jobs["paradecom-runner"]["dns_sd_configs"][0]
     assert runners["names"] == ["runner"] and runners["port"] == 9100
 
@@ -320,6 +326,7 @@ def test_tls_override_adds_only_the_tls_settings(compose_config: Callable[..., d
     ]
     assert tls["runner"]["command"] == [*base["runner"]["command"], "--tls-ca", "/run/secrets/paradecom_ca"]
     assert tls["leader"]["environment"] == {
+        **base["leader"]["environment"],
         "PARADECOM_HEALTH_TLS_CA": "/run/secrets/paradecom_ca",
         "PARADECOM_HEALTH_TLS_SERVER_NAME": "leader",
     }
@@ -517,9 +524,11 @@ def test_compose_commands_decompose_a_project_outside_containers(
     probe = run_cli(host_command(healthcheck("leader"), {}), env={"PARADECOM_HEALTH_ADDRESS": address})
     assert probe.returncode == 0, probe.stderr
 
-    # What Prometheus scrapes (docker/compose.metrics.yaml): the leader's metrics saw the result.
+    # What Prometheus scrapes (docker/compose.metrics.yaml, with the token): the leader's metrics saw
+    # the result.
     metrics = leader.metrics_address()
-    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as resp:
+    scrape = urllib.request.Request(f"http://{metrics}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(scrape, timeout=10) as resp:
         text = resp.read().decode()
     assert "paradecom_results_accepted_total 1.0" in text, text
 

@@ -48,7 +48,16 @@ def start_server() -> Iterator[StartServer]:
 
 
 def prompt(title: str, depth: int) -> str:
-    return f"Decompose the task below.\nTask to decompose: {title}\nTask depth: {depth}\nAnswer in JSON."
+    task_line = json.dumps({"task_to_decompose": title, "task_depth": depth})
+    return f"Decompose the task below.\n{task_line}\nAnswer in JSON."
+
+
+def shapes_of(children: list[dict[str, Any]]) -> list[SubtaskShape]:
+    """fake-llm's children as the runner reads them: key = position, depends_on = positions."""
+    return [
+        SubtaskShape(str(i), c["title"], [str(d) for d in c["depends_on"]], c["description"])
+        for i, c in enumerate(children, start=1)
+    ]
 
 
 def client(addr: str) -> openai.OpenAI:
@@ -113,11 +122,11 @@ def test_answer_is_a_valid_decomposition(start_server: StartServer) -> None:
 
         children = subtasks_of(completion)
         assert len(children) == 5
-        shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"], c["description"]) for c in children]
+        shapes = shapes_of(children)
         assert subtask_errors(shapes, parent_title="Build an online shop") == []
-        keys = [c["key"] for c in children]
         for position, child in enumerate(children):
-            assert set(child["depends_on"]) <= set(keys[:position]), "deps only on earlier siblings"
+            assert "key" not in child, "the contract's answer has no keys: a subtask's key is its position"
+            assert set(child["depends_on"]) <= set(range(1, position + 1)), "deps only on earlier siblings"
             assert child["title"].split()[0][0].isupper() and len(child["title"]) <= 300
             assert child["atomic"] is atomic
             assert isinstance(child["description"], str) and child["description"]
@@ -138,7 +147,7 @@ def test_every_fanout_passes_the_near_duplicate_and_numbering_rules(fanout: int)
         for depth in (0, 1, 5):
             children = fakellm.decomposition(parent, depth, fanout, 2)["subtasks"]
             assert fakellm.decomposition(parent, depth, fanout, 2)["subtasks"] == children
-            shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"], c["description"]) for c in children]
+            shapes = shapes_of(children)
             assert subtask_errors(shapes, parent_title=parent) == [], (parent, depth)
             assert len({c["description"] for c in children}) == fanout
 
@@ -161,14 +170,50 @@ def test_answers_are_deterministic_and_depend_on_the_title(start_server: StartSe
     title = "Write a compiler"
     for depth in range(8):
         children = subtasks_of(ask(addr, prompt(title, depth)))
-        shapes = [SubtaskShape(c["key"], c["title"], c["depends_on"], c["description"]) for c in children]
+        shapes = shapes_of(children)
         assert subtask_errors(shapes, parent_title=title) == []
         title = children[-1]["title"]
 
 
+def test_the_task_is_read_from_the_task_line_never_from_wording() -> None:
+    """fake-llm reads title and depth from the task line (a JSON object on a line of its own) of the
+    last user message that has one, past a re-ask after it; wording such as "Task depth: 2" means
+    nothing; a depth that is missing, not an integer or negative counts as 0."""
+    line = json.dumps({"task_to_decompose": "Build the shop", "task_depth": 2})
+    example = json.dumps({"task_to_decompose": "Build the team blog", "task_depth": 0})
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "rules"},
+        {"role": "user", "content": f"Example.\n{example}"},
+        {"role": "assistant", "content": "{}"},
+        {"role": "user", "content": f"# The task\n{line}\nWrite 2 to 7 subtasks."},
+        {"role": "assistant", "content": "{oops"},
+        {"role": "user", "content": "Your answer cannot be used:\n- not JSON"},
+    ]
+    assert fakellm.parse_messages(messages) == ("Build the shop", 2, True)
+    assert fakellm.parse_messages(messages[:3]) == ("Build the team blog", 0, True)
+    wording = [{"role": "user", "content": "Task to decompose: Build the shop\nTask depth: 2"}]
+    title, depth, found = fakellm.parse_messages(wording)
+    assert not found and depth == 0 and title.startswith("prompt-")
+    for bad in ('"2"', "-1", "true", "1.5", "null"):
+        text = '{"task_to_decompose": "Build the shop", "task_depth": ' + bad + "}"
+        assert fakellm.parse_messages([{"role": "user", "content": text}]) == ("Build the shop", 0, True), bad
+
+
+def test_a_decomposition_schema_limits_the_fields_of_the_answer(start_server: StartServer) -> None:
+    """A json_schema named "decomposition" (what runners send) gets subtasks with just the fields its
+    items have: the small answer profile's three; valid against that schema."""
+    from paradecom.runner.schema import decomposition_schema
+
+    _, addr = start_server("--fanout", "3")
+    schema = decomposition_schema(3, profile="small")
+    content = ask_schema(addr, "Decompose.", prompt("Build a shop", 0), "decomposition", schema)
+    children = json.loads(content)["subtasks"]
+    assert [sorted(c) for c in children] == [["atomic", "depends_on", "title"]] * 3
+
+
 def test_prompt_without_contract_lines_still_gets_a_valid_answer(start_server: StartServer) -> None:
-    """Without `Task to decompose:` / `Task depth:` lines the whole message seeds the answer (so
-    different messages differ) and the depth is 0 (children not atomic with --atomic-depth 2)."""
+    """Without a task line the whole message seeds the answer (so different messages differ) and
+    the depth is 0 (children not atomic with --atomic-depth 2)."""
     _, addr = start_server("--fanout", "2")
     a = subtasks_of(ask(addr, "Plan a wedding."))
     b = subtasks_of(ask(addr, "Plan a conference."))
@@ -176,9 +221,9 @@ def test_prompt_without_contract_lines_still_gets_a_valid_answer(start_server: S
     assert a == subtasks_of(ask(addr, "Plan a wedding."))
     for children in (a, b):
         assert len(children) == 2
-        assert [c["depends_on"] for c in children] == [[], ["1"]]
+        assert [c["depends_on"] for c in children] == [[], [1]]
         assert not any(c["atomic"] for c in children)
-        assert find_cycle({c["key"]: c["depends_on"] for c in children}) == []
+        assert find_cycle({s.key: list(s.depends_on) for s in shapes_of(children)}) == []
 
 
 def test_models_endpoint(start_server: StartServer) -> None:
@@ -485,7 +530,7 @@ def test_other_clients_json_schema_gets_a_valid_instance_of_it(start_server: Sta
 
 
 def test_paradecom_requests_with_a_schema_still_get_a_decomposition(start_server: StartServer) -> None:
-    """The generic answer never replaces ParaDecom's: a prompt with a `Task to decompose:` line, or a
+    """The generic answer never replaces ParaDecom's: a prompt with a task line, or a
     json_schema named `decomposition` (what runners send), gets the decomposition whatever schema
     comes with it."""
     _, addr = start_server("--fanout", "2")

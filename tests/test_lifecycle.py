@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from paradecom.leader.core import DecompositionLeader
-from paradecom.leader.lifecycle import LeaseConfig, LeaseError, StaleLease, UnknownTask
+from paradecom.leader.lifecycle import InvalidResult, LeaseConfig, LeaseError, StaleLease, UnknownTask
 from paradecom.leader.store import SqliteStore
 from paradecom.project import ProjectDefinition, SeedTask
+from paradecom.runner.prompt import RequestSettings, build_request
 from paradecom.v1 import project_pb2, task_pb2
 
 
@@ -174,3 +176,73 @@ def test_restart_keeps_leases_and_counters(tmp_path: Path) -> None:
     assert again.process_results(a.lease.task_id, a.lease.token, children("Do a", "Do b")).children_queued == 2
     summary = again.summary(pid)
     assert summary is not None and summary.queued == 2 and summary.done == 1
+
+
+def test_a_refused_result_keeps_the_lease_for_a_corrected_one(tmp_path: Path) -> None:
+    """A result the structural rules refuse (INVALID_ARGUMENT: near-duplicate siblings) changes
+    nothing: the lease is still the runner's, a corrected result under it is accepted, no attempt is
+    charged and no late result counted (task_service.proto, SubmitResult)."""
+    leader, _ = make(tmp_path)
+    pid = leader.generate_work_queue(PROJECT)
+    (a,) = leader.lease_tasks("r", 1)
+    with pytest.raises(InvalidResult, match="nearly the same") as refused:
+        leader.process_results(
+            a.lease.task_id, a.lease.token, children("Set up the CI pipeline", "Set up the CI pipeline and deployment")
+        )
+    assert refused.value.code == "INVALID_ARGUMENT"
+    expires, cancelled = leader.extend_lease(a.lease.task_id, a.lease.token)
+    assert expires > 0 and not cancelled
+    done = leader.process_results(a.lease.task_id, a.lease.token, children("Load the data", "Train the model"))
+    assert not done.duplicate and done.children_queued == 2
+    summary = leader.summary(pid)
+    assert summary is not None and summary.late_results_refused == 0 and summary.total == 3
+    (root,) = leader.task_tree(pid)
+    assert root.attempts == 1
+
+
+def test_release_counts_its_usage_and_repeated_dependencies_are_stored_once(tmp_path: Path) -> None:
+    """ReleaseTask's usage is added to the project's (the attempt is still not charged); a key
+    repeated in depends_on is one dependency."""
+    leader, _ = make(tmp_path)
+    pid = leader.generate_work_queue(PROJECT)
+    (a,) = leader.lease_tasks("r", 1)
+    spent = task_pb2.Usage(prompt_tokens=120, completion_tokens=30, calls=2, reasks=1)
+    leader.release_task(a.lease.task_id, a.lease.token, "runner shutting down", spent)
+    (b,) = leader.lease_tasks("r", 1)
+    assert b.lease.attempt == 1
+    subs = children("Plan it", "Build it")
+    subs[1].depends_on.extend(["1", "1"])
+    leader.process_results(b.lease.task_id, b.lease.token, subs, task_pb2.Usage(prompt_tokens=10, calls=1))
+    summary = leader.summary(pid)
+    assert summary is not None
+    assert (summary.usage.prompt_tokens, summary.usage.completion_tokens) == (130, 30)
+    assert (summary.usage.calls, summary.usage.reasks, summary.usage.failures) == (3, 1, 0)
+    (root,) = leader.task_tree(pid)
+    assert list(root.children[1].depends_on) == ["1.1"]
+
+
+def test_every_assignment_carries_the_llm_request_the_leader_was_given(tmp_path: Path) -> None:
+    """The leader's RequestSettings shape every assignment's LlmRequest: version, fan-out, re-asks,
+    answer profile (schema); it is what prompt.build_request makes of the rest of the assignment."""
+    settings = RequestSettings(min_subtasks=3, max_subtasks=4, max_reasks=1, answer_profile="small")
+    leader = DecompositionLeader(
+        SqliteStore(tmp_path / "t.db"), LeaseConfig(lease_timeout_s=10.0), request_settings=settings
+    )
+    leader.generate_work_queue(PROJECT)
+    (a,) = leader.lease_tasks("r", 1)
+    request = a.llm_request
+    assert request.version == "paradecom.decompose/1"
+    assert (request.min_subtasks, request.max_subtasks, request.reask.max_reasks) == (3, 4, 1)
+    assert "{reason}" in request.reask.template
+    schema = json.loads(request.answer_schema_json)
+    assert schema["properties"]["subtasks"]["maxItems"] == 4
+    assert sorted(schema["properties"]["subtasks"]["items"]["properties"]) == ["atomic", "depends_on", "title"]
+    assert [m.role for m in request.messages] == ["system", "user", "assistant", "user"]
+    bare = task_pb2.TaskAssignment()
+    bare.CopyFrom(a)
+    bare.ClearField("llm_request")
+    assert build_request(bare, settings) == request
+    default = DecompositionLeader(SqliteStore(tmp_path / "d.db"), LeaseConfig(lease_timeout_s=10.0))
+    default.generate_work_queue(PROJECT)
+    (d,) = default.lease_tasks("r", 1)
+    assert (d.llm_request.min_subtasks, d.llm_request.max_subtasks, d.llm_request.reask.max_reasks) == (2, 7, 2)

@@ -104,10 +104,10 @@ def test_stop_reasons_are_recorded(
     assert {t["stop_reason"] for t in tasks if t["depth"] == 2} == {"atomic"}
     assert all(t["stop_reason"] == "" for t in tasks if t["depth"] < 2)
 
-    # A runner demanding 4 children from an LLM that gives 3: every task becomes a leaf.
+    # A leader demanding 4 children from an LLM that gives 3: every task becomes a leaf.
     base_url3 = fake_llm("--fanout", "3", "--atomic-depth", "5")
-    _, leader2 = start_leader(db=tmp_path / "second.db")
-    start_runner(leader2, base_url3, "--min-subtasks", "4")
+    _, leader2 = start_leader("--min-subtasks", "4", db=tmp_path / "second.db")
+    start_runner(leader2, base_url3)
     project_id = run_cli([*PARADECOM, "submit", "--leader", leader2, str(path)]).stdout.strip()
     tree = json.loads(run_cli([*PARADECOM, "result", "--leader", leader2, project_id, "--wait"]).stdout)
     (root,) = tree["tasks"]

@@ -113,7 +113,7 @@ def test_local_llm_serves_the_embedded_model_and_stops_on_sigterm() -> None:
                 MODEL_NAME, base_url=base_url, structured_output="auto", max_tokens=60, timeout=300
             )
             try:
-                messages = [{"role": "user", "content": "Task to decompose: Build a blog\nTask depth: 0"}]
+                messages = [{"role": "user", "content": '{"task_to_decompose": "Build a blog", "task_depth": 0}'}]
                 return (await client.complete(messages)).text
             finally:
                 await client.close()
@@ -197,7 +197,8 @@ def ask_all(client: openai.AsyncOpenAI, count: int) -> Any:
     return asyncio.gather(
         *(
             client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"Task to decompose: Task {i}\nTask depth: 0"}]
+                model="m",
+                messages=[{"role": "user", "content": json.dumps({"task_to_decompose": f"Task {i}", "task_depth": 0})}],
             )
             for i in range(count)
         )

@@ -133,7 +133,8 @@ def test_runner_cut_off_mid_lease_is_fenced_and_loses_nothing(
     work for a second project, and the first tree has every task exactly once."""
     ns = namespaces
     done_state = 2  # PROJECT_STATE_DONE
-    leader = Proc(ns.exec(ns.a, PY, "-m", "paradecom.leader.main", "--listen", f"{LEADER_IP}:0",
+    # --insecure: a non-loopback address with no token, inside namespaces no one else can reach.
+    leader = Proc(ns.exec(ns.a, PY, "-m", "paradecom.leader.main", "--listen", f"{LEADER_IP}:0", "--insecure",
                           "--db", str(tmp_path / "leader.db"), "--lease-timeout", "2", "--max-attempts", "10",
                           "--log-format", "json"))  # fmt: skip
     procs.append(leader)

@@ -130,6 +130,20 @@ def test_compose_autoscaler_scales_to_the_gauge(start_leader: Callable[..., tupl
     assert bad.returncode == 2 and "MIN_RUNNERS must be a whole number" in bad.stderr
 
 
+def test_compose_autoscaler_sends_the_token(start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path) -> None:
+    """A leader with a token answers /metrics only with it: the autoscaler reads it from TOKEN_FILE
+    (as compose.yaml's secret), and without it says it cannot read the gauge and scales nothing."""
+    script = Path(__file__).resolve().parent.parent / "docker" / "autoscale" / "compose-autoscale.sh"
+    token_file = tmp_path / "token"
+    token_file.write_text("autoscale-token-0123456789\n")
+    leader, _ = start_leader("--metrics-listen", "127.0.0.1:0", "--auth-token-file", str(token_file))
+    env = {"METRICS_URL": f"http://{leader.metrics_address()}/metrics", "ONCE": "1", "DRY_RUN": "1"}
+    with_token = run_cli(["bash", str(script)], env={**env, "TOKEN_FILE": str(token_file)})
+    assert with_token.returncode == 0 and with_token.stdout.strip().endswith("--scale runner=1 runner"), with_token
+    without = run_cli(["bash", str(script)], env=env)
+    assert without.stdout == "" and "cannot read paradecom_desired_runners" in without.stderr, without
+
+
 def test_kubernetes_examples_key_on_the_gauge() -> None:
     """The KEDA ScaledObject and the HPA parse as YAML, target the runner Deployment and read
     paradecom_desired_runners, a metric the leader serves (test_leader_publishes_desired_runners)."""

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers import Proc, run_cli
 
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
@@ -57,7 +58,9 @@ def test_without_a_budget_adaptive_backoff_brings_429s_down(
     """Endpoint: 10 requests per 2 s, answers after 1 s; 16 slots and no budget. Runners report their 429s, the
     leader halves what it lets be in flight and pauses for Retry-After: the share of 429s in the
     last third of the run is below the first third's, and the project completes."""
-    base_url = fake_llm("--rpm", "10", "--rpm-window", "2", "--latency", "1", "--fanout", "2", "--atomic-depth", "5")
+    # No x-ratelimit headers: the leader learns the limit from 429s alone.
+    limit = ["--rpm", "10", "--rpm-window", "2", "--no-rate-limit-headers"]
+    base_url = fake_llm(*limit, "--latency", "1", "--fanout", "2", "--atomic-depth", "5")
     _, leader = start_leader("--max-attempts", "20")
     for _ in range(2):
         start_runner(leader, base_url, "--concurrency", "8", "--no-cache")
@@ -99,3 +102,35 @@ def test_without_a_budget_adaptive_backoff_brings_429s_down(
     assert last < first, (first, last, samples)
     budget = run_cli([*PARADECOM, "budget", "--leader", leader]).stdout
     assert "rate_limited=0" not in budget
+
+
+def project_tree(tmp_path: Path) -> Path:
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps({"name": "Tree", "description": "One seed, three levels.", "max_depth": 3,
+                                "tasks": [{"title": "Build the shop"}]}))  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("headers", [True, False], ids=["budget-stated", "budget-unstated"])
+def test_auto_keeps_to_the_budget_the_endpoint_states(
+    fake_llm: Callable[..., str], tmp_path: Path, headers: bool
+) -> None:
+    """`paradecom run` with no --llm-rpm against an endpoint allowing 6 requests per 2 s that says so
+    on every answer (x-ratelimit-remaining/reset-requests, as OpenAI does): the 16 calls of the last
+    level (21 calls in all) wait for room instead of meeting 429s. The same endpoint without the headers draws 429s,
+    which shows the pacing is what kept them away."""
+    flags = ["--rpm", "6", "--rpm-window", "2", "--latency", "0.2", "--fanout", "4", "--atomic-depth", "5"]
+    base_url = fake_llm(*flags, *([] if headers else ["--no-rate-limit-headers"]))
+    result = run_cli(
+        [*PARADECOM, "run", str(project_tree(tmp_path)), "--no-cache", "--format", "json", "--max-attempts", "20"],
+        env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["project"]["counts"]["total"] == 1 + 4 + 16 + 64
+    seen = stats(base_url)
+    assert seen["ok"] == 21
+    if headers:
+        assert seen["rpm_limited"] == 0
+    else:
+        assert seen["rpm_limited"] > 0

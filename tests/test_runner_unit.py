@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import email.utils
 import json
-import re
 import socket
 import sys
 import time
@@ -25,10 +24,12 @@ from structlog.testing import capture_logs
 
 from paradecom import grpc_options, limits
 from paradecom.errors import ConfigError, DecompositionError
+from paradecom.fakellm import parse_messages
 from paradecom.runner.llm import Completion, LLMClient, is_retryable
 from paradecom.runner.loop import DecompositionFailed, DecompositionRunner
 from paradecom.runner.main import main
-from paradecom.runner.prompt import build_messages, reask_messages
+from paradecom.runner.prompt import REASK_TEMPLATE, build_messages, reask_messages
+from paradecom.runner.request_pacer import RequestPacer, parse_duration
 from paradecom.runner.schema import InvalidAnswer, parse_decomposition
 from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
@@ -83,7 +84,10 @@ def make_assignment(
     )
 
 
-_TITLE_LINE = re.compile(r"^Task to decompose: (.*)$", re.MULTILINE)
+def task_title(messages: Sequence[Mapping[str, str]]) -> str:
+    """The title in the task line of the last user message that has one (as fake-llm reads it)."""
+    title, _depth, found = parse_messages([dict(m) for m in messages])
+    return title if found else ""
 
 
 class FakeChat:
@@ -109,7 +113,9 @@ class FakeChat:
         self.cancelled = 0
         self.prompts: list[list[dict[str, str]]] = []
 
-    async def complete(self, messages: Sequence[Mapping[str, str]]) -> Completion:
+    async def complete(
+        self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, object] | None = None
+    ) -> Completion:
         self.calls += 1
         number = self.calls
         self.prompts.append([dict(m) for m in messages])
@@ -122,8 +128,7 @@ class FakeChat:
                 await asyncio.sleep(self.delay)
             if self.error is not None:
                 raise self.error
-            found = _TITLE_LINE.search(messages[-1]["content"])
-            text, finish = self.answers(number, found.group(1) if found else "")
+            text, finish = self.answers(number, task_title(messages))
             return Completion(text=text, finish_reason=finish, prompt_tokens=100, completion_tokens=50)
         except asyncio.CancelledError:
             self.cancelled += 1
@@ -291,16 +296,15 @@ def test_parse_rejects_structural_rule_breaks() -> None:
 # --- prompts ---------------------------------------------------------------------------------------
 
 
-def test_build_messages_has_marker_lines_and_context() -> None:
+def test_build_messages_has_the_task_line_and_context() -> None:
     """The rules, a worked example, then the task's user message carrying project, ancestors,
-    siblings, the task, and the exact marker lines."""
+    siblings, the task, and the task line: structured data (JSON) on a line of its own."""
     messages = build_messages(make_assignment(4, depth=2, max_depth=3))
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     system, user = messages[0]["content"], messages[-1]["content"]
     assert '"subtasks"' in system and "JSON" in system
     lines = user.splitlines()
-    assert "Task to decompose: Build part 4" in lines
-    assert "Task depth: 2" in lines
+    assert '{"task_to_decompose": "Build part 4", "task_depth": 2}' in lines
     assert "Subtasks at depth 3 are leaves" in user
     for text in (
         "Web shop",
@@ -331,29 +335,29 @@ def test_build_messages_states_the_rules_and_the_configured_fan_out() -> None:
         build_messages(make_assignment(), 4, 3)
 
 
-def test_build_messages_keeps_marker_title_on_one_line() -> None:
-    """A title with a newline still yields one machine-readable marker line."""
+def test_build_messages_keeps_the_task_line_on_one_line() -> None:
+    """A title with line breaks (any Unicode one) still yields one machine-readable task line."""
     assignment = make_assignment()
-    assignment.task.title = "Build\nthe shop"
-    assert "Task to decompose: Build the shop" in build_messages(assignment)[-1]["content"].splitlines()
+    assignment.task.title = "Build\nthe\u2028sh\u00f6p"
+    lines = build_messages(assignment)[-1]["content"].split("\n")
+    assert '{"task_to_decompose": "Build the sh\\u00f6p", "task_depth": 0}' in lines
+    assert parse_messages(build_messages(assignment)) == ("Build the sh\u00f6p", 0, True)
 
 
-def test_reask_messages_append_answer_errors_and_markers() -> None:
-    """A re-ask appends the bad answer and a user message listing the errors and repeating the
-    marker lines (readers of the prompt look only at the last user message); a second re-ask
-    replaces the first instead of piling up."""
+def test_reask_messages_append_answer_and_the_template_with_the_errors() -> None:
+    """A re-ask is the request's messages, the bad answer and the re-ask rule's template with the
+    errors as "- " lines; the task line stays where it was, in the task's message."""
     first = build_messages(make_assignment(2, depth=1))
     again = reask_messages(first, "{oops", ["the answer is not valid JSON", "subtask 1: empty title"])
     assert again[: len(first)] == first and len(again) == len(first) + 2
     assert again[-2] == {"role": "assistant", "content": "{oops"}
-    last = again[-1]["content"]
-    assert again[-1]["role"] == "user"
-    third = reask_messages(again, "{still", ["the answer is not valid JSON"])
-    assert third[: len(first)] == first and len(third) == len(first) + 2
-    assert third[-2]["content"] == "{still" and "Task depth: 1" in third[-1]["content"].splitlines()
-    assert "- the answer is not valid JSON" in last and "- subtask 1: empty title" in last
-    assert "Task to decompose: Build part 2" in last.splitlines()
-    assert "Task depth: 1" in last.splitlines()
+    assert again[-1] == {
+        "role": "user",
+        "content": REASK_TEMPLATE.replace("{reason}", "- the answer is not valid JSON\n- subtask 1: empty title"),
+    }
+    assert parse_messages(again) == ("Build part 2", 1, True)
+    custom = reask_messages(first, "x", ["e"], "Wrong ({reason}); again.")
+    assert custom[-1]["content"] == "Wrong (- e); again."
 
 
 # --- the LLM client --------------------------------------------------------------------------------
@@ -498,7 +502,7 @@ def test_complete_surprise_errors_are_left_to_the_leader(monkeypatch: pytest.Mon
     llm, _ = scripted_llm([httpx2.Response(200, json=completion_body())])
     attempts: list[int] = []
 
-    async def broken(messages: Sequence[Mapping[str, str]]) -> Completion:
+    async def broken(messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any]) -> Completion:
         attempts.append(1)
         raise KeyError("choices")
 
@@ -589,11 +593,13 @@ def test_sequential_fallback_retries_an_unexpected_error_like_a_runner() -> None
     from paradecom.sequential import decompose_sequentially
 
     class Flaky(FakeChat):
-        async def complete(self, messages: Sequence[Mapping[str, str]]) -> Completion:
+        async def complete(
+            self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, object] | None = None
+        ) -> Completion:
             if self.calls == 0:
                 self.calls += 1
                 raise RuntimeError("surprise")
-            return await super().complete(messages)
+            return await super().complete(messages, schema)
 
     decomposer = Decomposer(DecompositionSettings(model="m"), llm=Flaky())
     project = ProjectDefinition(name="Shop", description="Sell things.", max_depth=1)
@@ -966,6 +972,50 @@ def test_submit_retries_unavailable_and_drops_aborted() -> None:
     run_scenario(scenario)
 
 
+def test_a_result_refused_as_invalid_is_reported_with_fail_task() -> None:
+    """A result the leader refuses with INVALID_ARGUMENT leaves the lease ours (task_service.proto):
+    the runner reports it at once with FailTask (retryable, the refusal as the error, the attempt's
+    usage) instead of leaving the lease to expire."""
+
+    async def scenario() -> None:
+        leader = FakeLeader()
+        leader.submit_errors = [grpc.StatusCode.INVALID_ARGUMENT]
+        async with serving(leader) as address:
+            runner = DecompositionRunner(address, concurrency=1, model="m", llm=FakeChat())
+            leader.assign(1)
+            run = asyncio.create_task(runner.run())
+            await eventually(lambda: len(leader.fails) == 1, what="the failure report")
+            await stop_runner(runner, run)
+        (fail,) = leader.fails
+        assert fail.lease_token == "tok1" and fail.retryable
+        assert fail.error == "the leader refused the result: not now" and fail.usage.calls == 1
+        assert leader.submits == [] and leader.releases == []
+
+    run_scenario(scenario)
+
+
+def test_release_at_shutdown_carries_the_usage_spent() -> None:
+    """A task given back at shutdown is released with the LLM usage its decomposition has spent so
+    far (ReleaseTaskRequest.usage), so the project's accounting loses nothing."""
+
+    async def scenario() -> None:
+        leader = FakeLeader()
+        chat = FakeChat(delay=0.05, answers=lambda _n, _t: ("not JSON", "stop"))
+        async with serving(leader) as address:
+            runner = DecompositionRunner(address, concurrency=1, model="m", llm=chat, max_reasks=10)
+            leader.assign(1, timeout_ms=5_000)
+            run = asyncio.create_task(runner.run())
+            await eventually(lambda: chat.calls >= 3, what="a few answers")
+            runner.request_stop()
+            runner.request_stop()
+            await asyncio.wait_for(run, 10.0)
+        (release,) = leader.releases
+        assert release.lease_token == "tok1" and release.usage.calls >= 2 and release.usage.reasks >= 1
+        assert release.usage.prompt_tokens == 100 * release.usage.calls
+
+    run_scenario(scenario)
+
+
 def test_reconnects_after_drain_and_stream_end() -> None:
     """A drain notice or an ended stream makes the runner reconnect, and work on the new stream
     is done; tasks in hand carry on across the reconnect."""
@@ -1094,3 +1144,39 @@ def test_cli_stops_cleanly_on_signal(sig: str) -> None:
         assert "sk-test-secret-value" not in proc.stderr
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("1h2m3.5s", 3723.5), ("250ms", 0.25), ("2.5", 2.5), ("", None),
+     ("soon", None), ("1x", None), ("-1s", None), ("nan", None), ("1s junk", None)],
+)  # fmt: skip
+def test_rate_limit_reset_durations_parse_as_openai_writes_them(text: str, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_pacer_holds_calls_while_the_stated_budget_is_spent() -> None:
+    """An answer saying 1 request is left lets one more go and holds the next until its reset;
+    after the reset one call probes while the others wait for its answer."""
+
+    async def scenario() -> list[str]:
+        pacer = RequestPacer()
+        first = await pacer.acquire()
+        await pacer.learn(first, {"x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "300ms"})
+        await pacer.acquire()  # the one left
+        events: list[str] = []
+
+        async def call(name: str) -> None:
+            number = await pacer.acquire()
+            events.append(f"{name} sent")
+            await pacer.learn(number, {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"})
+
+        waiting = [asyncio.create_task(call(n)) for n in ("a", "b", "c")]
+        for _ in range(20):  # every call gets its turns on the loop: none may pass before the reset
+            await asyncio.sleep(0)
+        events.append("before reset")
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        return events
+
+    events = asyncio.run(scenario())
+    assert events[0] == "before reset" and sorted(events[1:]) == ["a sent", "b sent", "c sent"]

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from helpers import Proc, run_cli
 
+from paradecom.security import is_loopback
 from paradecom.v1 import project_service_pb2, project_service_pb2_grpc
 
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
@@ -82,6 +86,64 @@ def test_token_required_except_for_health(start_leader: Callable[..., tuple[Proc
                       env={"PARADECOM_AUTH_TOKEN": "nope"})  # fmt: skip
     assert refused.returncode == 1 and "credentials" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and TOKEN not in refused.stderr
+
+
+UNKNOWN_METHODS = (
+    "/paradecom.v1.TaskService/NoSuchMethod",
+    "/paradecom.v1.NoSuchService/Call",
+    "/grpc.health.v1.Health/NoSuchMethod",
+    "/x",
+)
+
+
+def test_unknown_methods_are_unauthenticated_without_the_token(
+    start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
+) -> None:
+    """With a token set, a call without it is UNAUTHENTICATED whatever the method name (unknown
+    ones, of every call kind, and reflection), so an outsider cannot tell which methods exist; with
+    the token an unknown method is UNIMPLEMENTED. Health's own methods stay open."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    _, address = start_leader("--auth-token-file", str(token_file))
+    good = [("authorization", f"Bearer {TOKEN}")]
+    with grpc.insecure_channel(address) as channel:
+        for method in UNKNOWN_METHODS:
+            calls = {
+                "unary": lambda md, m=method: channel.unary_unary(m)(b"", timeout=5, metadata=md),
+                "server-stream": lambda md, m=method: list(channel.unary_stream(m)(b"", timeout=5, metadata=md)),
+                "bidi": lambda md, m=method: list(channel.stream_stream(m)(iter([b""]), timeout=5, metadata=md)),
+            }
+            for kind, call in calls.items():
+                for metadata, expected in (
+                    (None, grpc.StatusCode.UNAUTHENTICATED),
+                    ([("authorization", "Bearer wrong")], grpc.StatusCode.UNAUTHENTICATED),
+                    ([("authorization", TOKEN)], grpc.StatusCode.UNAUTHENTICATED),
+                    (good, grpc.StatusCode.UNIMPLEMENTED),
+                ):
+                    with pytest.raises(grpc.RpcError) as err:
+                        call(metadata)
+                    assert err.value.code() == expected, (method, kind, metadata)  # type: ignore[attr-defined]
+        reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+        request = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+        with pytest.raises(grpc.RpcError) as err:
+            list(reflect(iter([request]), timeout=5))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        answers = list(reflect(iter([request]), timeout=5, metadata=good))
+        assert answers and b"paradecom.v1.TaskService" in answers[0]
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unknown_methods_are_unimplemented_without_a_token_set(
+    start_leader: Callable[..., tuple[Proc, str]],
+) -> None:
+    """A leader with no token (on loopback) answers an unknown method UNIMPLEMENTED, as gRPC does."""
+    _, address = start_leader()
+    with grpc.insecure_channel(address) as channel:
+        for method in UNKNOWN_METHODS:
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary(method)(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method  # type: ignore[attr-defined]
 
 
 def test_tls_and_mutual_tls(start_leader: Callable[..., tuple[Proc, str]], pki: Path, tmp_path: Path) -> None:
@@ -155,3 +217,99 @@ def test_runner_with_token_and_tls_does_the_work(
     no_token = start_runner(address, base_url, "--tls-ca", str(pki / "ca.pem"))
     assert no_token.wait(30) == 2
     assert "credentials" in no_token.stderr.splitlines()[-1]
+
+
+LEADER = [sys.executable, "-m", "paradecom.leader.main"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--listen", "0.0.0.0:0"],
+        ["--listen", "[::]:0"],
+        ["--listen", "leader.example:0"],
+        ["--listen", "192.0.2.1:0"],
+        ["--listen", "127.0.0.1:0", "--metrics-listen", "0.0.0.0:0"],
+        ["--listen", "127.0.0.1:0", "--metrics-listen", "[::]:0"],
+    ],
+)
+def test_public_address_without_a_token_is_refused(flags: list[str], tmp_path: Path) -> None:
+    """gRPC or metrics on an address other machines can reach, with no token: the leader refuses to
+    start, exit 2, one line naming the address and both ways out (a token, or --insecure)."""
+    result = run_cli(
+        [*LEADER, *flags, "--db", str(tmp_path / "leader.db")], env={"PARADECOM_AUTH_TOKEN": ""}, timeout=20
+    )
+    exposed = flags[-1]
+    what = "metrics" if "--metrics-listen" in flags else "gRPC"
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert f"refusing to serve {what} on {exposed} without a token" in line, line
+    assert "--auth-token-file" in line and "PARADECOM_AUTH_TOKEN" in line and "--insecure" in line, line
+    assert not (tmp_path / "leader.db").exists(), "refused before it opened the store"
+
+
+def local(address: str) -> str:
+    """The loopback address of a server that printed `0.0.0.0:PORT`."""
+    return f"127.0.0.1:{address.rsplit(':', 1)[1]}"
+
+
+def scrape(address: str, authorization: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://{local(address)}/metrics")
+    if authorization is not None:
+        request.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_insecure_serves_a_public_address_with_a_loud_warning(
+    start_leader: Callable[..., tuple[Proc, str]],
+) -> None:
+    """--insecure: the leader serves gRPC and metrics on 0.0.0.0 with no token, and says so on stderr
+    for each of them."""
+    proc, address = start_leader("--insecure", "--metrics-listen", "0.0.0.0:0", listen="0.0.0.0:0")
+    metrics = proc.metrics_address()
+    with grpc.insecure_channel(local(address)) as channel:
+        stub = project_service_pb2_grpc.ProjectServiceStub(channel)
+        assert list(stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5).projects) == []
+    assert scrape(metrics)[0] == 200
+    warnings = [line for line in proc.stderr_lines if "INSECURE" in line]
+    assert any("serving gRPC on 0.0.0.0:0" in w for w in warnings), proc.stderr
+    assert any("serving metrics on 0.0.0.0:0" in w for w in warnings), proc.stderr
+
+
+def test_token_serves_a_public_address_and_guards_metrics(
+    start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
+) -> None:
+    """With a token the leader serves gRPC and metrics on 0.0.0.0 without a warning, and /metrics
+    wants the token as gRPC does: 401 without it or with a wrong one, 200 with it."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    proc, address = start_leader("--auth-token-file", str(token_file), "--metrics-listen", "0.0.0.0:0",
+                                 listen="0.0.0.0:0")  # fmt: skip
+    metrics = proc.metrics_address()
+    with grpc.insecure_channel(local(address)) as channel:
+        stub = project_service_pb2_grpc.ProjectServiceStub(channel)
+        ok = stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5,
+                               metadata=[("authorization", f"Bearer {TOKEN}")])  # fmt: skip
+        assert list(ok.projects) == []
+    for authorization in (None, "Bearer wrong", TOKEN, f"bearer {TOKEN}", f"Bearer {TOKEN}x"):
+        status, body = scrape(metrics, authorization)
+        assert status == 401 and "paradecom_" not in body, authorization
+    status, body = scrape(metrics, f"Bearer {TOKEN}")
+    assert status == 200 and "paradecom_tasks" in body
+    assert not any("INSECURE" in line for line in proc.stderr_lines), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
+     ("localhost", True), ("0.0.0.0", False), ("::", False), ("10.0.0.1", False),
+     ("::ffff:10.0.0.1", False), ("localhost.example", False), ("leader", False)],
+)  # fmt: skip
+def test_which_hosts_are_loopback(host: str, loopback: bool) -> None:
+    """Only loopback addresses and `localhost` count as private; any other name may be public."""
+    assert is_loopback(host) is loopback

@@ -34,7 +34,7 @@ from paradecom.runner.schema import (
 
 PROMPT = [
     {"role": "system", "content": "You decompose tasks."},
-    {"role": "user", "content": "Task to decompose: Build the shop\nTask depth: 0"},
+    {"role": "user", "content": '{"task_to_decompose": "Build the shop", "task_depth": 0}'},
 ]
 
 

@@ -228,17 +228,17 @@ def _awkward_tree() -> TaskTree:
 
 def test_mermaid_escapes_labels_and_makes_safe_ids() -> None:
     """Quotes, brackets, braces, HTML, "#", "|", backticks and newlines never reach a Mermaid label as
-    they are; node ids are letters, digits and "_" and stay unique; a dependency outside the tree is
-    left out."""
+    they are (tests/test_output_safety.py reads them back with Mermaid itself); node ids are letters,
+    digits and "_" and stay unique; a dependency outside the tree is left out."""
     text = _awkward_tree().to_mermaid()
     lines = text.splitlines()
-    assert lines[:4] == ["---", 'title: "Say \\"hi\\" [now]"', "---", "flowchart TD"]
+    assert lines[:4] == ["---", 'title: "Say \\"hi\\"\\\\n[now]"', "---", "flowchart TD"]
     labels = re.findall(r'^    (\w+)\["(.*)"\]$', text, flags=re.MULTILINE)
     assert [node for node, _ in labels] == ["t1", "t1_1", "t1_1_2"]
     first = labels[0][1]
     assert first == (
         "1 Parse #34;quoted#34; #91;brackets#93; #123;braces#125; #60;b#62;html#60;/b#62; #38; #35;hash "
-        "#124; pipe #96;tick#96; second line"
+        "#124; pipe #96;tick#96;#10;second line"
     )
     for _, label in labels:
         assert not set(label) & set('"[]{}<>|`\n')
@@ -255,7 +255,7 @@ def test_csv_quotes_fields_and_round_trips_through_the_csv_module() -> None:
     assert [r["id"] for r in rows] == ["1", "1.1", "1_1"]
     root = rows[0]
     assert root["description"] == 'Line one, with a comma\nline "two"'
-    assert root["title"].endswith("tick` second line")
+    assert root["title"].endswith("tick`\nsecond line"), "titles are exact"
     assert root["acceptance_criteria"] == "first; with a semicolon\nsecond, wrapped"
     assert root["parent"] == "" and root["estimate_hours"] == "" and root["labels"] == "depth-0"
     assert rows[2]["depends_on"] == "1.1;9.9" and rows[2]["parent"] == "1"

@@ -4,9 +4,11 @@
 # [MIN_RUNNERS, MAX_RUNNERS]. Compose has no autoscaler of its own; on Kubernetes use
 # keda-scaledobject.yaml or hpa.yaml beside this file instead.
 #
-#   METRICS_URL=http://127.0.0.1:9100/metrics docker/autoscale/compose-autoscale.sh
+#   METRICS_URL=http://127.0.0.1:9100/metrics TOKEN_FILE=docker/secrets/paradecom_token docker/autoscale/compose-autoscale.sh
 #
 # Settings (environment): METRICS_URL (the leader's --metrics-listen address + /metrics; required),
+# TOKEN_FILE (the leader's token file, e.g. docker/secrets/paradecom_token: a leader with a token
+# answers /metrics only with it),
 # MIN_RUNNERS (default 1), MAX_RUNNERS (default 10), INTERVAL (seconds, default 15),
 # COMPOSE (default "docker compose -f docker/compose.yaml"), ONCE=1 (one round, then exit),
 # DRY_RUN=1 (print the compose command instead of running it).
@@ -22,8 +24,11 @@ done
 (( MIN_RUNNERS <= MAX_RUNNERS )) || { echo "compose-autoscale: MIN_RUNNERS is more than MAX_RUNNERS" >&2; exit 2; }
 
 desired_runners() {
+  # The token goes to curl on stdin (--config -), not on its command line where `ps` would show it.
+  local header=""
+  [[ -n ${TOKEN_FILE:-} ]] && header="header = \"Authorization: Bearer $(tr -d '\r\n' < "$TOKEN_FILE")\""
   # The gauge's sample line: `paradecom_desired_runners 3.0`.
-  curl -fsS --max-time 5 "$METRICS_URL" | awk '$1 == "paradecom_desired_runners" { printf "%d", $2; found = 1 } END { exit !found }'
+  printf '%s\n' "$header" | curl --config - -fsS --max-time 5 "$METRICS_URL" | awk '$1 == "paradecom_desired_runners" { printf "%d", $2; found = 1 } END { exit !found }'
 }
 
 while true; do

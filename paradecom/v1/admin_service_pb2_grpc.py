@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """Operating the leader while it runs.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def __init__(self, channel):
@@ -54,6 +58,10 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """Operating the leader while it runs.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def GetLlmBudget(self, request, context):
@@ -107,6 +115,10 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Operating the leader while it runs.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @staticmethod

@@ -284,7 +284,7 @@ Global___ProjectSummary: _TypeAlias = ProjectSummary  # noqa: Y015
 @_typing.final
 class LlmUsage(_message.Message):
     """LLM usage summed over a project. Each total saturates at 9,223,372,036,854,775,807 (the int64
-    maximum), which the per-report limits of Usage keep out of reach.
+    maximum) instead of overflowing; the per-report limits of Usage keep real totals far below it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -371,7 +371,7 @@ class TaskNode(_message.Message):
     status: Global___TaskStatus.ValueType
     """Where the task is in its life (DONE or DEAD once the project is done)."""
     attempts: _builtins.int
-    """Leases granted for this task so far."""
+    """Attempts charged so far: leases granted, less those given back with ReleaseTask."""
     last_error: _builtins.str
     """The last error of a failed or expired attempt; empty if none."""
     stop_reason: _builtins.str

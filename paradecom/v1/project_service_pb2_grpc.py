@@ -29,6 +29,10 @@ class ProjectServiceStub:
     """The client's side of the leader: submit projects, follow them, read their trees. Errors:
     INVALID_ARGUMENT for a malformed project or request, NOT_FOUND for an unknown project id,
     RESOURCE_EXHAUSTED for a message over the leader's size limit.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def __init__(self, channel):
@@ -73,6 +77,10 @@ class ProjectServiceServicer:
     """The client's side of the leader: submit projects, follow them, read their trees. Errors:
     INVALID_ARGUMENT for a malformed project or request, NOT_FOUND for an unknown project id,
     RESOURCE_EXHAUSTED for a message over the leader's size limit.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def SubmitProject(self, request, context):
@@ -166,6 +174,10 @@ class ProjectService:
     """The client's side of the leader: submit projects, follow them, read their trees. Errors:
     INVALID_ARGUMENT for a malformed project or request, NOT_FOUND for an unknown project id,
     RESOURCE_EXHAUSTED for a message over the leader's size limit.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @staticmethod

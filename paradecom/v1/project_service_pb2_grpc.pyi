@@ -30,6 +30,10 @@ class ProjectServiceStub:
     """The client's side of the leader: submit projects, follow them, read their trees. Errors:
     INVALID_ARGUMENT for a malformed project or request, NOT_FOUND for an unknown project id,
     RESOURCE_EXHAUSTED for a message over the leader's size limit.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @_typing.overload
@@ -61,6 +65,10 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     """The client's side of the leader: submit projects, follow them, read their trees. Errors:
     INVALID_ARGUMENT for a malformed project or request, NOT_FOUND for an unknown project id,
     RESOURCE_EXHAUSTED for a message over the leader's size limit.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -88,6 +96,10 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     """The client's side of the leader: submit projects, follow them, read their trees. Errors:
     INVALID_ARGUMENT for a malformed project or request, NOT_FOUND for an unknown project id,
     RESOURCE_EXHAUSTED for a message over the leader's size limit.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @_abc_1.abstractmethod

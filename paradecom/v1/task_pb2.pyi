@@ -37,7 +37,9 @@ class Lease(_message.Message):
     other text (other digits, a sign, spaces) names no task and is answered NOT_FOUND.
     """
     attempt: _builtins.int
-    """1 for the first lease of the task, +1 for each later one."""
+    """Which attempt at the task this lease is: 1 for the first, +1 after each lease that failed or
+    expired. A lease given back with ReleaseTask is not charged: the next lease has its number.
+    """
     token: _builtins.str
     """Opaque token naming this lease; send it back with every call about the task."""
     expires_at_unix_ms: _builtins.int
@@ -77,6 +79,7 @@ class TaskAssignment(_message.Message):
     SIBLING_TITLES_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     MAX_DEPTH_FIELD_NUMBER: _builtins.int
+    LLM_REQUEST_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project the task belongs to."""
     depth: _builtins.int
@@ -103,6 +106,13 @@ class TaskAssignment(_message.Message):
     def sibling_titles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Titles of the task's siblings (other children of its parent), for non-overlap."""
 
+    @_builtins.property
+    def llm_request(self) -> Global___LlmRequest:
+        """The LLM request that decomposes the task, as the leader wants every runner to make it: send
+        it as given (see LlmRequest). Unset from a leader that predates it; a runner then builds its
+        own prompt from the fields above.
+        """
+
     def __init__(
         self,
         *,
@@ -114,14 +124,149 @@ class TaskAssignment(_message.Message):
         sibling_titles: _abc.Iterable[_builtins.str] | None = ...,
         depth: _builtins.int = ...,
         max_depth: _builtins.int = ...,
+        llm_request: Global___LlmRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "project", b"project", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "llm_request", b"llm_request", "project", b"project", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ancestors", b"ancestors", "depth", b"depth", "lease", b"lease", "max_depth", b"max_depth", "project", b"project", "project_id", b"project_id", "sibling_titles", b"sibling_titles", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ancestors", b"ancestors", "depth", b"depth", "lease", b"lease", "llm_request", b"llm_request", "max_depth", b"max_depth", "project", b"project", "project_id", b"project_id", "sibling_titles", b"sibling_titles", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskAssignment: _TypeAlias = TaskAssignment  # noqa: Y015
+
+@_typing.final
+class ChatMessage(_message.Message):
+    """One message of a chat completion request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """"system", "user" or "assistant", sent as the message's role."""
+    content: _builtins.str
+    """The message's text, sent as its content."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ReaskRule(_message.Message):
+    """How to ask again after an answer that cannot be used."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_REASKS_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    max_reasks: _builtins.int
+    """How many times a runner may ask again for one lease, 0 to 10: at most max_reasks + 1 chat
+    completions (not counting transport retries of the same request) are made per lease.
+    """
+    template: _builtins.str
+    """The content of the user message that asks again: the text with every "{reason}" replaced by
+    what is wrong with the answer, one problem per line, each line starting with "- " (for a
+    result the leader refused, the one line is "- " and the refusal's status message).
+    """
+    def __init__(
+        self,
+        *,
+        max_reasks: _builtins.int = ...,
+        template: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_reasks", b"max_reasks", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReaskRule: _TypeAlias = ReaskRule  # noqa: Y015
+
+@_typing.final
+class LlmRequest(_message.Message):
+    """A chat completion request that decomposes one task, and how to read its answer. Any runner that
+    follows it makes the same request as ParaDecom's own runner, so for the same answers the trees
+    are the same.
+
+    Sending: POST /chat/completions with `messages` as they are (role and content, in order); the
+    model, temperature, max_tokens and transport retries are the runner's. The answer's JSON Schema
+    goes where the endpoint takes it: OpenAI-style structured outputs as `response_format:
+    {"type": "json_schema", "json_schema": {"name": "decomposition", "strict": true, "schema":
+    <answer_schema_json parsed>}}` (the name "decomposition" is part of the contract: test servers
+    recognise the request by it); llama.cpp-style as `{"type": "json_object", "schema": ...}`; or not
+    at all when the endpoint takes none (the messages describe the shape too).
+
+    Reading the answer (version "paradecom.decompose/1"): the content is a JSON object
+    {"subtasks": [...]} valid against answer_schema_json (code fences or prose around it may be
+    stripped). Item i (counting from 1) becomes the Subtask with key "i"; its title, description,
+    acceptance_criteria, atomic, atomic_reason and estimate_hours are the item's fields of the same
+    names (white space around strings trimmed; a field the schema does not ask for left empty);
+    depends_on holds the positions the item lists, as decimal strings, repeats dropped.
+
+    Asking again: an answer is unusable when it is not such an object, breaks the schema, was cut off
+    (finish_reason "length"), has more than max_subtasks items, or breaks the rules of Subtask (which
+    the leader checks: its INVALID_ARGUMENT refusal of SubmitResult leaves the lease in place). While
+    fewer than reask.max_reasks re-asks were made for the lease, the next request is `messages`
+    followed by the unusable answer (role "assistant", its content as received) and the re-ask
+    (role "user", reask.template with the reason): only the latest unusable answer is ever shown.
+    Fewer than min_subtasks usable items also re-ask while re-asks remain; once they are spent the
+    task is a leaf: SubmitResult with no subtasks and stop_reason "fewer than N subtasks" (N being
+    min_subtasks). An unusable last answer is reported with FailTask (retryable), unless the runner
+    keeps what is sound in it (ParaDecom's runner drops numbered-title prefixes and repeated or
+    nearly repeated siblings, and submits the rest when it is usable). A runner that does
+    not implement `version` reports FailTask (retryable) saying so, for another runner to take it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    ANSWER_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    MIN_SUBTASKS_FIELD_NUMBER: _builtins.int
+    MAX_SUBTASKS_FIELD_NUMBER: _builtins.int
+    REASK_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The contract version, "paradecom.decompose/1": how the answer maps to subtasks (above)."""
+    answer_schema_json: _builtins.str
+    """The JSON Schema (draft 2020-12) of a valid answer, as JSON text."""
+    min_subtasks: _builtins.int
+    """Fewer usable subtasks than this make the task a leaf (see above), 1 to max_subtasks."""
+    max_subtasks: _builtins.int
+    """More subtasks than this is an unusable answer, 1 to 20; the schema says so too."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """The chat messages to send, in order; the last is the user message that states the task."""
+
+    @_builtins.property
+    def reask(self) -> Global___ReaskRule:
+        """When and how to ask again after an unusable answer."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        answer_schema_json: _builtins.str = ...,
+        min_subtasks: _builtins.int = ...,
+        max_subtasks: _builtins.int = ...,
+        reask: Global___ReaskRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reask", b"reask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_schema_json", b"answer_schema_json", "max_subtasks", b"max_subtasks", "messages", b"messages", "min_subtasks", b"min_subtasks", "reask", b"reask", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LlmRequest: _TypeAlias = LlmRequest  # noqa: Y015
 
 @_typing.final
 class Subtask(_message.Message):
@@ -162,8 +307,8 @@ class Subtask(_message.Message):
 
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Keys of sibling subtasks that must be finished first; at most 20; never the child's own key;
-        no cycles.
+        """Keys of sibling subtasks that must be finished first; at most 20 entries (repeats count, and
+        are stored once); never the child's own key; no cycles.
         """
 
     def __init__(

@@ -26,7 +26,7 @@ from paradecom.v1 import project_pb2 as paradecom_dot_v1_dot_project__pb2
 from paradecom.v1 import task_pb2 as paradecom_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparadecom/v1/task_service.proto\x12\x0cparadecom.v1\x1a\x1aparadecom/v1/project.proto\x1a\x17paradecom/v1/task.proto\"N\n\x0fPullTaskRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x11\n\tmax_batch\x18\x03 \x01(\x05\"\xab\x01\n\x10PullTaskResponse\x12\x32\n\nassignment\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.TaskAssignmentH\x00\x12*\n\x05\x64rain\x18\x02 \x01(\x0b\x32\x19.paradecom.v1.DrainNoticeH\x00\x12.\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1d.paradecom.v1.AssignmentBatchH\x00\x42\x07\n\x05\x65vent\"D\n\x0f\x41ssignmentBatch\x12\x31\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1c.paradecom.v1.TaskAssignment\"\x1d\n\x0b\x44rainNotice\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9d\x01\n\x13SubmitResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\'\n\x08subtasks\x18\x03 \x03(\x0b\x32\x15.paradecom.v1.Subtask\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.paradecom.v1.Usage\x12\x13\n\x0bstop_reason\x18\x05 \x01(\t\"B\n\x14SubmitResultResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x17\n\x0f\x63hildren_queued\x18\x02 \x01(\x05\"J\n\x14SubmitResultsRequest\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.paradecom.v1.SubmitResultRequest\"L\n\x15SubmitResultsResponse\x12\x33\n\x08outcomes\x18\x01 \x03(\x0b\x32!.paradecom.v1.SubmitResultOutcome\"x\n\x13SubmitResultOutcome\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x16\n\x0estatus_message\x18\x02 \x01(\t\x12\x34\n\x08response\x18\x03 \x01(\x0b\x32\".paradecom.v1.SubmitResultResponse\"^\n\x12\x45xtendLeaseRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.paradecom.v1.Usage\"D\n\x13\x45xtendLeaseResponse\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x01 \x01(\x03\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"J\n\x12ReleaseTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x15\n\x13ReleaseTaskResponse\"}\n\x0f\x46\x61ilTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.paradecom.v1.Usage\"<\n\x10\x46\x61ilTaskResponse\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.paradecom.v1.TaskStatus2\xfe\x03\n\x0bTaskService\x12K\n\x08PullTask\x12\x1d.paradecom.v1.PullTaskRequest\x1a\x1e.paradecom.v1.PullTaskResponse0\x01\x12U\n\x0cSubmitResult\x12!.paradecom.v1.SubmitResultRequest\x1a\".paradecom.v1.SubmitResultResponse\x12X\n\rSubmitResults\x12\".paradecom.v1.SubmitResultsRequest\x1a#.paradecom.v1.SubmitResultsResponse\x12R\n\x0b\x45xtendLease\x12 .paradecom.v1.ExtendLeaseRequest\x1a!.paradecom.v1.ExtendLeaseResponse\x12R\n\x0bReleaseTask\x12 .paradecom.v1.ReleaseTaskRequest\x1a!.paradecom.v1.ReleaseTaskResponse\x12I\n\x08\x46\x61ilTask\x12\x1d.paradecom.v1.FailTaskRequest\x1a\x1e.paradecom.v1.FailTaskResponseBu\n\x10\x64\x65v.paradecom.v1B\x10TaskServiceProtoP\x01Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\xaa\x02\x0cParaDecom.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparadecom/v1/task_service.proto\x12\x0cparadecom.v1\x1a\x1aparadecom/v1/project.proto\x1a\x17paradecom/v1/task.proto\"b\n\x0fPullTaskRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x11\n\tmax_batch\x18\x03 \x01(\x05\x12\x12\n\nsession_id\x18\x04 \x01(\t\"\xab\x01\n\x10PullTaskResponse\x12\x32\n\nassignment\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.TaskAssignmentH\x00\x12*\n\x05\x64rain\x18\x02 \x01(\x0b\x32\x19.paradecom.v1.DrainNoticeH\x00\x12.\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1d.paradecom.v1.AssignmentBatchH\x00\x42\x07\n\x05\x65vent\"D\n\x0f\x41ssignmentBatch\x12\x31\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1c.paradecom.v1.TaskAssignment\"\x1d\n\x0b\x44rainNotice\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x9d\x01\n\x13SubmitResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\'\n\x08subtasks\x18\x03 \x03(\x0b\x32\x15.paradecom.v1.Subtask\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.paradecom.v1.Usage\x12\x13\n\x0bstop_reason\x18\x05 \x01(\t\"B\n\x14SubmitResultResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x17\n\x0f\x63hildren_queued\x18\x02 \x01(\x05\"J\n\x14SubmitResultsRequest\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.paradecom.v1.SubmitResultRequest\"L\n\x15SubmitResultsResponse\x12\x33\n\x08outcomes\x18\x01 \x03(\x0b\x32!.paradecom.v1.SubmitResultOutcome\"x\n\x13SubmitResultOutcome\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x16\n\x0estatus_message\x18\x02 \x01(\t\x12\x34\n\x08response\x18\x03 \x01(\x0b\x32\".paradecom.v1.SubmitResultResponse\"^\n\x12\x45xtendLeaseRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.paradecom.v1.Usage\"D\n\x13\x45xtendLeaseResponse\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x01 \x01(\x03\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"n\n\x12ReleaseTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.paradecom.v1.Usage\"\x15\n\x13ReleaseTaskResponse\"}\n\x0f\x46\x61ilTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.paradecom.v1.Usage\"<\n\x10\x46\x61ilTaskResponse\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.paradecom.v1.TaskStatus2\xfe\x03\n\x0bTaskService\x12K\n\x08PullTask\x12\x1d.paradecom.v1.PullTaskRequest\x1a\x1e.paradecom.v1.PullTaskResponse0\x01\x12U\n\x0cSubmitResult\x12!.paradecom.v1.SubmitResultRequest\x1a\".paradecom.v1.SubmitResultResponse\x12X\n\rSubmitResults\x12\".paradecom.v1.SubmitResultsRequest\x1a#.paradecom.v1.SubmitResultsResponse\x12R\n\x0b\x45xtendLease\x12 .paradecom.v1.ExtendLeaseRequest\x1a!.paradecom.v1.ExtendLeaseResponse\x12R\n\x0bReleaseTask\x12 .paradecom.v1.ReleaseTaskRequest\x1a!.paradecom.v1.ReleaseTaskResponse\x12I\n\x08\x46\x61ilTask\x12\x1d.paradecom.v1.FailTaskRequest\x1a\x1e.paradecom.v1.FailTaskResponseBu\n\x10\x64\x65v.paradecom.v1B\x10TaskServiceProtoP\x01Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\xaa\x02\x0cParaDecom.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,35 +35,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.paradecom.v1B\020TaskServiceProtoP\001Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\252\002\014ParaDecom.V1'
   _globals['_PULLTASKREQUEST']._serialized_start=102
-  _globals['_PULLTASKREQUEST']._serialized_end=180
-  _globals['_PULLTASKRESPONSE']._serialized_start=183
-  _globals['_PULLTASKRESPONSE']._serialized_end=354
-  _globals['_ASSIGNMENTBATCH']._serialized_start=356
-  _globals['_ASSIGNMENTBATCH']._serialized_end=424
-  _globals['_DRAINNOTICE']._serialized_start=426
-  _globals['_DRAINNOTICE']._serialized_end=455
-  _globals['_SUBMITRESULTREQUEST']._serialized_start=458
-  _globals['_SUBMITRESULTREQUEST']._serialized_end=615
-  _globals['_SUBMITRESULTRESPONSE']._serialized_start=617
-  _globals['_SUBMITRESULTRESPONSE']._serialized_end=683
-  _globals['_SUBMITRESULTSREQUEST']._serialized_start=685
-  _globals['_SUBMITRESULTSREQUEST']._serialized_end=759
-  _globals['_SUBMITRESULTSRESPONSE']._serialized_start=761
-  _globals['_SUBMITRESULTSRESPONSE']._serialized_end=837
-  _globals['_SUBMITRESULTOUTCOME']._serialized_start=839
-  _globals['_SUBMITRESULTOUTCOME']._serialized_end=959
-  _globals['_EXTENDLEASEREQUEST']._serialized_start=961
-  _globals['_EXTENDLEASEREQUEST']._serialized_end=1055
-  _globals['_EXTENDLEASERESPONSE']._serialized_start=1057
-  _globals['_EXTENDLEASERESPONSE']._serialized_end=1125
-  _globals['_RELEASETASKREQUEST']._serialized_start=1127
-  _globals['_RELEASETASKREQUEST']._serialized_end=1201
-  _globals['_RELEASETASKRESPONSE']._serialized_start=1203
-  _globals['_RELEASETASKRESPONSE']._serialized_end=1224
-  _globals['_FAILTASKREQUEST']._serialized_start=1226
-  _globals['_FAILTASKREQUEST']._serialized_end=1351
-  _globals['_FAILTASKRESPONSE']._serialized_start=1353
-  _globals['_FAILTASKRESPONSE']._serialized_end=1413
-  _globals['_TASKSERVICE']._serialized_start=1416
-  _globals['_TASKSERVICE']._serialized_end=1926
+  _globals['_PULLTASKREQUEST']._serialized_end=200
+  _globals['_PULLTASKRESPONSE']._serialized_start=203
+  _globals['_PULLTASKRESPONSE']._serialized_end=374
+  _globals['_ASSIGNMENTBATCH']._serialized_start=376
+  _globals['_ASSIGNMENTBATCH']._serialized_end=444
+  _globals['_DRAINNOTICE']._serialized_start=446
+  _globals['_DRAINNOTICE']._serialized_end=475
+  _globals['_SUBMITRESULTREQUEST']._serialized_start=478
+  _globals['_SUBMITRESULTREQUEST']._serialized_end=635
+  _globals['_SUBMITRESULTRESPONSE']._serialized_start=637
+  _globals['_SUBMITRESULTRESPONSE']._serialized_end=703
+  _globals['_SUBMITRESULTSREQUEST']._serialized_start=705
+  _globals['_SUBMITRESULTSREQUEST']._serialized_end=779
+  _globals['_SUBMITRESULTSRESPONSE']._serialized_start=781
+  _globals['_SUBMITRESULTSRESPONSE']._serialized_end=857
+  _globals['_SUBMITRESULTOUTCOME']._serialized_start=859
+  _globals['_SUBMITRESULTOUTCOME']._serialized_end=979
+  _globals['_EXTENDLEASEREQUEST']._serialized_start=981
+  _globals['_EXTENDLEASEREQUEST']._serialized_end=1075
+  _globals['_EXTENDLEASERESPONSE']._serialized_start=1077
+  _globals['_EXTENDLEASERESPONSE']._serialized_end=1145
+  _globals['_RELEASETASKREQUEST']._serialized_start=1147
+  _globals['_RELEASETASKREQUEST']._serialized_end=1257
+  _globals['_RELEASETASKRESPONSE']._serialized_start=1259
+  _globals['_RELEASETASKRESPONSE']._serialized_end=1280
+  _globals['_FAILTASKREQUEST']._serialized_start=1282
+  _globals['_FAILTASKREQUEST']._serialized_end=1407
+  _globals['_FAILTASKRESPONSE']._serialized_start=1409
+  _globals['_FAILTASKRESPONSE']._serialized_end=1469
+  _globals['_TASKSERVICE']._serialized_start=1472
+  _globals['_TASKSERVICE']._serialized_end=1982
 # @@protoc_insertion_point(module_scope)

@@ -29,9 +29,11 @@ class PullTaskRequest(_message.Message):
     RUNNER_ID_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
-    """Stable id of the runner process, 1 to 200 characters; a new stream with the same id replaces
-    the old one, and the runner keeps the leases it holds.
+    """Stable id of the runner, 1 to 200 characters. The leases granted under this id count against
+    max_in_flight. One stream per id: a new stream with the same id closes the older one, and
+    session_id says whether the leases held under the id stay with it.
     """
     max_in_flight: _builtins.int
     """How many tasks the runner works on at once, 1 to 1024."""
@@ -41,16 +43,33 @@ class PullTaskRequest(_message.Message):
     reads `batch` too, and the leader puts the assignments it grants at once in one message, up
     to this many and about 4 MiB.
     """
+    session_id: _builtins.str
+    """This run of the runner process, 0 to 200 characters: chosen at random when the process starts
+    and sent unchanged on every stream it opens. A stream whose session_id is the one the leader
+    last saw under runner_id is a reconnect (after a dropped stream): the runner keeps the leases
+    it holds, they still count against max_in_flight, and their heartbeats and results are
+    accepted as before. A stream with another non-empty session_id is a restart: the leases held
+    under runner_id end at once, as if they had expired (the attempt counts; each task is retried
+    after its backoff or dead-lettered, and counted in leases_expired), their tokens are refused
+    from then on (ABORTED) in case the old process is still alive, and all the new stream's slots
+    are free at once (ready tasks are sent now, the ended ones after their backoff). An empty
+    session_id (a runner that predates this field) is always a reconnect, so such a runner
+    restarted under its old id waits for its old leases to expire. The leader keeps the last
+    session_id of each id only while it runs: after a leader restart the first stream under an id
+    is a reconnect. Two live processes must not share a runner_id: each new stream of one would
+    end the leases of the other.
+    """
     def __init__(
         self,
         *,
         runner_id: _builtins.str = ...,
         max_in_flight: _builtins.int = ...,
         max_batch: _builtins.int = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_in_flight", b"max_in_flight", "runner_id", b"runner_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_in_flight", b"max_in_flight", "runner_id", b"runner_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -75,7 +94,9 @@ class PullTaskResponse(_message.Message):
 
     @_builtins.property
     def batch(self) -> Global___AssignmentBatch:
-        """Several tasks to work on, in the order granted; only sent when max_batch is above 1."""
+        """Several tasks to work on, in the order granted; only sent when max_batch is above 1 (a
+        batch of one is sent as `assignment`).
+        """
 
     def __init__(
         self,
@@ -169,7 +190,10 @@ class SubmitResultRequest(_message.Message):
 
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage spent on this task, for the project's accounting."""
+        """LLM usage spent on this task, for the project's accounting. Every field within its limit (see
+        Usage: 0 or more, and at most 10,000,000,000 tokens or 1,000,000 of a count; INVALID_ARGUMENT
+        naming the field otherwise).
+        """
 
     def __init__(
         self,
@@ -315,8 +339,9 @@ class ExtendLeaseRequest(_message.Message):
     """The current lease token."""
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage since this lease's previous heartbeat. A runner that meets an HTTP 429 heartbeats at
-        once with rate_limited (and retry_after_ms) set, so the leader slows dispatch for every runner.
+        """LLM usage since this lease's previous heartbeat (within Usage's limits). A runner that meets an
+        HTTP 429 heartbeats at once with rate_limited (and retry_after_ms) set, so the leader slows
+        dispatch for every runner (and pauses it for retry_after_ms, at most 10 minutes).
         It feeds rate control only; the task's full usage goes with SubmitResult or FailTask.
         """
 
@@ -370,22 +395,32 @@ class ReleaseTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's id, from its lease."""
     lease_token: _builtins.str
     """The current lease token."""
     reason: _builtins.str
-    """Why, for the leader's log (for example "runner shutting down")."""
+    """Why, for the task's last_error (for example "runner shutting down"); at most 4,000
+    characters are kept.
+    """
+    @_builtins.property
+    def usage(self) -> _task_pb2.Usage:
+        """LLM usage spent under this lease before giving it back (within Usage's limits), for the project's
+        accounting; empty when nothing was spent.
+        """
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         lease_token: _builtins.str = ...,
         reason: _builtins.str = ...,
+        usage: _task_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "reason", b"reason", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -429,7 +464,7 @@ class FailTaskRequest(_message.Message):
     """False when trying again cannot help (the task is dead-lettered at once)."""
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage spent on the failed attempt, for the project's accounting."""
+        """LLM usage spent on the failed attempt (within Usage's limits), for the project's accounting."""
 
     def __init__(
         self,

@@ -31,13 +31,21 @@ class TaskServiceStub:
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
-    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
-    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
-    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
-    malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
+    Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
+    After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
+    and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
+    and reconnects with backoff. Errors: INVALID_ARGUMENT for a malformed request (the lease, if
+    any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def __init__(self, channel):
@@ -84,27 +92,43 @@ class TaskServiceServicer:
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
-    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
-    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
-    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
-    malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
+    Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
+    After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
+    and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
+    and reconnects with backoff. Errors: INVALID_ARGUMENT for a malformed request (the lease, if
+    any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def PullTask(self, request, context):
         """Opens the runner's work stream. The leader pushes an assignment whenever the runner has a
-        free slot (fewer than max_in_flight live leases). If the stream drops, the runner's leases
-        are shortened to a short grace period; heartbeats (ExtendLease) keep them alive.
+        free slot (fewer than max_in_flight live leases). A slot is free once the leader has accepted
+        the result that held it, so the next assignment may arrive before the runner has the reply to
+        that SubmitResult: a runner must take it (it never holds more than max_in_flight leases at the
+        leader). If the stream drops, each of the runner's leases is shortened to end within the
+        disconnect grace (half the leader's lease timeout: 15 s by default) unless it already ends
+        sooner; heartbeats (ExtendLease) keep them alive as usual.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitResult(self, request, context):
-        """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
-        under the same lease is answered OK and changes nothing.
+        """Delivers the subtasks of a task under its lease. Idempotent: the same result (the same
+        subtasks, field for field, and the same stop_reason; usage is not compared) sent again under
+        the same lease is answered OK with duplicate set and changes nothing (its usage is not counted
+        again). A result refused with INVALID_ARGUMENT (for example near-duplicate sibling titles)
+        changes nothing either: the lease stays the runner's, to submit a corrected result (the
+        status message says what to correct), or to FailTask or ReleaseTask it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +150,8 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseTask(self, request, context):
-        """Gives a task back unworked (for example on shutdown); no attempt is charged.
+        """Gives a task back (for example on shutdown): queued again at once, and the attempt is not
+        charged (the next lease has the same Lease.attempt). Its usage is counted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,13 +211,21 @@ class TaskService:
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
-    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
-    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
-    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
-    malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
+    Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
+    After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
+    and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
+    and reconnects with backoff. Errors: INVALID_ARGUMENT for a malformed request (the lease, if
+    any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @staticmethod

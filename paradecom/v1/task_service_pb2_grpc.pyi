@@ -32,13 +32,21 @@ class TaskServiceStub:
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
-    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
-    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
-    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
-    malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
+    Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
+    After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
+    and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
+    and reconnects with backoff. Errors: INVALID_ARGUMENT for a malformed request (the lease, if
+    any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @_typing.overload
@@ -47,12 +55,20 @@ class TaskServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
     PullTask: _grpc.UnaryStreamMultiCallable[_task_service_pb2.PullTaskRequest, _task_service_pb2.PullTaskResponse]
     """Opens the runner's work stream. The leader pushes an assignment whenever the runner has a
-    free slot (fewer than max_in_flight live leases). If the stream drops, the runner's leases
-    are shortened to a short grace period; heartbeats (ExtendLease) keep them alive.
+    free slot (fewer than max_in_flight live leases). A slot is free once the leader has accepted
+    the result that held it, so the next assignment may arrive before the runner has the reply to
+    that SubmitResult: a runner must take it (it never holds more than max_in_flight leases at the
+    leader). If the stream drops, each of the runner's leases is shortened to end within the
+    disconnect grace (half the leader's lease timeout: 15 s by default) unless it already ends
+    sooner; heartbeats (ExtendLease) keep them alive as usual.
     """
     SubmitResult: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.SubmitResultRequest, _task_service_pb2.SubmitResultResponse]
-    """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
-    under the same lease is answered OK and changes nothing.
+    """Delivers the subtasks of a task under its lease. Idempotent: the same result (the same
+    subtasks, field for field, and the same stop_reason; usage is not compared) sent again under
+    the same lease is answered OK with duplicate set and changes nothing (its usage is not counted
+    again). A result refused with INVALID_ARGUMENT (for example near-duplicate sibling titles)
+    changes nothing either: the lease stays the runner's, to submit a corrected result (the
+    status message says what to correct), or to FailTask or ReleaseTask it.
     """
     SubmitResults: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.SubmitResultsRequest, _task_service_pb2.SubmitResultsResponse]
     """Delivers several results in one call, each answered on its own as SubmitResult would answer it
@@ -61,7 +77,9 @@ class TaskServiceStub:
     ExtendLease: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ExtendLeaseRequest, _task_service_pb2.ExtendLeaseResponse]
     """Heartbeat: pushes the lease's expiry out by the lease timeout."""
     ReleaseTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ReleaseTaskRequest, _task_service_pb2.ReleaseTaskResponse]
-    """Gives a task back unworked (for example on shutdown); no attempt is charged."""
+    """Gives a task back (for example on shutdown): queued again at once, and the attempt is not
+    charged (the next lease has the same Lease.attempt). Its usage is counted.
+    """
     FailTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.FailTaskRequest, _task_service_pb2.FailTaskResponse]
     """Reports that the task could not be decomposed."""
 
@@ -72,24 +90,40 @@ class TaskServiceAsyncStub(TaskServiceStub):
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
-    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
-    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
-    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
-    malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
+    Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
+    After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
+    and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
+    and reconnects with backoff. Errors: INVALID_ARGUMENT for a malformed request (the lease, if
+    any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PullTask: _aio.UnaryStreamMultiCallable[_task_service_pb2.PullTaskRequest, _task_service_pb2.PullTaskResponse]  # type: ignore[assignment]
     """Opens the runner's work stream. The leader pushes an assignment whenever the runner has a
-    free slot (fewer than max_in_flight live leases). If the stream drops, the runner's leases
-    are shortened to a short grace period; heartbeats (ExtendLease) keep them alive.
+    free slot (fewer than max_in_flight live leases). A slot is free once the leader has accepted
+    the result that held it, so the next assignment may arrive before the runner has the reply to
+    that SubmitResult: a runner must take it (it never holds more than max_in_flight leases at the
+    leader). If the stream drops, each of the runner's leases is shortened to end within the
+    disconnect grace (half the leader's lease timeout: 15 s by default) unless it already ends
+    sooner; heartbeats (ExtendLease) keep them alive as usual.
     """
     SubmitResult: _aio.UnaryUnaryMultiCallable[_task_service_pb2.SubmitResultRequest, _task_service_pb2.SubmitResultResponse]  # type: ignore[assignment]
-    """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
-    under the same lease is answered OK and changes nothing.
+    """Delivers the subtasks of a task under its lease. Idempotent: the same result (the same
+    subtasks, field for field, and the same stop_reason; usage is not compared) sent again under
+    the same lease is answered OK with duplicate set and changes nothing (its usage is not counted
+    again). A result refused with INVALID_ARGUMENT (for example near-duplicate sibling titles)
+    changes nothing either: the lease stays the runner's, to submit a corrected result (the
+    status message says what to correct), or to FailTask or ReleaseTask it.
     """
     SubmitResults: _aio.UnaryUnaryMultiCallable[_task_service_pb2.SubmitResultsRequest, _task_service_pb2.SubmitResultsResponse]  # type: ignore[assignment]
     """Delivers several results in one call, each answered on its own as SubmitResult would answer it
@@ -98,7 +132,9 @@ class TaskServiceAsyncStub(TaskServiceStub):
     ExtendLease: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ExtendLeaseRequest, _task_service_pb2.ExtendLeaseResponse]  # type: ignore[assignment]
     """Heartbeat: pushes the lease's expiry out by the lease timeout."""
     ReleaseTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ReleaseTaskRequest, _task_service_pb2.ReleaseTaskResponse]  # type: ignore[assignment]
-    """Gives a task back unworked (for example on shutdown); no attempt is charged."""
+    """Gives a task back (for example on shutdown): queued again at once, and the attempt is not
+    charged (the next lease has the same Lease.attempt). Its usage is counted.
+    """
     FailTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.FailTaskRequest, _task_service_pb2.FailTaskResponse]  # type: ignore[assignment]
     """Reports that the task could not be decomposed."""
 
@@ -108,13 +144,21 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     against the one-at-a-time calls keeps working: a runner that sets PullTaskRequest.max_batch may be
     sent several assignments in one AssignmentBatch message, and any runner may send several results
     in one SubmitResults call. Connection settings a runner must
-    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s.
-    After a DrainNotice the leader still answers ExtendLease, SubmitResult, ReleaseTask and FailTask
-    until it exits, and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the
-    leader's restart) and reconnects with backoff. Errors: INVALID_ARGUMENT for a
-    malformed request, NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
+    match: messages up to 64 MiB each way; keepalive pings no more often than every 10 s (a client
+    that keeps pinging more often while no data flows is sent an HTTP/2 GOAWAY "too_many_pings",
+    which closes the connection and every call on it; the leader itself pings every 20 s and drops
+    a peer that does not answer within 10 s).
+    Draining: the leader sends a DrainNotice on every stream, then ends the stream with status OK.
+    After that it still answers ExtendLease, SubmitResult, ReleaseTask and FailTask until it exits,
+    and PullTask answers UNAVAILABLE; a runner keeps its leases (they survive the leader's restart)
+    and reconnects with backoff. Errors: INVALID_ARGUMENT for a malformed request (the lease, if
+    any, is left as it was), NOT_FOUND for an unknown task, ABORTED for a lease that is no longer the
     task's current one (expired, reassigned or released), FAILED_PRECONDITION for a task whose
     project was cancelled or a different result under an already accepted lease.
+    Authentication: on a leader with a token, a call without `authorization: Bearer <token>` metadata
+    is answered UNAUTHENTICATED whatever its method name (one of these, an unknown one, or server
+    reflection), so a caller without the token cannot tell which methods exist; only the
+    grpc.health.v1.Health service is open, for probes.
     """
 
     @_abc_1.abstractmethod
@@ -124,8 +168,12 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_service_pb2.PullTaskResponse], _abc.AsyncIterator[_task_service_pb2.PullTaskResponse]]:
         """Opens the runner's work stream. The leader pushes an assignment whenever the runner has a
-        free slot (fewer than max_in_flight live leases). If the stream drops, the runner's leases
-        are shortened to a short grace period; heartbeats (ExtendLease) keep them alive.
+        free slot (fewer than max_in_flight live leases). A slot is free once the leader has accepted
+        the result that held it, so the next assignment may arrive before the runner has the reply to
+        that SubmitResult: a runner must take it (it never holds more than max_in_flight leases at the
+        leader). If the stream drops, each of the runner's leases is shortened to end within the
+        disconnect grace (half the leader's lease timeout: 15 s by default) unless it already ends
+        sooner; heartbeats (ExtendLease) keep them alive as usual.
         """
 
     @_abc_1.abstractmethod
@@ -134,8 +182,12 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.SubmitResultRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.SubmitResultResponse, _abc.Awaitable[_task_service_pb2.SubmitResultResponse]]:
-        """Delivers the subtasks of a task under its lease. Idempotent: the same result sent again
-        under the same lease is answered OK and changes nothing.
+        """Delivers the subtasks of a task under its lease. Idempotent: the same result (the same
+        subtasks, field for field, and the same stop_reason; usage is not compared) sent again under
+        the same lease is answered OK with duplicate set and changes nothing (its usage is not counted
+        again). A result refused with INVALID_ARGUMENT (for example near-duplicate sibling titles)
+        changes nothing either: the lease stays the runner's, to submit a corrected result (the
+        status message says what to correct), or to FailTask or ReleaseTask it.
         """
 
     @_abc_1.abstractmethod
@@ -162,7 +214,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ReleaseTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ReleaseTaskResponse, _abc.Awaitable[_task_service_pb2.ReleaseTaskResponse]]:
-        """Gives a task back unworked (for example on shutdown); no attempt is charged."""
+        """Gives a task back (for example on shutdown): queued again at once, and the attempt is not
+        charged (the next lease has the same Lease.attempt). Its usage is counted.
+        """
 
     @_abc_1.abstractmethod
     def FailTask(
