@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from paradecom.limits import INT32_MAX
 from paradecom.subtasks import find_cycle
 from paradecom.v1 import project_pb2
 
-from .store import TaskRow
+from .store import TaskRow, clamp_int
 
 
 def _siblings(tasks: Sequence[TaskRow]) -> dict[tuple[str, int | None], list[TaskRow]]:
@@ -54,31 +55,39 @@ def consolidation_error(tasks: Sequence[TaskRow]) -> str:
     return ""
 
 
+def task_node(
+    t: TaskRow, depends_on: list[str], status: dict[str, project_pb2.TaskStatus.ValueType]
+) -> project_pb2.TaskNode:
+    """One task as the tree shows it, without its children. The parent's id is the task's own
+    path without its last step; numbers are clamped to their fields (a store written by an older
+    leader may hold anything)."""
+    return project_pb2.TaskNode(
+        id=t.path,
+        parent_id=t.path.rpartition(".")[0] if t.parent_id is not None else "",
+        depth=clamp_int(t.depth, INT32_MAX),
+        title=t.title,
+        description=t.description,
+        acceptance_criteria=t.acceptance_criteria,
+        depends_on=depends_on,
+        atomic=t.atomic,
+        atomic_reason=t.atomic_reason,
+        estimate_hours=t.estimate_hours if isinstance(t.estimate_hours, float) else 0.0,
+        status=status.get(t.state, project_pb2.TASK_STATUS_UNSPECIFIED),
+        attempts=clamp_int(t.attempts, INT32_MAX),
+        last_error=t.last_error,
+        stop_reason=t.stop_reason,
+    )
+
+
 def build_tree(
     tasks: Sequence[TaskRow], status: dict[str, project_pb2.TaskStatus.ValueType]
 ) -> list[project_pb2.TaskNode]:
     """The top-level TaskNodes, each with its subtree, children in position order."""
     deps = resolved_dependencies(tasks)
     nodes: dict[int, project_pb2.TaskNode] = {}
-    by_id = {t.id: t for t in tasks}
     children: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for t in tasks:
-        nodes[t.id] = project_pb2.TaskNode(
-            id=t.path,
-            parent_id=by_id[t.parent_id].path if t.parent_id in by_id else "",
-            depth=t.depth,
-            title=t.title,
-            description=t.description,
-            acceptance_criteria=t.acceptance_criteria,
-            depends_on=deps.get(t.id, []),
-            atomic=t.atomic,
-            atomic_reason=t.atomic_reason,
-            estimate_hours=t.estimate_hours,
-            status=status[t.state],
-            attempts=t.attempts,
-            last_error=t.last_error,
-            stop_reason=t.stop_reason,
-        )
+        nodes[t.id] = task_node(t, deps.get(t.id, []), status)
         if t.parent_id is not None:
             children[t.parent_id].append((t.position, t.id))
     # Attach bottom-up: a protobuf repeated field copies on append, so a node's children must be

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from paradecom import limits
+from paradecom.errors import ProjectFileError
 from paradecom.project import ProjectDefinition
 from paradecom.runner.prompt import RequestSettings, build_request
 from paradecom.v1 import project_pb2, task_pb2
 
-from .consolidate import build_tree
+from .consolidate import build_tree, task_node
 from .group_commit import ResultGroups
 from .lifecycle import MAX_SIBLING_TITLES, STATUS, Accepted, LeaseConfig, Result, TaskLifecycle
 from .store import (
@@ -36,6 +37,7 @@ from .store import (
     ProjectRow,
     Store,
     TaskRow,
+    clamp_int,
 )
 
 PROJECT_STATE = {
@@ -44,6 +46,10 @@ PROJECT_STATE = {
     P_CANCELLED: project_pb2.PROJECT_STATE_CANCELLED,
     P_FAILED: project_pb2.PROJECT_STATE_FAILED,
 }
+
+
+# The fields of LlmUsage: a stored usage object may also hold names an older leader wrote.
+_USAGE_FIELDS = tuple(project_pb2.LlmUsage.DESCRIPTOR.fields_by_name)
 
 
 class ChangeFeed:
@@ -115,6 +121,14 @@ class DecompositionLeader:
         definition.validate(source="project")
         msg = definition.to_proto()
         msg.max_depth = definition.max_depth or self.default_max_depth
+        size = msg.ByteSize()
+        if size > limits.MAX_DEFINITION_BYTES:
+            # Within every other limit a project's seeds can still fill a message; one this size
+            # keeps the first page of its tree (definition included) within a message.
+            raise ProjectFileError(
+                f"project: {size:,} bytes serialized, more than the limit of {limits.MAX_DEFINITION_BYTES:,}"
+                " (32 MiB: fewer or shorter seed tasks)"
+            )
         project_id = uuid.uuid4().hex[:16]
         now_ms = int(self.clock() * 1000)
         seeds = list(msg.tasks) or [
@@ -183,24 +197,28 @@ class DecompositionLeader:
         return None if row is None else self._summary(row)
 
     def _summary(self, row: ProjectRow) -> project_pb2.ProjectSummary:
-        c = row.counts
+        # Every number clamped to its field's type: a store written by an older leader may hold
+        # totals past them, and the project must stay readable (store.clamp_int).
+        c = {state: clamp_int(n, limits.INT32_MAX) for state, n in row.counts.items()}
         return project_pb2.ProjectSummary(
             project_id=row.id,
             name=row.name,
-            state=PROJECT_STATE[row.state],
+            state=PROJECT_STATE.get(row.state, project_pb2.PROJECT_STATE_UNSPECIFIED),
             queued=c.get(QUEUED, 0),
             leased=c.get(LEASED, 0),
             done=c.get(DONE, 0),
             dead=c.get(DEAD, 0),
             cancelled=c.get(CANCELLED, 0),
-            total=sum(c.values()),
-            created_at_unix_ms=row.created_ms,
-            finished_at_unix_ms=row.finished_ms,
+            total=min(sum(c.values()), limits.INT32_MAX),
+            created_at_unix_ms=clamp_int(row.created_ms, limits.INT64_MAX),
+            finished_at_unix_ms=clamp_int(row.finished_ms, limits.INT64_MAX),
             error=row.error,
-            max_depth=row.max_depth,
-            late_results_refused=row.late_results_refused,
-            leases_expired=row.leases_expired,
-            usage=project_pb2.LlmUsage(**row.usage),
+            max_depth=clamp_int(row.max_depth, limits.INT32_MAX),
+            late_results_refused=clamp_int(row.late_results_refused, limits.INT32_MAX),
+            leases_expired=clamp_int(row.leases_expired, limits.INT32_MAX),
+            usage=project_pb2.LlmUsage(
+                **{name: clamp_int(row.usage.get(name, 0), limits.INT64_MAX) for name in _USAGE_FIELDS}
+            ),
         )
 
     def list_projects(
@@ -214,6 +232,39 @@ class DecompositionLeader:
 
     def task_tree(self, project_id: str) -> list[project_pb2.TaskNode]:
         return build_tree(self.store.project_tasks(project_id), STATUS)
+
+    def task_tree_page(
+        self, project_id: str, after_id: int, page_size: int, max_bytes: int = limits.TREE_PAGE_BYTES
+    ) -> tuple[list[project_pb2.TaskNode], int | None]:
+        """The project's tasks created after task `after_id`, flat (no children) and oldest first,
+        up to `page_size` of them and about `max_bytes` (at least one); and the task id to continue
+        after, None when this page reaches the end."""
+        nodes: list[project_pb2.TaskNode] = []
+        size = 0
+        siblings: dict[int | None, dict[str, str]] = {}
+        last = after_id
+        while len(nodes) < page_size:
+            # A few rows at a time: at the limits a task is most of a megabyte.
+            rows = self.store.project_tasks_after(project_id, last, min(64, page_size - len(nodes)))
+            if not rows:
+                return nodes, None
+            for t in rows:
+                depends_on: list[str] = []
+                if t.depends_on:
+                    if t.parent_id not in siblings:
+                        siblings[t.parent_id] = self.store.children_paths(project_id, t.parent_id)
+                    by_key = siblings[t.parent_id]
+                    depends_on = [by_key[k] for k in t.depends_on if k in by_key and k != t.key]
+                node = task_node(t, depends_on, STATUS)
+                # 6: the field's tag and length prefix in the response.
+                node_size = node.ByteSize() + 6
+                if nodes and size + node_size > max_bytes:
+                    return nodes, last
+                nodes.append(node)
+                size += node_size
+                last = t.id
+        more = self.store.project_tasks_after(project_id, last, 1)
+        return nodes, last if more else None
 
     def cancel_project(self, project_id: str) -> bool:
         return self.lifecycle.cancel_project(project_id)
@@ -248,7 +299,7 @@ class DecompositionLeader:
         assignment = task_pb2.TaskAssignment(
             lease=task_pb2.Lease(
                 task_id=str(task.id),
-                attempt=task.attempts,
+                attempt=clamp_int(task.attempts, limits.INT32_MAX),
                 token=task.lease_token,
                 expires_at_unix_ms=task.lease_expires_ms,
                 timeout_ms=int(self.config.lease_timeout_s * 1000),

@@ -37,6 +37,7 @@ from paradecom.subtasks import SubtaskShape, subtask_errors
 from paradecom.v1 import project_pb2, task_pb2
 
 from .consolidate import consolidation_error
+from .ids import parse_decimal_id
 from .store import (
     CANCELLED,
     DEAD,
@@ -143,7 +144,8 @@ def _add_usage(project: ProjectRow, usage: task_pb2.Usage, *, failed: bool = Fal
         ("cache_hits", usage.cache_hits),
         ("failures", int(failed)),
     ):
-        totals[name] = totals.get(name, 0) + value
+        # Saturating: LlmUsage carries int64, and a total that passed it would make the project unreadable.
+        totals[name] = min(totals.get(name, 0) + value, limits.INT64_MAX)
 
 
 class TaskLifecycle:
@@ -231,7 +233,8 @@ class TaskLifecycle:
         return task
 
     def _task(self, task_id: str) -> TaskRow:
-        task = self.store.get_task(int(task_id)) if task_id.isdigit() and len(task_id) < 19 else None
+        number = parse_decimal_id(task_id)
+        task = None if number is None else self.store.get_task(number)
         if task is None:
             raise UnknownTask(f"no task {task_id!r}")
         return task
@@ -239,7 +242,8 @@ class TaskLifecycle:
     def _count_refusal(self, task: TaskRow) -> None:
         project = self.store.get_project(task.project_id)
         assert project is not None
-        project.late_results_refused += 1
+        # Saturating at the int32 of ProjectSummary: a runner can send stale results for ever.
+        project.late_results_refused = min(project.late_results_refused + 1, limits.INT32_MAX)
         self.store.update_project(project)
 
     def _retry_or_bury(self, task: TaskRow, error: str, *, retryable: bool, expired: bool = False) -> str:
@@ -248,7 +252,7 @@ class TaskLifecycle:
         if expired:
             project = self.store.get_project(task.project_id)
             assert project is not None
-            project.leases_expired += 1
+            project.leases_expired = min(project.leases_expired + 1, limits.INT32_MAX)
             self.store.update_project(project)
         if retryable and task.attempts < self.config.max_attempts:
             delay = min(self.config.retry_backoff_s * 2 ** (task.attempts - 1), self.config.max_retry_backoff_s)

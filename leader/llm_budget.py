@@ -10,7 +10,8 @@ The request bucket holds one request and refills at (rpm - 1) per minute, so no 
 ever sees more than `rpm` dispatches: a budget set at the endpoint's limit does not trip it.
 
 On top, AIMD: a reported 429 halves the number of tasks allowed in flight (and pauses dispatch
-for the Retry-After the endpoint gave); every answer without one adds 1/cap back, so the cap
+for the Retry-After the endpoint gave, at most `limits.MAX_RETRY_AFTER_MS`; SetLlmBudget ends a
+pause); every answer without one adds 1/cap back, so the cap
 climbs by one per round of successful answers until it no longer binds. With no budget set this
 is what keeps an unknown endpoint's 429 rate down.
 """
@@ -113,11 +114,17 @@ class LlmBudget:
         return min(positive) if positive else None
 
     def on_rate_limited(self, count: int, retry_after_s: float, in_flight: int) -> None:
-        """Runners met `count` 429s: halve the in-flight cap, pause for the Retry-After."""
-        self.rate_limited += count
+        """Runners met `count` 429s: halve the in-flight cap, pause for the Retry-After (at most
+        MAX_RETRY_AFTER_MS: one runner's report stops every runner, so it is not trusted further)."""
+        self.rate_limited = min(self.rate_limited + max(0, count), limits.INT64_MAX)
         self.cap = max(1.0, min(self.cap if self.cap is not None else float("inf"), in_flight) / 2)
         if retry_after_s > 0:
-            self.paused_until = max(self.paused_until, self.clock() + retry_after_s)
+            pause = min(retry_after_s, limits.MAX_RETRY_AFTER_MS / 1000)
+            self.paused_until = max(self.paused_until, self.clock() + pause)
+
+    def clear_pause(self) -> None:
+        """Dispatch may resume now (SetLlmBudget: the operator has the last word)."""
+        self.paused_until = 0.0
 
     def on_success(self, total_slots: int) -> None:
         """An answer came back without a 429: the cap grows by one per cap successes."""
@@ -127,4 +134,10 @@ class LlmBudget:
                 self.cap = None
 
     def paused_ms(self) -> int:
-        return max(0, int((self.paused_until - self.clock()) * 1000))
+        """Milliseconds until dispatch resumes after a Retry-After; 0 when not paused."""
+        return min(max(0, int((self.paused_until - self.clock()) * 1000)), limits.MAX_RETRY_AFTER_MS)
+
+    def paused_until_unix_ms(self) -> int:
+        """When dispatch resumes, in milliseconds since the Unix epoch (wall clock); 0 when not paused."""
+        paused_ms = self.paused_ms()
+        return int(time.time() * 1000) + paused_ms if paused_ms else 0

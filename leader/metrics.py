@@ -80,6 +80,12 @@ class _StoreCollector(Collector):
         yield tokens
         yield _counter("paradecom_llm_rate_limited", "HTTP 429 answers runners met, as reported with results.",
                        usage("rate_limited"))  # fmt: skip
+        yield GaugeMetricFamily(
+            "paradecom_llm_paused_seconds",
+            "Seconds until dispatch resumes after a Retry-After a runner reported (at most 600); 0 when not "
+            "paused. SetLlmBudget ends the pause.",
+            value=self.scheduler.budget.paused_ms() / 1000,
+        )
         yield _counter("paradecom_llm_reasks", "Re-asks after an invalid LLM answer.", usage("reasks"))
         yield _counter("paradecom_llm_cache_hits", "Tasks answered from a runner's cache.", usage("cache_hits"))
         yield _counter("paradecom_assignment_messages", "PullTask stream messages that carried assignments "

@@ -226,7 +226,8 @@ class Scheduler:
     def rate_limited(self, usage: task_pb2.Usage) -> None:
         """A runner met 429s (reported with a heartbeat): slow every runner down."""
         in_flight = sum(self.leader.lifecycle.leases_by_runner.values())
-        self.budget.on_rate_limited(usage.rate_limited, usage.retry_after_ms / 1000, in_flight)
+        retry_after_ms = min(usage.retry_after_ms, limits.MAX_RETRY_AFTER_MS)  # a longer one is taken as the limit
+        self.budget.on_rate_limited(usage.rate_limited, retry_after_ms / 1000, in_flight)
         log.info("rate limited", count=usage.rate_limited, in_flight=in_flight, cap=self.budget.cap)
 
     async def run(self) -> None:

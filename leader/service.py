@@ -24,6 +24,7 @@ from paradecom.v1 import (
 )
 
 from .core import DecompositionLeader
+from .ids import parse_decimal_id
 from .lifecycle import MAX_STOP_REASON_CHARS, LeaseError
 from .scheduler import Scheduler
 
@@ -46,6 +47,10 @@ class BadRequest(Exception):
     """A request field is missing or out of range: INVALID_ARGUMENT with this message."""
 
 
+class TooLarge(Exception):
+    """The answer would not fit in a message: RESOURCE_EXHAUSTED with this message."""
+
+
 def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The status code and message an error is answered with. Unexpected errors are logged and
     become INTERNAL."""
@@ -53,6 +58,8 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
         return getattr(grpc.StatusCode, exc.code), str(exc)
     if isinstance(exc, (BadRequest, ProjectFileError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, TooLarge):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, KeyError):
         return grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else str(exc)
     log.error("unexpected error", error=str(exc), exc_info=exc)
@@ -78,11 +85,26 @@ def _require_id(name: str, value: str) -> str:
     return value
 
 
+# Each Usage field and its limit (paradecom/limits.py): reports within them cannot make a project's
+# totals overflow what LlmUsage carries. retry_after_ms is clamped instead (Scheduler.rate_limited).
+_USAGE_LIMITS = {
+    "prompt_tokens": limits.MAX_USAGE_TOKENS,
+    "completion_tokens": limits.MAX_USAGE_TOKENS,
+    "calls": limits.MAX_USAGE_COUNT,
+    "reasks": limits.MAX_USAGE_COUNT,
+    "rate_limited": limits.MAX_USAGE_COUNT,
+    "cache_hits": limits.MAX_USAGE_COUNT,
+    "retry_after_ms": None,
+}
+
+
 def _check_usage(usage: task_pb2.Usage) -> None:
-    counts = (usage.prompt_tokens, usage.completion_tokens, usage.calls, usage.reasks, usage.rate_limited,
-              usage.retry_after_ms, usage.cache_hits)  # fmt: skip
-    if any(c < 0 for c in counts):
-        raise BadRequest("usage counts must not be negative")
+    for name, high in _USAGE_LIMITS.items():
+        value = getattr(usage, name)
+        if value < 0:
+            raise BadRequest(f"usage.{name}: {value} is negative" + (f"; the limit is 0 to {high:,}" if high else ""))
+        if high is not None and value > high:
+            raise BadRequest(f"usage.{name}: {value} is more than the limit of {high:,}")
 
 
 def _check_subtasks(subtasks: list[task_pb2.Subtask], stop_reason: str) -> None:
@@ -278,9 +300,9 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
                 raise BadRequest(f"page_size must be from 0 to {MAX_PAGE_SIZE}")
             before: int | None = None
             if request.page_token:
-                if not request.page_token.isdigit() or len(request.page_token) > 18:
+                before = parse_decimal_id(request.page_token)
+                if before is None:
                     raise BadRequest("page_token is not one this leader gave")
-                before = int(request.page_token)
             projects, next_seq = self.leader.list_projects(request.page_size or DEFAULT_PAGE_SIZE, before)
             return project_service_pb2.ListProjectsResponse(
                 projects=projects, next_page_token="" if next_seq is None else str(next_seq)
@@ -308,12 +330,37 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
         self, request: project_service_pb2.GetTaskTreeRequest, context: Context
     ) -> project_service_pb2.GetTaskTreeResponse:
         def call() -> project_service_pb2.GetTaskTreeResponse:
+            if not 0 <= request.page_size <= limits.MAX_TREE_PAGE_SIZE:
+                raise BadRequest(f"page_size must be from 0 to {limits.MAX_TREE_PAGE_SIZE:,}")
+            after: int | None = 0
+            if request.page_token:
+                if not request.page_size:
+                    raise BadRequest("page_token goes with a page_size above 0")
+                after = parse_decimal_id(request.page_token)
+                if after is None:
+                    raise BadRequest("page_token is not one this leader gave")
             summary = self._summary(request.project_id)
-            return project_service_pb2.GetTaskTreeResponse(
+            if request.page_size:
+                assert after is not None
+                tasks, last = self.leader.task_tree_page(request.project_id, after, request.page_size)
+                return project_service_pb2.GetTaskTreeResponse(
+                    project=summary,
+                    definition=None if request.page_token else self.leader.definition(request.project_id),
+                    tasks=tasks,
+                    next_page_token="" if last is None else str(last),
+                )
+            response = project_service_pb2.GetTaskTreeResponse(
                 project=summary,
                 definition=self.leader.definition(request.project_id),
                 tasks=self.leader.task_tree(request.project_id),
             )
+            size = response.ByteSize()
+            if size > limits.MAX_MESSAGE_BYTES:
+                raise TooLarge(
+                    f"the tree of project {request.project_id} is {size:,} bytes, over the message limit of"
+                    f" {limits.MAX_MESSAGE_BYTES:,}: read it in pages (GetTaskTreeRequest.page_size)"
+                )
+            return response
 
         return await _guard(context, call)
 
@@ -343,12 +390,13 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
             adaptive_concurrency=0 if b.cap is None else int(b.cap),
             rate_limited=b.rate_limited,
             paused_ms=b.paused_ms(),
+            paused_until_unix_ms=b.paused_until_unix_ms(),
         )
 
     async def GetLlmBudget(
         self, request: admin_service_pb2.GetLlmBudgetRequest, context: Context
     ) -> admin_service_pb2.GetLlmBudgetResponse:
-        return admin_service_pb2.GetLlmBudgetResponse(budget=self._budget())
+        return await _guard(context, lambda: admin_service_pb2.GetLlmBudgetResponse(budget=self._budget()))
 
     async def SetLlmBudget(
         self, request: admin_service_pb2.SetLlmBudgetRequest, context: Context
@@ -358,6 +406,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
                 self.scheduler.budget.set_limits(request.requests_per_minute, request.tokens_per_minute)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
+            self.scheduler.budget.clear_pause()
             self.scheduler.leader.feed.any_change.set()
             log.info("llm budget changed", rpm=request.requests_per_minute, tpm=request.tokens_per_minute)
             return admin_service_pb2.SetLlmBudgetResponse(budget=self._budget())

@@ -15,11 +15,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from paradecom.limits import INT32_MAX, INT64_MAX
 
 # Task states as stored; the proto's TaskStatus values map one to one (see lifecycle.STATUS).
 QUEUED = "queued"
@@ -111,6 +114,8 @@ class Store(Protocol):
     def get_task(self, task_id: int) -> TaskRow | None: ...
     def project_tasks(self, project_id: str) -> list[TaskRow]: ...
     def children_titles(self, project_id: str, parent_id: int | None, limit: int) -> list[tuple[int, str]]: ...
+    def project_tasks_after(self, project_id: str, after_id: int, limit: int) -> list[TaskRow]: ...
+    def children_paths(self, project_id: str, parent_id: int | None) -> dict[str, str]: ...
     def ready_task_ids(self, now_ms: int, limit: int) -> list[int]: ...
     def next_backoff_ms(self, now_ms: int) -> int | None: ...
     def due_lease_ids(self, now_ms: int) -> list[int]: ...
@@ -180,6 +185,8 @@ CREATE INDEX IF NOT EXISTS tasks_runner ON tasks (runner_id) WHERE state = 'leas
 CREATE INDEX IF NOT EXISTS tasks_project ON tasks (project_id, state);
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks (parent_id, position);
 CREATE INDEX IF NOT EXISTS tasks_top_level ON tasks (project_id, position) WHERE parent_id IS NULL;
+-- GetTaskTree in pages: a project's tasks in the order they were created.
+CREATE INDEX IF NOT EXISTS tasks_project_order ON tasks (project_id, id);
 CREATE INDEX IF NOT EXISTS projects_state ON projects (state);
 """
 
@@ -199,12 +206,34 @@ _PROJECT_SELECT = (
 )
 
 
+def clamp_int(value: object, high: int) -> int:
+    """A stored number as the contract can carry it: from 0 to `high`. A store written by an older
+    leader may hold any value (a total past int64 in a JSON column, a float); reading it must not fail."""
+    if isinstance(value, float):
+        value = int(value) if math.isfinite(value) else 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return min(max(value, 0), high)
+
+
+def _counters(text: str) -> dict[str, int]:
+    """A JSON object of counters (task counts, LLM usage), each clamped to int64."""
+    try:
+        data = json.loads(text)
+    except ValueError:  # also a number too long to parse (Python's digit limit)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): clamp_int(v, INT64_MAX) for k, v in data.items()}
+
+
 def _task(row: sqlite3.Row | tuple[Any, ...]) -> TaskRow:
     r = tuple(row)
     return TaskRow(
         id=r[0], project_id=r[1], parent_id=r[2], path=r[3], position=r[4], depth=r[5], key=r[6],
         title=r[7], description=r[8], acceptance_criteria=json.loads(r[9]), depends_on=json.loads(r[10]),
-        atomic=bool(r[11]), atomic_reason=r[12], estimate_hours=r[13], state=r[14], attempts=r[15],
+        atomic=bool(r[11]), atomic_reason=r[12], estimate_hours=r[13], state=r[14],
+        attempts=clamp_int(r[15], INT32_MAX),
         lease_token=r[16], lease_expires_ms=r[17], runner_id=r[18], not_before_ms=r[19], last_error=r[20],
         result_digest=r[21], stop_reason=r[22],
     )  # fmt: skip
@@ -223,8 +252,9 @@ def _project(row: tuple[Any, ...]) -> ProjectRow:
     r = tuple(row)
     return ProjectRow(
         id=r[0], seq=r[1], name=r[2], definition=r[3], max_depth=r[4], state=r[5], error=r[6],
-        created_ms=r[7], finished_ms=r[8], counts=json.loads(r[9]), late_results_refused=r[10],
-        leases_expired=r[11], usage=json.loads(r[12]), max_tasks=r[13], max_tokens=r[14],
+        created_ms=r[7], finished_ms=r[8], counts=_counters(r[9]),
+        late_results_refused=clamp_int(r[10], INT32_MAX), leases_expired=clamp_int(r[11], INT32_MAX),
+        usage=_counters(r[12]), max_tasks=r[13], max_tokens=r[14],
     )  # fmt: skip
 
 
@@ -378,7 +408,12 @@ class SqliteStore:
         rows = self._db.execute(
             "SELECT id, state, counts, late_results_refused, leases_expired, usage FROM projects"
         ).fetchall()
-        return [ProjectStats(r[0], r[1], json.loads(r[2]), r[3], r[4], json.loads(r[5])) for r in rows]
+        return [
+            ProjectStats(
+                r[0], r[1], _counters(r[2]), clamp_int(r[3], INT64_MAX), clamp_int(r[4], INT64_MAX), _counters(r[5])
+            )
+            for r in rows
+        ]
 
     # Tasks.
 
@@ -409,6 +444,23 @@ class SqliteStore:
             (project_id,),
         ).fetchall()
         return [_task(r) for r in rows]
+
+    def project_tasks_after(self, project_id: str, after_id: int, limit: int) -> list[TaskRow]:
+        """Up to `limit` of the project's tasks created after task `after_id`, oldest first (so a
+        parent comes before its children)."""
+        rows = self._db.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE project_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (project_id, after_id, limit),
+        ).fetchall()
+        return [_task(r) for r in rows]
+
+    def children_paths(self, project_id: str, parent_id: int | None) -> dict[str, str]:
+        """Key -> path of the children of `parent_id` (None: the top-level tasks)."""
+        if parent_id is None:
+            sql = "SELECT key, path FROM tasks WHERE project_id = ? AND parent_id IS NULL"
+            return {r[0]: r[1] for r in self._db.execute(sql, (project_id,))}
+        sql = "SELECT key, path FROM tasks WHERE parent_id = ?"
+        return {r[0]: r[1] for r in self._db.execute(sql, (parent_id,))}
 
     def children_titles(self, project_id: str, parent_id: int | None, limit: int) -> list[tuple[int, str]]:
         if parent_id is None:

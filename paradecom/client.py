@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TypeVar
 
 import grpc
 
+from paradecom import limits
 from paradecom.errors import LeaderError, LeaderRefusedError, LeaderUnavailableError
 from paradecom.project import ProjectDefinition
 from paradecom.security import Security, channel, is_tls_failure
@@ -41,6 +43,22 @@ def progress_line(p: project_pb2.ProjectSummary) -> str:
     return (
         f"{p.project_id} {state_name(p.state)}: {p.done} done, {p.leased} leased, {p.queued} queued, "
         f"{p.dead} dead of {p.total} tasks"
+    )
+
+
+def nested_tree(pages: Sequence[project_service_pb2.GetTaskTreeResponse]) -> project_service_pb2.GetTaskTreeResponse:
+    """The pages of GetTaskTree (flat, parents first) as one nested answer, as page_size 0 gives it;
+    the summary is the last page's (the newest)."""
+    flat = [node for page in pages for node in page.tasks]
+    children: dict[str, list[project_pb2.TaskNode]] = defaultdict(list)
+    for node in flat:
+        children[node.parent_id].append(node)
+    # Deepest first: a protobuf repeated field copies on append, so a node's children must be
+    # complete before it joins its parent.
+    for node in sorted(flat, key=lambda n: -n.depth):
+        node.children.extend(children.get(node.id, ()))
+    return project_service_pb2.GetTaskTreeResponse(
+        project=pages[-1].project, definition=pages[0].definition, tasks=children.get("", [])
     )
 
 
@@ -136,11 +154,18 @@ class LeaderClient:
                 delay = min(delay * 2, 5.0)
 
     async def tree(self, project_id: str) -> project_service_pb2.GetTaskTreeResponse:
-        return await self._call(
-            self._stub.GetTaskTree(
-                project_service_pb2.GetTaskTreeRequest(project_id=project_id), timeout=CALL_TIMEOUT_S
+        """The whole tree, nested, read in pages: a tree over the message limit reads all the same."""
+        pages: list[project_service_pb2.GetTaskTreeResponse] = []
+        token = ""
+        while True:
+            request = project_service_pb2.GetTaskTreeRequest(
+                project_id=project_id, page_size=limits.MAX_TREE_PAGE_SIZE, page_token=token
             )
-        )
+            page = await self._call(self._stub.GetTaskTree(request, timeout=CALL_TIMEOUT_S))
+            pages.append(page)
+            token = page.next_page_token
+            if not token:
+                return nested_tree(pages)
 
     async def cancel(self, project_id: str) -> project_pb2.ProjectSummary:
         resp = await self._call(

@@ -14,6 +14,10 @@ MAX_ITEM_CHARS = 2_000  # one goal, constraint or criterion
 MAX_TITLE_CHARS = 300
 MAX_SEED_TASKS = 10_000
 MAX_PROJECT_FILE_BYTES = 10 * 1024 * 1024
+# A project as SubmitProject takes it, serialized (seeds included): half the message limit, so the
+# first page of GetTaskTree (the definition, a summary and up to TREE_PAGE_BYTES of tasks) always fits
+# in one message, whatever the seeds hold.
+MAX_DEFINITION_BYTES = 32 * 1024 * 1024
 
 # Tree shape.
 DEFAULT_MAX_DEPTH = 3
@@ -22,6 +26,27 @@ MAX_SUBTASKS = 20  # children of one task
 MAX_KEY_CHARS = 64
 MAX_TASKS_PER_PROJECT = 200_000
 MAX_PROJECT_TOKENS = 10**12
+# GetTaskTree in pages: at most this many tasks a page (GetTaskTreeRequest.page_size), and a page is
+# closed at about TREE_PAGE_BYTES (one task is under 1 MiB at the limits above, so a page always
+# holds at least one).
+MAX_TREE_PAGE_SIZE = 10_000
+TREE_PAGE_BYTES = 4 * 1024 * 1024
+
+# The range of the contract's integer types: what every number the leader stores or sends must fit.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+# LLM usage a runner reports in one call (Usage, in SubmitResult, SubmitResults, FailTask and
+# ExtendLease, ReleaseTask), each field checked where it comes in (INVALID_ARGUMENT above the limit).
+# A project's results and failures are at most MAX_TASKS_PER_PROJECT x MAX_ATTEMPTS_LIMIT reports
+# (2 x 10**7), whose totals stay far below INT64_MAX with these limits (tokens: 2 x 10**17; counts:
+# 2 x 10**13). Releases charge no attempt, so their number has no bound: the leader also saturates
+# every total at INT64_MAX, and no sequence of reports can overflow one.
+MAX_USAGE_TOKENS = 10**10  # prompt_tokens, completion_tokens
+MAX_USAGE_COUNT = 1_000_000  # calls, reasks, rate_limited, cache_hits
+# Usage.retry_after_ms: an HTTP Retry-After pauses dispatch for every runner, for at most this long
+# (10 minutes: what hosted endpoints give for per-minute limits, with room). A longer value is taken
+# as this one: the pause ends, and the AIMD cap and the runners' own retries pace what follows.
+MAX_RETRY_AFTER_MS = 600_000
 
 # LLM answers. A real answer is a few KB (2,000 tokens by default) and no model writes a million
 # characters in one answer; anything longer is a model stuck in a loop, refused before it is

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n paradecom/v1/admin_service.proto\x12\x0cparadecom.v1\"\x8a\x01\n\tLlmBudget\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\x12\x1c\n\x14\x61\x64\x61ptive_concurrency\x18\x03 \x01(\x05\x12\x14\n\x0crate_limited\x18\x04 \x01(\x03\x12\x11\n\tpaused_ms\x18\x05 \x01(\x03\"\x15\n\x13GetLlmBudgetRequest\"?\n\x14GetLlmBudgetResponse\x12\'\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x17.paradecom.v1.LlmBudget\"M\n\x13SetLlmBudgetRequest\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\"?\n\x14SetLlmBudgetResponse\x12\'\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x17.paradecom.v1.LlmBudget\"\x14\n\x12ListRunnersRequest\"\x88\x01\n\nRunnerInfo\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x15\n\rmax_in_flight\x18\x04 \x01(\x05\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x1c\n\x14\x63onnected_at_unix_ms\x18\x06 \x01(\x03\"@\n\x13ListRunnersResponse\x12)\n\x07runners\x18\x01 \x03(\x0b\x32\x18.paradecom.v1.RunnerInfo2\x90\x02\n\x0c\x41\x64minService\x12U\n\x0cGetLlmBudget\x12!.paradecom.v1.GetLlmBudgetRequest\x1a\".paradecom.v1.GetLlmBudgetResponse\x12U\n\x0cSetLlmBudget\x12!.paradecom.v1.SetLlmBudgetRequest\x1a\".paradecom.v1.SetLlmBudgetResponse\x12R\n\x0bListRunners\x12 .paradecom.v1.ListRunnersRequest\x1a!.paradecom.v1.ListRunnersResponseBv\n\x10\x64\x65v.paradecom.v1B\x11\x41\x64minServiceProtoP\x01Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\xaa\x02\x0cParaDecom.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n paradecom/v1/admin_service.proto\x12\x0cparadecom.v1\"\xa8\x01\n\tLlmBudget\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\x12\x1c\n\x14\x61\x64\x61ptive_concurrency\x18\x03 \x01(\x05\x12\x14\n\x0crate_limited\x18\x04 \x01(\x03\x12\x11\n\tpaused_ms\x18\x05 \x01(\x03\x12\x1c\n\x14paused_until_unix_ms\x18\x06 \x01(\x03\"\x15\n\x13GetLlmBudgetRequest\"?\n\x14GetLlmBudgetResponse\x12\'\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x17.paradecom.v1.LlmBudget\"M\n\x13SetLlmBudgetRequest\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\"?\n\x14SetLlmBudgetResponse\x12\'\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x17.paradecom.v1.LlmBudget\"\x14\n\x12ListRunnersRequest\"\x88\x01\n\nRunnerInfo\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x15\n\rmax_in_flight\x18\x04 \x01(\x05\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x1c\n\x14\x63onnected_at_unix_ms\x18\x06 \x01(\x03\"@\n\x13ListRunnersResponse\x12)\n\x07runners\x18\x01 \x03(\x0b\x32\x18.paradecom.v1.RunnerInfo2\x90\x02\n\x0c\x41\x64minService\x12U\n\x0cGetLlmBudget\x12!.paradecom.v1.GetLlmBudgetRequest\x1a\".paradecom.v1.GetLlmBudgetResponse\x12U\n\x0cSetLlmBudget\x12!.paradecom.v1.SetLlmBudgetRequest\x1a\".paradecom.v1.SetLlmBudgetResponse\x12R\n\x0bListRunners\x12 .paradecom.v1.ListRunnersRequest\x1a!.paradecom.v1.ListRunnersResponseBv\n\x10\x64\x65v.paradecom.v1B\x11\x41\x64minServiceProtoP\x01Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\xaa\x02\x0cParaDecom.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.paradecom.v1B\021AdminServiceProtoP\001Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\252\002\014ParaDecom.V1'
   _globals['_LLMBUDGET']._serialized_start=51
-  _globals['_LLMBUDGET']._serialized_end=189
-  _globals['_GETLLMBUDGETREQUEST']._serialized_start=191
-  _globals['_GETLLMBUDGETREQUEST']._serialized_end=212
-  _globals['_GETLLMBUDGETRESPONSE']._serialized_start=214
-  _globals['_GETLLMBUDGETRESPONSE']._serialized_end=277
-  _globals['_SETLLMBUDGETREQUEST']._serialized_start=279
-  _globals['_SETLLMBUDGETREQUEST']._serialized_end=356
-  _globals['_SETLLMBUDGETRESPONSE']._serialized_start=358
-  _globals['_SETLLMBUDGETRESPONSE']._serialized_end=421
-  _globals['_LISTRUNNERSREQUEST']._serialized_start=423
-  _globals['_LISTRUNNERSREQUEST']._serialized_end=443
-  _globals['_RUNNERINFO']._serialized_start=446
-  _globals['_RUNNERINFO']._serialized_end=582
-  _globals['_LISTRUNNERSRESPONSE']._serialized_start=584
-  _globals['_LISTRUNNERSRESPONSE']._serialized_end=648
-  _globals['_ADMINSERVICE']._serialized_start=651
-  _globals['_ADMINSERVICE']._serialized_end=923
+  _globals['_LLMBUDGET']._serialized_end=219
+  _globals['_GETLLMBUDGETREQUEST']._serialized_start=221
+  _globals['_GETLLMBUDGETREQUEST']._serialized_end=242
+  _globals['_GETLLMBUDGETRESPONSE']._serialized_start=244
+  _globals['_GETLLMBUDGETRESPONSE']._serialized_end=307
+  _globals['_SETLLMBUDGETREQUEST']._serialized_start=309
+  _globals['_SETLLMBUDGETREQUEST']._serialized_end=386
+  _globals['_SETLLMBUDGETRESPONSE']._serialized_start=388
+  _globals['_SETLLMBUDGETRESPONSE']._serialized_end=451
+  _globals['_LISTRUNNERSREQUEST']._serialized_start=453
+  _globals['_LISTRUNNERSREQUEST']._serialized_end=473
+  _globals['_RUNNERINFO']._serialized_start=476
+  _globals['_RUNNERINFO']._serialized_end=612
+  _globals['_LISTRUNNERSRESPONSE']._serialized_start=614
+  _globals['_LISTRUNNERSRESPONSE']._serialized_end=678
+  _globals['_ADMINSERVICE']._serialized_start=681
+  _globals['_ADMINSERVICE']._serialized_end=953
 # @@protoc_insertion_point(module_scope)

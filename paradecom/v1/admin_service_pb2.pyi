@@ -29,6 +29,7 @@ class LlmBudget(_message.Message):
     ADAPTIVE_CONCURRENCY_FIELD_NUMBER: _builtins.int
     RATE_LIMITED_FIELD_NUMBER: _builtins.int
     PAUSED_MS_FIELD_NUMBER: _builtins.int
+    PAUSED_UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     requests_per_minute: _builtins.int
     """Requests per minute over all runners together; 0 means no limit."""
     tokens_per_minute: _builtins.int
@@ -40,7 +41,14 @@ class LlmBudget(_message.Message):
     rate_limited: _builtins.int
     """Read only: HTTP 429s runners reported since the leader started."""
     paused_ms: _builtins.int
-    """Read only: milliseconds until dispatch resumes after a Retry-After; 0 when not paused."""
+    """Read only: milliseconds until dispatch resumes after a Retry-After a runner reported
+    (Usage.retry_after_ms with ExtendLease); 0 when not paused. At most 600,000 (10 minutes):
+    a longer Retry-After is taken as 600,000. SetLlmBudget ends the pause.
+    """
+    paused_until_unix_ms: _builtins.int
+    """Read only: when dispatch resumes, milliseconds since the Unix epoch (leader's clock); 0 when
+    not paused.
+    """
     def __init__(
         self,
         *,
@@ -49,10 +57,11 @@ class LlmBudget(_message.Message):
         adaptive_concurrency: _builtins.int = ...,
         rate_limited: _builtins.int = ...,
         paused_ms: _builtins.int = ...,
+        paused_until_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive_concurrency", b"adaptive_concurrency", "paused_ms", b"paused_ms", "rate_limited", b"rate_limited", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adaptive_concurrency", b"adaptive_concurrency", "paused_ms", b"paused_ms", "paused_until_unix_ms", b"paused_until_unix_ms", "rate_limited", b"rate_limited", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -101,7 +110,9 @@ Global___GetLlmBudgetResponse: _TypeAlias = GetLlmBudgetResponse  # noqa: Y015
 
 @_typing.final
 class SetLlmBudgetRequest(_message.Message):
-    """A new budget. Both limits are set together; send the current value to keep one."""
+    """A new budget. Both limits are set together; send the current value to keep one. Setting it also
+    ends a Retry-After pause, so sending the current values resumes dispatch at once.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

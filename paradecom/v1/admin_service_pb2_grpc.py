@@ -72,7 +72,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetLlmBudget(self, request, context):
-        """Changes the global LLM budget; takes effect at the next dispatch.
+        """Changes the global LLM budget and ends any pause a reported Retry-After started (LlmBudget.paused_ms);
+        takes effect at the next dispatch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,7 +41,9 @@ class AdminServiceStub:
     GetLlmBudget: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetLlmBudgetRequest, _admin_service_pb2.GetLlmBudgetResponse]
     """Reads the global LLM budget and how dispatch is adapting to the endpoint."""
     SetLlmBudget: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetLlmBudgetRequest, _admin_service_pb2.SetLlmBudgetResponse]
-    """Changes the global LLM budget; takes effect at the next dispatch."""
+    """Changes the global LLM budget and ends any pause a reported Retry-After started (LlmBudget.paused_ms);
+    takes effect at the next dispatch.
+    """
     ListRunners: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRunnersRequest, _admin_service_pb2.ListRunnersResponse]
     """Lists the runners the leader knows now: those with an open PullTask stream, and those whose
     stream dropped while they still hold leases (within the disconnect grace).
@@ -60,7 +62,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetLlmBudget: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetLlmBudgetRequest, _admin_service_pb2.GetLlmBudgetResponse]  # type: ignore[assignment]
     """Reads the global LLM budget and how dispatch is adapting to the endpoint."""
     SetLlmBudget: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetLlmBudgetRequest, _admin_service_pb2.SetLlmBudgetResponse]  # type: ignore[assignment]
-    """Changes the global LLM budget; takes effect at the next dispatch."""
+    """Changes the global LLM budget and ends any pause a reported Retry-After started (LlmBudget.paused_ms);
+    takes effect at the next dispatch.
+    """
     ListRunners: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRunnersRequest, _admin_service_pb2.ListRunnersResponse]  # type: ignore[assignment]
     """Lists the runners the leader knows now: those with an open PullTask stream, and those whose
     stream dropped while they still hold leases (within the disconnect grace).
@@ -88,7 +92,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.SetLlmBudgetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetLlmBudgetResponse, _abc.Awaitable[_admin_service_pb2.SetLlmBudgetResponse]]:
-        """Changes the global LLM budget; takes effect at the next dispatch."""
+        """Changes the global LLM budget and ends any pause a reported Retry-After started (LlmBudget.paused_ms);
+        takes effect at the next dispatch.
+        """
 
     @_abc_1.abstractmethod
     def ListRunners(

@@ -242,10 +242,13 @@ class ProjectSummary(_message.Message):
     """The depth limit in force for this project."""
     late_results_refused: _builtins.int
     """Results (SubmitResult, FailTask, ReleaseTask) refused because their lease was stale: late
-    runners, or runners that lost their lease. Stale heartbeats are not counted.
+    runners, or runners that lost their lease. Stale heartbeats are not counted. Saturates at
+    2,147,483,647.
     """
     leases_expired: _builtins.int
-    """Leases that expired or were lost with their runner, each followed by a retry or a dead letter."""
+    """Leases that expired or were lost with their runner, each followed by a retry or a dead letter.
+    Saturates at 2,147,483,647.
+    """
     @_builtins.property
     def usage(self) -> Global___LlmUsage:
         """LLM usage of the whole project, as runners reported it."""
@@ -280,7 +283,9 @@ Global___ProjectSummary: _TypeAlias = ProjectSummary  # noqa: Y015
 
 @_typing.final
 class LlmUsage(_message.Message):
-    """LLM usage summed over a project."""
+    """LLM usage summed over a project. Each total saturates at 9,223,372,036,854,775,807 (the int64
+    maximum) instead of overflowing; the per-report limits of Usage keep real totals far below it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from paradecom.v1 import project_pb2 as paradecom_dot_v1_dot_project__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"paradecom/v1/project_service.proto\x12\x0cparadecom.v1\x1a\x1aparadecom/v1/project.proto\"H\n\x14SubmitProjectRequest\x12\x30\n\x07project\x18\x01 \x01(\x0b\x32\x1f.paradecom.v1.ProjectDefinition\"+\n\x15SubmitProjectResponse\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\'\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"C\n\x12GetProjectResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x14ListProjectsResponse\x12.\n\x08projects\x18\x01 \x03(\x0b\x32\x1c.paradecom.v1.ProjectSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13WatchProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"E\n\x14WatchProjectResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary\"(\n\x12GetTaskTreeRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\xa0\x01\n\x13GetTaskTreeResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary\x12\x33\n\ndefinition\x18\x02 \x01(\x0b\x32\x1f.paradecom.v1.ProjectDefinition\x12%\n\x05tasks\x18\x03 \x03(\x0b\x32\x16.paradecom.v1.TaskNode\"*\n\x14\x43\x61ncelProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"F\n\x15\x43\x61ncelProjectResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary2\x99\x04\n\x0eProjectService\x12X\n\rSubmitProject\x12\".paradecom.v1.SubmitProjectRequest\x1a#.paradecom.v1.SubmitProjectResponse\x12O\n\nGetProject\x12\x1f.paradecom.v1.GetProjectRequest\x1a .paradecom.v1.GetProjectResponse\x12U\n\x0cListProjects\x12!.paradecom.v1.ListProjectsRequest\x1a\".paradecom.v1.ListProjectsResponse\x12W\n\x0cWatchProject\x12!.paradecom.v1.WatchProjectRequest\x1a\".paradecom.v1.WatchProjectResponse0\x01\x12R\n\x0bGetTaskTree\x12 .paradecom.v1.GetTaskTreeRequest\x1a!.paradecom.v1.GetTaskTreeResponse\x12X\n\rCancelProject\x12\".paradecom.v1.CancelProjectRequest\x1a#.paradecom.v1.CancelProjectResponseBx\n\x10\x64\x65v.paradecom.v1B\x13ProjectServiceProtoP\x01Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\xaa\x02\x0cParaDecom.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"paradecom/v1/project_service.proto\x12\x0cparadecom.v1\x1a\x1aparadecom/v1/project.proto\"H\n\x14SubmitProjectRequest\x12\x30\n\x07project\x18\x01 \x01(\x0b\x32\x1f.paradecom.v1.ProjectDefinition\"+\n\x15SubmitProjectResponse\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\'\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"C\n\x12GetProjectResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x14ListProjectsResponse\x12.\n\x08projects\x18\x01 \x03(\x0b\x32\x1c.paradecom.v1.ProjectSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13WatchProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"E\n\x14WatchProjectResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary\"O\n\x12GetTaskTreeRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xb9\x01\n\x13GetTaskTreeResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary\x12\x33\n\ndefinition\x18\x02 \x01(\x0b\x32\x1f.paradecom.v1.ProjectDefinition\x12%\n\x05tasks\x18\x03 \x03(\x0b\x32\x16.paradecom.v1.TaskNode\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"*\n\x14\x43\x61ncelProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"F\n\x15\x43\x61ncelProjectResponse\x12-\n\x07project\x18\x01 \x01(\x0b\x32\x1c.paradecom.v1.ProjectSummary2\x99\x04\n\x0eProjectService\x12X\n\rSubmitProject\x12\".paradecom.v1.SubmitProjectRequest\x1a#.paradecom.v1.SubmitProjectResponse\x12O\n\nGetProject\x12\x1f.paradecom.v1.GetProjectRequest\x1a .paradecom.v1.GetProjectResponse\x12U\n\x0cListProjects\x12!.paradecom.v1.ListProjectsRequest\x1a\".paradecom.v1.ListProjectsResponse\x12W\n\x0cWatchProject\x12!.paradecom.v1.WatchProjectRequest\x1a\".paradecom.v1.WatchProjectResponse0\x01\x12R\n\x0bGetTaskTree\x12 .paradecom.v1.GetTaskTreeRequest\x1a!.paradecom.v1.GetTaskTreeResponse\x12X\n\rCancelProject\x12\".paradecom.v1.CancelProjectRequest\x1a#.paradecom.v1.CancelProjectResponseBx\n\x10\x64\x65v.paradecom.v1B\x13ProjectServiceProtoP\x01Z>github.com/paradecom/paradecom/gen/go/paradecom/v1;paradecomv1\xaa\x02\x0cParaDecom.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,13 +50,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHPROJECTRESPONSE']._serialized_start=511
   _globals['_WATCHPROJECTRESPONSE']._serialized_end=580
   _globals['_GETTASKTREEREQUEST']._serialized_start=582
-  _globals['_GETTASKTREEREQUEST']._serialized_end=622
-  _globals['_GETTASKTREERESPONSE']._serialized_start=625
-  _globals['_GETTASKTREERESPONSE']._serialized_end=785
-  _globals['_CANCELPROJECTREQUEST']._serialized_start=787
-  _globals['_CANCELPROJECTREQUEST']._serialized_end=829
-  _globals['_CANCELPROJECTRESPONSE']._serialized_start=831
-  _globals['_CANCELPROJECTRESPONSE']._serialized_end=901
-  _globals['_PROJECTSERVICE']._serialized_start=904
-  _globals['_PROJECTSERVICE']._serialized_end=1441
+  _globals['_GETTASKTREEREQUEST']._serialized_end=661
+  _globals['_GETTASKTREERESPONSE']._serialized_start=664
+  _globals['_GETTASKTREERESPONSE']._serialized_end=849
+  _globals['_CANCELPROJECTREQUEST']._serialized_start=851
+  _globals['_CANCELPROJECTREQUEST']._serialized_end=893
+  _globals['_CANCELPROJECTRESPONSE']._serialized_start=895
+  _globals['_CANCELPROJECTRESPONSE']._serialized_end=965
+  _globals['_PROJECTSERVICE']._serialized_start=968
+  _globals['_PROJECTSERVICE']._serialized_end=1505
 # @@protoc_insertion_point(module_scope)

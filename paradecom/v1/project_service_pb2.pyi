@@ -28,7 +28,9 @@ class SubmitProjectRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def project(self) -> _project_pb2.ProjectDefinition:
-        """The project."""
+        """The project: within the limits of each field, and at most 32 MiB serialized in all (seed
+        tasks included), so its tree's first page always fits in a message; INVALID_ARGUMENT beyond.
+        """
 
     def __init__(
         self,
@@ -122,7 +124,9 @@ class ListProjectsRequest(_message.Message):
     page_size: _builtins.int
     """At most this many projects; 0 means 100; at most 1,000."""
     page_token: _builtins.str
-    """Empty for the first page, else next_page_token of the previous answer."""
+    """Empty for the first page, else next_page_token of the previous answer (INVALID_ARGUMENT for
+    any other text).
+    """
     def __init__(
         self,
         *,
@@ -213,21 +217,36 @@ Global___WatchProjectResponse: _TypeAlias = WatchProjectResponse  # noqa: Y015
 
 @_typing.final
 class GetTaskTreeRequest(_message.Message):
-    """Names the project whose tree to read."""
+    """Names the project whose tree to read, whole or a page of it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The project's id."""
+    page_size: _builtins.int
+    """0: the whole tree in one message, nested (GetTaskTreeResponse.tasks), which fails with
+    RESOURCE_EXHAUSTED when it is over the 64 MiB message limit (a project can grow that large
+    within the other limits). 1 to 10,000: one page of at most this many tasks, flat; a page is
+    also closed at about 4 MiB (always holding at least one task, and no task is over 1 MiB), so
+    every page fits in a message whatever the project holds. Reading every page reads any tree.
+    """
+    page_token: _builtins.str
+    """With page_size above 0: empty for the first page, else next_page_token of the previous page
+    (INVALID_ARGUMENT for any other text).
+    """
     def __init__(
         self,
         *,
         project_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,24 +254,35 @@ Global___GetTaskTreeRequest: _TypeAlias = GetTaskTreeRequest  # noqa: Y015
 
 @_typing.final
 class GetTaskTreeResponse(_message.Message):
-    """A project's task tree."""
+    """A project's task tree, or a page of it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """In pages: pass as page_token for the next page; empty on the last page (and with page_size 0)."""
     @_builtins.property
     def project(self) -> _project_pb2.ProjectSummary:
-        """State and counters."""
+        """State and counters, as they are when this answer (or page) was read."""
 
     @_builtins.property
     def definition(self) -> _project_pb2.ProjectDefinition:
-        """The project's definition as submitted (with max_depth resolved)."""
+        """The project's definition as submitted (with max_depth resolved); at most 32 MiB serialized, as
+        SubmitProject enforces. In pages: on the first page only.
+        """
 
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_project_pb2.TaskNode]:
-        """The top-level tasks (the root task, or the seed tasks), each with its subtree."""
+        """Whole tree (page_size 0): the top-level tasks (the root task, or the seed tasks), each with its
+        subtree. In pages: tasks without their children (children empty), each naming its parent in
+        parent_id, in the order the leader created them, so a task's parent is on the same or an
+        earlier page; rebuild the tree from parent_id, children in the order they come. The pages hold
+        every task created before the last page was read, each once (tasks are never removed, and a
+        new one comes after every earlier one); each page shows its tasks as they are when it is read.
+        """
 
     def __init__(
         self,
@@ -260,10 +290,11 @@ class GetTaskTreeResponse(_message.Message):
         project: _project_pb2.ProjectSummary | None = ...,
         definition: _project_pb2.ProjectDefinition | None = ...,
         tasks: _abc.Iterable[_project_pb2.TaskNode] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "project", b"project"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "project", b"project", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "next_page_token", b"next_page_token", "project", b"project", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

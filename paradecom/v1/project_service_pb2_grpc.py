@@ -113,7 +113,9 @@ class ProjectServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTaskTree(self, request, context):
-        """Reads the project's task tree as it stands (complete once the project is DONE).
+        """Reads the project's task tree as it stands (complete once the project is DONE): whole and
+        nested in one message, or flat in pages (GetTaskTreeRequest.page_size). Every project the leader
+        accepted can be read in pages; a whole tree over the 64 MiB message limit is RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

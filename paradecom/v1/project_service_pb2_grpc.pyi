@@ -51,7 +51,10 @@ class ProjectServiceStub:
     are merged), and ends after the project leaves RUNNING.
     """
     GetTaskTree: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.GetTaskTreeRequest, _project_service_pb2.GetTaskTreeResponse]
-    """Reads the project's task tree as it stands (complete once the project is DONE)."""
+    """Reads the project's task tree as it stands (complete once the project is DONE): whole and
+    nested in one message, or flat in pages (GetTaskTreeRequest.page_size). Every project the leader
+    accepted can be read in pages; a whole tree over the 64 MiB message limit is RESOURCE_EXHAUSTED.
+    """
     CancelProject: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.CancelProjectRequest, _project_service_pb2.CancelProjectResponse]
     """Cancels a running project: queued tasks are dropped, runners holding leases are told at
     their next heartbeat. Cancelling a finished project changes nothing.
@@ -80,7 +83,10 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     are merged), and ends after the project leaves RUNNING.
     """
     GetTaskTree: _aio.UnaryUnaryMultiCallable[_project_service_pb2.GetTaskTreeRequest, _project_service_pb2.GetTaskTreeResponse]  # type: ignore[assignment]
-    """Reads the project's task tree as it stands (complete once the project is DONE)."""
+    """Reads the project's task tree as it stands (complete once the project is DONE): whole and
+    nested in one message, or flat in pages (GetTaskTreeRequest.page_size). Every project the leader
+    accepted can be read in pages; a whole tree over the 64 MiB message limit is RESOURCE_EXHAUSTED.
+    """
     CancelProject: _aio.UnaryUnaryMultiCallable[_project_service_pb2.CancelProjectRequest, _project_service_pb2.CancelProjectResponse]  # type: ignore[assignment]
     """Cancels a running project: queued tasks are dropped, runners holding leases are told at
     their next heartbeat. Cancelling a finished project changes nothing.
@@ -136,7 +142,10 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _project_service_pb2.GetTaskTreeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_project_service_pb2.GetTaskTreeResponse, _abc.Awaitable[_project_service_pb2.GetTaskTreeResponse]]:
-        """Reads the project's task tree as it stands (complete once the project is DONE)."""
+        """Reads the project's task tree as it stands (complete once the project is DONE): whole and
+        nested in one message, or flat in pages (GetTaskTreeRequest.page_size). Every project the leader
+        accepted can be read in pages; a whole tree over the 64 MiB message limit is RESOURCE_EXHAUSTED.
+        """
 
     @_abc_1.abstractmethod
     def CancelProject(

@@ -33,7 +33,9 @@ class Lease(_message.Message):
     EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """The leader's id of the task (opaque; not the hierarchical tree id)."""
+    """The leader's id of the task (opaque; not the hierarchical tree id). Send it back exactly: any
+    other text (other digits, a sign, spaces) names no task and is answered NOT_FOUND.
+    """
     attempt: _builtins.int
     """Which attempt at the task this lease is: 1 for the first, +1 after each lease that failed or
     expired. A lease given back with ReleaseTask is not charged: the next lease has its number.
@@ -331,7 +333,10 @@ Global___Subtask: _TypeAlias = Subtask  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
-    """LLM usage a runner spent on one task (all calls, re-asks included)."""
+    """LLM usage a runner spent on one task (all calls, re-asks included). No field may be negative, and
+    each has a limit per report (INVALID_ARGUMENT naming the field beyond it, the whole request
+    refused), so that a project's totals (LlmUsage) always fit in an int64.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -343,19 +348,22 @@ class Usage(_message.Message):
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     CACHE_HITS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
-    """Prompt tokens, as the endpoint reported them."""
+    """Prompt tokens, as the endpoint reported them; 0 to 10,000,000,000."""
     completion_tokens: _builtins.int
-    """Completion tokens, as the endpoint reported them."""
+    """Completion tokens, as the endpoint reported them; 0 to 10,000,000,000."""
     calls: _builtins.int
-    """Chat completion calls made (re-asks included, cache hits excluded)."""
+    """Chat completion calls made (re-asks included, cache hits excluded); 0 to 1,000,000."""
     reasks: _builtins.int
-    """Calls that re-asked after an invalid answer."""
+    """Calls that re-asked after an invalid answer; 0 to 1,000,000."""
     rate_limited: _builtins.int
-    """Answers the endpoint refused with HTTP 429."""
+    """Answers the endpoint refused with HTTP 429; 0 to 1,000,000."""
     retry_after_ms: _builtins.int
-    """The longest Retry-After among those 429s, in milliseconds; 0 if none was given."""
+    """The longest Retry-After among those 429s, in milliseconds; 0 if none was given. Not negative;
+    a value above 600,000 (10 minutes) is taken as 600,000: with ExtendLease it pauses dispatch for
+    every runner, for at most that long.
+    """
     cache_hits: _builtins.int
-    """1 when the decomposition came from the runner's cache without an LLM call."""
+    """1 when the decomposition came from the runner's cache without an LLM call; 0 to 1,000,000."""
     def __init__(
         self,
         *,

@@ -190,8 +190,9 @@ class SubmitResultRequest(_message.Message):
 
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage spent on this task, for the project's accounting. Every count must be 0 or more
-        (INVALID_ARGUMENT otherwise).
+        """LLM usage spent on this task, for the project's accounting. Every field within its limit (see
+        Usage: 0 or more, and at most 10,000,000,000 tokens or 1,000,000 of a count; INVALID_ARGUMENT
+        naming the field otherwise).
         """
 
     def __init__(
@@ -338,8 +339,9 @@ class ExtendLeaseRequest(_message.Message):
     """The current lease token."""
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage since this lease's previous heartbeat (counts 0 or more). A runner that meets an HTTP 429 heartbeats at
-        once with rate_limited (and retry_after_ms) set, so the leader slows dispatch for every runner.
+        """LLM usage since this lease's previous heartbeat (within Usage's limits). A runner that meets an
+        HTTP 429 heartbeats at once with rate_limited (and retry_after_ms) set, so the leader slows
+        dispatch for every runner (and pauses it for retry_after_ms, at most 10 minutes).
         It feeds rate control only; the task's full usage goes with SubmitResult or FailTask.
         """
 
@@ -404,7 +406,7 @@ class ReleaseTaskRequest(_message.Message):
     """
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage spent under this lease before giving it back (counts 0 or more), for the project's
+        """LLM usage spent under this lease before giving it back (within Usage's limits), for the project's
         accounting; empty when nothing was spent.
         """
 
@@ -462,7 +464,7 @@ class FailTaskRequest(_message.Message):
     """False when trying again cannot help (the task is dead-lettered at once)."""
     @_builtins.property
     def usage(self) -> _task_pb2.Usage:
-        """LLM usage spent on the failed attempt (counts 0 or more), for the project's accounting."""
+        """LLM usage spent on the failed attempt (within Usage's limits), for the project's accounting."""
 
     def __init__(
         self,
