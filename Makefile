@@ -34,7 +34,7 @@ lint: install
 	$(PY) -m mypy paradecom leader runner
 
 test: install lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 demo: install            ## decompose examples/demo.yaml (the embedded model if no endpoint is set)
 	scripts/demo.sh
