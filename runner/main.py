@@ -157,13 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; the line "
-        "`metrics HOST:PORT` on stderr says which); default: none",
+        "`metrics HOST:PORT` on stderr says which); with a token, a scrape must send it; default: none",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve --metrics-listen on an address other machines can reach with no token; without it "
+        "such a runner refuses to start",
     )
     add_logging_flags(parser)
     return parser
 
 
-async def _serve(runner: DecompositionRunner, early: EarlyStop, metrics_listen: str | None = None) -> None:
+async def _serve(
+    runner: DecompositionRunner, early: EarlyStop, metrics_listen: str | None = None, token: str | None = None
+) -> None:
     import asyncio
 
     from paradecom.errors import ConfigError
@@ -173,7 +181,7 @@ async def _serve(runner: DecompositionRunner, early: EarlyStop, metrics_listen: 
         # Imported only when asked for: aiohttp adds a quarter of a second to every start.
         from paradecom.metrics_server import MetricsServer
 
-        metrics = MetricsServer(metrics_listen, runner.metrics.registry)
+        metrics = MetricsServer(metrics_listen, runner.metrics.registry, token=token)
         try:
             await metrics.start()
         except ConfigError:
@@ -223,7 +231,7 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
 
     from paradecom.errors import ConfigError
     from paradecom.logs import configure_logging
-    from paradecom.security import security_from_args
+    from paradecom.security import exposure_error, security_from_args
 
     from .cache import DecompositionCache
     from .decompose import Decomposer, DecompositionSettings
@@ -237,6 +245,14 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         credentials = security_from_args(args, server=False)
+        # The same rule as the leader's (docs/architecture.md): no open endpoint on a public address by
+        # accident.
+        exposure = exposure_error("metrics", args.metrics_listen, credentials.token) if args.metrics_listen else None
+        if exposure is not None and not args.insecure:
+            raise ConfigError(exposure)
+        if exposure is not None:
+            print(f"{PROG}: warning: INSECURE: serving metrics on {args.metrics_listen} with no token (--insecure)",
+                  file=sys.stderr)  # fmt: skip
         # The flags win; what they leave unset comes from the environment, as for every other caller
         # of DecompositionSettings, so a runner sends the same request as `paradecom run`.
         settings = DecompositionSettings.from_environment(args.model)
@@ -264,7 +280,7 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(runner, early, args.metrics_listen))
+        asyncio.run(_serve(runner, early, args.metrics_listen, credentials.token))
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -304,6 +304,46 @@ def test_token_serves_a_public_address_and_guards_metrics(
     assert not any("INSECURE" in line for line in proc.stderr_lines), proc.stderr
 
 
+RUNNER = [sys.executable, "-m", "paradecom.runner.main"]
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"])
+def test_runner_metrics_on_a_public_address_without_a_token_are_refused(listen: str) -> None:
+    """The leader's rule holds for a runner's metrics too: exit 2, one line, before it connects."""
+    env = {"PARADECOM_AUTH_TOKEN": "", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    result = run_cli([*RUNNER, "--leader", "127.0.0.1:9", "--metrics-listen", listen], env=env, timeout=20)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert f"refusing to serve metrics on {listen} without a token" in line and "--insecure" in line, line
+
+
+def test_runner_metrics_want_the_token_it_has(
+    start_leader: Callable[..., tuple[Proc, str]], fake_llm: Callable[..., str], tmp_path: Path
+) -> None:
+    """A runner with a token serves metrics on 0.0.0.0 and wants that token on every scrape; with
+    --insecure and no token it serves them open and says so."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    base_url = fake_llm()
+    _, leader = start_leader("--auth-token-file", str(token_file))
+    env = {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k", "PARADECOM_AUTH_TOKEN": ""}
+    guarded = Proc([*RUNNER, "--leader", leader, "--auth-token-file", str(token_file), "--metrics-listen", "0.0.0.0:0"],
+                   env=env)  # fmt: skip
+    open_ = Proc([*RUNNER, "--leader", "127.0.0.1:9", "--insecure", "--metrics-listen", "0.0.0.0:0"], env=env)
+    try:
+        metrics = guarded.metrics_address()
+        assert scrape(metrics)[0] == 401 and scrape(metrics, "Bearer wrong")[0] == 401
+        status, body = scrape(metrics, f"Bearer {TOKEN}")
+        assert status == 200 and "paradecom_runner_" in body
+        status, body = scrape(open_.metrics_address())
+        assert status == 200 and "paradecom_runner_" in body
+        assert any("INSECURE" in line for line in open_.stderr_lines), open_.stderr
+    finally:
+        guarded.stop()
+        open_.stop()
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
