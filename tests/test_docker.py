@@ -309,6 +309,7 @@ def test_metrics_override_scrapes_the_leader_and_every_runner(compose_config: Ca
     assert "paradecom_token" in [s if isinstance(s, str) else s["source"] for s in prometheus["secrets"]]
     runners = jobs["paradecom-runner"]["dns_sd_configs"][0]
     assert runners["names"] == ["runner"] and runners["port"] == 9100
+    assert jobs["paradecom-runner"]["authorization"]["credentials_file"] == SECRET
 
 
 def test_tls_override_adds_only_the_tls_settings(compose_config: Callable[..., dict[str, Any]]) -> None:
