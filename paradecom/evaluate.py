@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from paradecom import limits
 from paradecom.cliargs import add_logging_flags, fail, float_range, int_range, runners_flag
 from paradecom.errors import ConfigError, ParaDecomError, ProjectFileError
+from paradecom.textsafe import terminal_safe
 
 if TYPE_CHECKING:
     from paradecom.project import ProjectDefinition
@@ -537,11 +538,11 @@ def to_table(results: Sequence[Result]) -> str:
     for r in results:
         s = r.score
         if s is None:
-            rows.append((r.name, "failed: " + " ".join((r.error or "").split())[:100]))
+            rows.append((terminal_safe(r.name), "failed: " + terminal_safe(" ".join((r.error or "").split())[:100])))
             continue
         rows.append(
             (
-                r.name,
+                terminal_safe(r.name),
                 str(s.tasks),
                 str(s.dead),
                 str(s.leaves),
@@ -766,9 +767,9 @@ def _embedded_notice(_model_name: str) -> None:
 
 
 def _progress(i: int, n: int, r: Result) -> str:
-    head = f"{PROG}: {i}/{n} {r.name} ({r.seconds:.1f} s)"
+    head = f"{PROG}: {i}/{n} {terminal_safe(r.name)} ({r.seconds:.1f} s)"
     if r.score is None:
-        return f"{head}: failed: {' '.join((r.error or '').split())}"
+        return f"{head}: failed: {terminal_safe(' '.join((r.error or '').split()), reversible=False)}"
     s = r.score
     dead = f" ({s.dead} dead)" if s.dead else ""
     calls = f", {r.usage['calls']} LLM calls ({r.usage['reasks']} re-asks)" if r.usage else ""

@@ -413,3 +413,24 @@ def test_from_trees_without_a_saved_tree_is_a_one_line_error(tmp_path: Path) -> 
     devai_files(data_dir)
     (tmp_path / "trees").mkdir()
     assert_one_line_error([str(data_dir), "--from-trees", str(tmp_path / "trees")], "no saved tree for")
+
+
+def test_eval_prints_hostile_instance_names_escaped(fake_llm: Callable[..., str], tmp_path: Path) -> None:
+    """An instance named with a terminal escape and a bidi override: the table and the progress lines
+    show them escaped (`\\x1b`, `\\u202e`), never as the characters themselves."""
+    base_url = fake_llm("--fanout", "3")
+    data_dir = tmp_path / "devai"
+    data_dir.mkdir()
+    path = devai_files(data_dir)[0]
+    data = json.loads(path.read_text())
+    data["name"] = "evil\x1b[2J\u202ename"
+    path.write_text(json.dumps(data))
+    result = run_cli(
+        [*PARADECOM, "eval", str(data_dir), "--limit", "1", "--runners", "1", "--max-depth", "1"],
+        env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key"},
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr
+    for text in (result.stdout, result.stderr):
+        assert "\x1b" not in text and "\u202e" not in text
+    assert "evil\\x1b[2J\\u202ename" in result.stdout and "evil\\x1b[2J\\u202ename" in result.stderr
