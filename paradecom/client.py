@@ -39,13 +39,6 @@ def state_name(state: project_pb2.ProjectState.ValueType) -> str:
     return project_pb2.ProjectState.Name(state).removeprefix("PROJECT_STATE_").lower()
 
 
-def progress_line(p: project_pb2.ProjectSummary) -> str:
-    return (
-        f"{p.project_id} {state_name(p.state)}: {p.done} done, {p.leased} leased, {p.queued} queued, "
-        f"{p.dead} dead of {p.total} tasks"
-    )
-
-
 def nested_tree(pages: Sequence[project_service_pb2.GetTaskTreeResponse]) -> project_service_pb2.GetTaskTreeResponse:
     """The pages of GetTaskTree (flat, parents first) as one nested answer, as page_size 0 gives it;
     the summary is the last page's (the newest)."""

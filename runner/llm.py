@@ -192,15 +192,6 @@ def endpoint_configured(base_url: str | None = None, api_key: str | None = None)
     return bool(base_url or os.environ.get("OPENAI_BASE_URL") or api_key or os.environ.get("OPENAI_API_KEY"))
 
 
-def check_endpoint_configured(base_url: str | None = None, api_key: str | None = None) -> None:
-    """Raise ConfigError unless an endpoint is given or set in OPENAI_BASE_URL / OPENAI_API_KEY.
-
-    Commands that start their own runners call it before starting anything, so a missing setting
-    is one line, not a runner process that fails later."""
-    if not endpoint_configured(base_url, api_key):
-        raise ConfigError(NO_ENDPOINT)
-
-
 def env_setting(name: str, parse: type[int] | type[float], low: float, high: float) -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
