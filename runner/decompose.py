@@ -50,7 +50,7 @@ from .prompt import (
     build_request,
     reask_messages,
 )
-from .schema import ANSWER_PROFILES, InvalidAnswer, parse_decomposition
+from .schema import InvalidAnswer, parse_decomposition
 
 log = structlog.get_logger("paradecom.runner")
 
@@ -85,14 +85,10 @@ class DecompositionSettings:
     answer_profile: str = "full"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_subtasks <= self.max_subtasks <= limits.MAX_SUBTASKS:
-            raise ValueError(f"subtask bounds must satisfy 1 <= min <= max <= {limits.MAX_SUBTASKS}")
-        if not 0 <= self.max_reasks <= MAX_REASKS_LIMIT:
-            raise ValueError(f"max_reasks must be 0 to {MAX_REASKS_LIMIT}, not {self.max_reasks}")
+        # RequestSettings checks the fan-out bounds, the re-asks and the answer profile.
+        _ = self.request
         if self.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
-        if self.answer_profile not in ANSWER_PROFILES:
-            raise ValueError(f"answer_profile must be one of {', '.join(ANSWER_PROFILES)}")
 
     @property
     def request(self) -> RequestSettings:
