@@ -51,17 +51,17 @@ class RequestPacer:
     def __init__(self) -> None:
         self._sent = 0
         # From the newest answer that stated a budget: requests left, the number of the request it
-        # answered, and when (time.monotonic) the endpoint said more become available.
+        # answered (0: no answer has stated one yet), and when (time.monotonic) the endpoint said
+        # more become available.
         self._remaining = 0
         self._stated_by = 0
         self._reset_at = 0.0
-        self._stated = False
         self._probe: int | None = None
         self._changed = asyncio.Condition()
         self.waits = 0
 
     def _room(self) -> bool:
-        if not self._stated:
+        if self._stated_by == 0:
             return True
         # Requests sent after the answering one may not have been counted by the endpoint yet.
         return self._remaining - (self._sent - self._stated_by) > 0
@@ -95,7 +95,6 @@ class RequestPacer:
             remaining = _int_header(headers, REMAINING_HEADER)
             reset = parse_duration(headers.get(RESET_HEADER, "")) if headers is not None else None
             if remaining is not None and number >= self._stated_by:
-                self._stated = True
                 self._remaining = remaining
                 self._stated_by = number
                 self._reset_at = time.monotonic() + min(reset if reset is not None else 1.0, MAX_RESET_S)
