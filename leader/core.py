@@ -17,7 +17,7 @@ from typing import Protocol
 
 from paradecom import limits
 from paradecom.errors import ProjectFileError
-from paradecom.project import ProjectDefinition
+from paradecom.project import ProjectDefinition, top_level_tasks
 from paradecom.runner.prompt import RequestSettings, build_request
 from paradecom.v1 import project_pb2, task_pb2
 
@@ -131,9 +131,7 @@ class DecompositionLeader:
             )
         project_id = uuid.uuid4().hex[:16]
         now_ms = int(self.clock() * 1000)
-        seeds = list(msg.tasks) or [
-            project_pb2.TaskSpec(title=msg.name, description=msg.description, acceptance_criteria=msg.goals)
-        ]
+        seeds = top_level_tasks(msg)
         rows = [
             TaskRow(
                 id=0,

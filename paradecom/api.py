@@ -10,6 +10,7 @@ processes.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,12 +167,13 @@ async def _here(
     progress: ProgressCallback,
     on_embedded: Callable[[str], None] | None,
 ) -> TaskTree:
-    from paradecom.runner.llm import check_endpoint, endpoint_configured
+    from paradecom.runner.llm import endpoint_configured
 
     if endpoint_configured():
         decomposition = _decomposition_settings(settings)
-        await check_endpoint(decomposition.model)
-        return await _decompose_here(definition, settings, decomposition, None, limits.DEFAULT_CONCURRENCY, progress)
+        return await _decompose_here(
+            definition, settings, decomposition, None, limits.DEFAULT_CONCURRENCY, progress, check=True
+        )
     from paradecom import local_llm
 
     gguf = local_llm.check_embedded_available()
@@ -185,6 +187,7 @@ async def _here(
             local_llm.server_count(),
             local_llm.EMBEDDED_CONCURRENCY,
             progress,
+            check=False,
         )
 
 
@@ -205,29 +208,53 @@ async def _decompose_here(
     endpoint_slots: int | None,
     default_concurrency: int,
     progress: ProgressCallback,
+    *,
+    check: bool,
 ) -> TaskTree:
-    if settings.sequential:
-        from paradecom.runner.cache import DecompositionCache
-        from paradecom.runner.decompose import Decomposer
-        from paradecom.sequential import decompose_sequentially
+    """Decompose on this machine; `check`: first make sure the endpoint can work (EndpointError)."""
+    from paradecom.runner.cache import DecompositionCache
+    from paradecom.runner.decompose import Decomposer
+    from paradecom.runner.head_start import top_level_requests
 
-        decomposer = Decomposer(decomposition, cache=DecompositionCache() if settings.cache else None)
+    # One LLM client for the check and the whole run: one connection pool, one learned
+    # structured-output mode (runner processes make their own).
+    llm = decomposition.llm_client()
+    try:
+        decomposer = Decomposer(decomposition, llm=llm, cache=DecompositionCache() if settings.cache else None)
+        top = definition.to_proto()
+        head_start = settings.head_start_calls(len(top.tasks) or 1, endpoint_slots, default_concurrency)
+        if head_start:
+            # Sent now, answered while the endpoint is checked and the leader and the runners start
+            # (runner/head_start.py). An endpoint that cannot work refuses them as it does the check.
+            decomposer.start_early(top_level_requests(top, limits.DEFAULT_MAX_DEPTH, decomposition.request, head_start))
         try:
-            return await decompose_sequentially(
-                definition, decomposer, max_attempts=settings.max_attempts, on_progress=progress
+            if check:
+                await llm.check_endpoint()
+            if settings.sequential:
+                from paradecom.sequential import decompose_sequentially
+
+                return await decompose_sequentially(
+                    definition, decomposer, max_attempts=settings.max_attempts, on_progress=progress
+                )
+            if head_start:
+                # The leader's and the runners' modules (grpc among them) load in a thread, so that
+                # this loop sends the early calls meanwhile; an import holds none of our state.
+                await asyncio.to_thread(importlib.import_module, "paradecom.local_run")
+            from paradecom.local_run import run_locally
+
+            return await run_locally(
+                definition,
+                settings,
+                decomposition,
+                decomposer=decomposer,
+                endpoint_slots=endpoint_slots,
+                default_concurrency=default_concurrency,
+                on_progress=progress,
             )
         finally:
             await decomposer.close()
-    from paradecom.local_run import run_locally
-
-    return await run_locally(
-        definition,
-        settings,
-        decomposition,
-        endpoint_slots=endpoint_slots,
-        default_concurrency=default_concurrency,
-        on_progress=progress,
-    )
+    finally:
+        await llm.close()
 
 
 async def _on_leader(

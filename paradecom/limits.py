@@ -25,6 +25,9 @@ MAX_DEPTH_LIMIT = 10
 MAX_SUBTASKS = 20  # children of one task
 MAX_KEY_CHARS = 64
 MAX_TASKS_PER_PROJECT = 200_000
+# Titles of a task's siblings in its assignment (TaskAssignment.sibling_titles): enough for the model
+# to see what the others cover, not a whole level of a wide tree in every assignment.
+MAX_SIBLING_TITLES = 30
 MAX_PROJECT_TOKENS = 10**12
 # GetTaskTree in pages: at most this many tasks a page (GetTaskTreeRequest.page_size), and a page is
 # closed at about TREE_PAGE_BYTES (one task is under 1 MiB at the limits above, so a page always
@@ -62,6 +65,9 @@ MAX_AUTO_SLOTS = 256
 # Enough parallel calls per runner to hide one call's latency without tripping a hosted endpoint's
 # rate limit.
 DEFAULT_CONCURRENCY = 8
+# A local run sends the first calls of at most this many top-level tasks before its leader is up
+# (runner/head_start.py); the rest wait for the leader's first leases, a fraction of a second later.
+HEAD_START_CALLS = 8
 MAX_CONCURRENCY = 1_024  # tasks in flight per runner (`--concurrency`, PullTask.max_in_flight)
 MAX_RUNNER_ID_CHARS = 200
 MAX_ERROR_CHARS = 4_000

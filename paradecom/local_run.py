@@ -114,12 +114,16 @@ async def run_locally(
     settings: RunSettings,
     decomposition: DecompositionSettings,
     *,
+    decomposer: Decomposer | None = None,
     endpoint_slots: int | None = None,
     default_concurrency: int = limits.DEFAULT_CONCURRENCY,
     on_progress: Callable[[project_pb2.ProjectSummary], None] | None = None,
 ) -> TaskTree:
     """Decompose `project` with a leader and `settings.runners` runners started here; the tree as
-    the leader consolidated it. Cancelled, it raises RunInterrupted with the tree so far."""
+    the leader consolidated it. Cancelled, it raises RunInterrupted with the tree so far.
+
+    Runners in this process share `decomposer` (one is made, and closed, when it is None): one HTTP
+    connection pool, one learned structured-output mode, and the calls it started early."""
     leader = LeaderServer(
         LeaderSettings(
             listen="127.0.0.1:0",
@@ -137,7 +141,7 @@ async def run_locally(
     address = await leader.start()
     runners = runner_count(settings)
     concurrency = slots_per_runner(settings, runners, default_concurrency)
-    decomposer: Decomposer | None = None
+    owned: Decomposer | None = None
     workers: list[asyncio.Task[None]] = []
     local: list[DecompositionRunner] = []
     children: list[_Child] = []
@@ -157,8 +161,10 @@ async def run_locally(
                     children.append(child)
                     workers.append(asyncio.create_task(_exited(child), name=child.name))
             else:
-                # One decomposer for all: one HTTP connection pool, one learned structured-output mode.
-                decomposer = Decomposer(decomposition, cache=DecompositionCache() if settings.cache else None)
+                if decomposer is None:
+                    decomposer = owned = Decomposer(
+                        decomposition, cache=DecompositionCache() if settings.cache else None
+                    )
                 for i in range(runners):
                     runner = DecompositionRunner(
                         address, concurrency=concurrency, decomposer=decomposer, runner_id=f"local-{i + 1}"
@@ -181,8 +187,8 @@ async def run_locally(
                 runner.request_stop()
             await asyncio.gather(*(c.stop(at_once=interrupted) for c in children))
             await asyncio.gather(*workers, return_exceptions=True)
-            if decomposer is not None:
-                await decomposer.close()
+            if owned is not None:
+                await owned.close()
             await leader.stop(LEADER_STOP_GRACE_S)
 
 

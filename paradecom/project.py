@@ -186,6 +186,16 @@ class ProjectDefinition:
         )
 
 
+def top_level_tasks(definition: project_pb2.ProjectDefinition) -> list[project_pb2.TaskSpec]:
+    """A project's top-level tasks, in order: its seed tasks, or else one root task made from the
+    project itself (what the leader queues on SubmitProject)."""
+    return list(definition.tasks) or [
+        project_pb2.TaskSpec(
+            title=definition.name, description=definition.description, acceptance_criteria=definition.goals
+        )
+    ]
+
+
 def load_project(path: str | os.PathLike[str]) -> ProjectDefinition:
     """Read, parse and validate a project file; "-" reads standard input.
 

@@ -124,6 +124,24 @@ class RunSettings:
     def sequential(self) -> bool:
         return self.runners == 0
 
+    def head_start_calls(self, top_level: int, endpoint_slots: int | None, default_concurrency: int) -> int:
+        """How many of a project's `top_level` tasks have their first LLM call sent before the leader
+        is up (runner/head_start.py): only where the runners share this process, and never more
+        than the leader would have in flight at the start (its cap, the endpoint's slots, one call
+        under an LLM budget, which the leader paces from its first lease on)."""
+        if self.leader is not None or self.sequential or self.runner_processes:
+            return 0
+        cap = limits.HEAD_START_CALLS
+        if self.auto:
+            cap = min(cap, self.concurrency or cap)
+        else:
+            cap = min(cap, int(self.runners) * (self.concurrency or default_concurrency))
+        if endpoint_slots:
+            cap = min(cap, endpoint_slots)
+        if self.llm_rpm or self.llm_tpm:
+            cap = min(cap, 1)
+        return max(0, min(top_level, cap))
+
 
 def parse_runners(text: str) -> Runners:
     """`--runners` as typed: "auto" or a whole number from 0 to MAX_RUNNERS (ValueError otherwise)."""

@@ -11,10 +11,12 @@ leader that sends no LlmRequest is asked about with a request built here, from t
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -154,6 +156,30 @@ def _add_usage(usage: task_pb2.Usage, completion: Completion) -> None:
     usage.completion_tokens += completion.completion_tokens
 
 
+class _EarlyCall:
+    """A first LLM call made before its task was leased (Decomposer.start_early). The 429s it
+    meets are kept until a decomposition claims it, then counted there like its own."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Completion] | None = None
+        self._heard: list[float | None] = []
+        self._listener: Callable[[float | None], None] | None = None
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        if self._listener is None:
+            self._heard.append(retry_after)
+        else:
+            self._listener(retry_after)
+
+    def claim(self, listener: Callable[[float | None], None] | None) -> asyncio.Task[Completion]:
+        assert self.task is not None
+        self._listener = listener or (lambda _: None)
+        for retry_after in self._heard:
+            self._listener(retry_after)
+        self._heard.clear()
+        return self.task
+
+
 class Decomposer:
     """Decomposes one task at a time (any number concurrently) with one LLM client.
 
@@ -173,13 +199,49 @@ class Decomposer:
         self.metrics = metrics
         self._owns_llm = llm is None
         self.llm: ChatClient = llm if llm is not None else self.settings.llm_client()
+        self._early: dict[str, _EarlyCall] = {}
 
     @property
     def model(self) -> str:
         return self.settings.model
 
+    def start_early(self, requests: Sequence[task_pb2.LlmRequest]) -> int:
+        """Send the first answer's call of each request now, before any task asks for it (the head
+        start of a local run, runner/head_start.py); the decomposition of a task whose LlmRequest
+        is one of these then waits for that call instead of making its own. Requests already
+        answered in the cache, or repeated, are not sent. Returns how many calls went out."""
+        started = 0
+        for request in requests:
+            schema, *_ = _read_request(request)
+            messages = _messages(request)
+            key = self._key(messages, schema)
+            if key in self._early or (self.cache is not None and self.cache.get(key) is not None):
+                continue
+            early = _EarlyCall()
+            context = contextvars.copy_context()
+            context.run(RATE_LIMIT_LISTENER.set, early.rate_limited)
+            early.task = asyncio.create_task(self.llm.complete(messages, schema), context=context)
+            self._early[key] = early
+            started += 1
+        return started
+
+    def _key(self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, object]) -> str:
+        """The key of what produced an answer: the model, the messages and the answer format."""
+        # The answer format (structured-output mode and schema) is part of what produced an answer.
+        answer_format = getattr(self.llm, "answer_format", None)
+        if isinstance(answer_format, dict):
+            answer_format = {**answer_format, "schema": schema}
+        return cache_key(self.settings.model, messages, answer_format)
+
     async def close(self) -> None:
-        """Close the LLM client if this Decomposer made it (once)."""
+        """Close the LLM client if this Decomposer made it (once); cancel early calls nobody claimed."""
+        for early in self._early.values():
+            if early.task is None:
+                continue
+            if early.task.done() and not early.task.cancelled():
+                early.task.exception()  # read, so that asyncio does not report it as never retrieved
+            early.task.cancel()
+        self._early.clear()
         if self._owns_llm:
             self._owns_llm = False
             await self.llm.close()
@@ -225,14 +287,11 @@ class Decomposer:
         s = self.settings
         request = assignment.llm_request if assignment.HasField("llm_request") else build_request(assignment, s.request)
         schema, min_subtasks, max_subtasks, max_reasks = _read_request(request)
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = _messages(request)
         parent_title = assignment.task.title
-        # The answer format (structured-output mode and schema) is part of what produced an answer.
-        answer_format = getattr(self.llm, "answer_format", None)
-        if isinstance(answer_format, dict):
-            answer_format = {**answer_format, "schema": schema}
-        key = cache_key(s.model, messages, answer_format) if self.cache else ""
-        cached = self.cache.get(key) if self.cache else None
+        key = self._key(messages, schema) if self.cache is not None or self._early else ""
+        early = self._early.pop(key, None) if self._early else None
+        cached = self.cache.get(key) if self.cache is not None and early is None else None
         if cached is not None:
             try:
                 # Salvaged as the answer was when it was stored (the last one may have been).
@@ -248,7 +307,11 @@ class Decomposer:
         for answer_number in range(1, answers + 1):
             called = time.monotonic()
             try:
-                completion = await self.llm.complete(asked, schema)
+                if early is not None:
+                    call, early = early.claim(RATE_LIMIT_LISTENER.get()), None
+                    completion = await call
+                else:
+                    completion = await self.llm.complete(asked, schema)
             finally:
                 if self.metrics:
                     self.metrics.llm_call_seconds.observe(time.monotonic() - called)
@@ -293,6 +356,10 @@ class Decomposer:
             reason = f"fewer than {min_subtasks} subtasks"
             return DecompositionOutcome(subtasks=[], usage=usage, stop_reason=reason)
         return DecompositionOutcome(subtasks=subtasks, usage=usage)
+
+
+def _messages(request: task_pb2.LlmRequest) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in request.messages]
 
 
 def _read_request(request: task_pb2.LlmRequest) -> tuple[dict[str, object], int, int, int]:

@@ -288,6 +288,10 @@ class LLMClient:
         """Close the HTTP connections."""
         await self._client.close()
 
+    async def check_endpoint(self) -> None:
+        """`check_endpoint` for this client's endpoint and model, over its own connections."""
+        await check_endpoint(self.model, client=self._client)
+
     @property
     def answer_format(self) -> dict[str, Any]:
         """What besides the model and the prompt shapes an answer (part of the decomposition
@@ -417,7 +421,9 @@ def _endpoint_failure(where: str, model: str, exc: Exception) -> EndpointError |
     return None
 
 
-async def check_endpoint(model: str, *, base_url: str | None = None, api_key: str | None = None) -> None:
+async def check_endpoint(
+    model: str, *, base_url: str | None = None, api_key: str | None = None, client: openai.AsyncOpenAI | None = None
+) -> None:
     """Raise EndpointError, naming the endpoint and the reason, when it cannot work: nothing
     listening (or not answering within CHECK_TIMEOUT_S), the key refused, the model unknown.
 
@@ -426,11 +432,16 @@ async def check_endpoint(model: str, *, base_url: str | None = None, api_key: st
     llama.cpp serve any name. Anything else (a 429, a 5xx, a slow answer) may pass: the run's own
     retries deal with it.
     """
-    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-    api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
-    client = openai.AsyncOpenAI(
-        base_url=base_url, api_key=api_key or UNUSED_API_KEY, timeout=CHECK_TIMEOUT_S, max_retries=0
-    )
+    owned = client is None
+    if client is not None:
+        # The run's own client (its connections and TLS set-up), with the check's timeout.
+        client = client.with_options(timeout=CHECK_TIMEOUT_S, max_retries=0)
+    else:
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or UNUSED_API_KEY, timeout=CHECK_TIMEOUT_S, max_retries=0
+        )
     where = str(client.base_url).rstrip("/")
     try:
         try:
@@ -462,4 +473,5 @@ async def check_endpoint(model: str, *, base_url: str | None = None, api_key: st
                 raise failure from None
             log.info("endpoint check: the model's answer was an error a run may survive", error=_describe(exc))
     finally:
-        await client.close()
+        if owned:
+            await client.close()

@@ -153,7 +153,8 @@ def test_an_endpoint_that_cannot_work_is_one_line_exit_1(
     fake_llm: Callable[..., str], tmp_path: Path, fake_flags: list[str], env: dict[str, str], reason: str
 ) -> None:
     """Nothing listening, a refused key, an unknown model: one line naming the endpoint and the reason,
-    exit 1, and not a single decomposition request made."""
+    exit 1, and not a single decomposition answered (the root's early request, sent while the
+    endpoint is checked, is refused like the check)."""
     base_url = fake_llm(*fake_flags)
     result = run_cli(
         [*PARADECOM, "run", str(project_file(tmp_path))],
@@ -164,7 +165,7 @@ def test_an_endpoint_that_cannot_work_is_one_line_exit_1(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("paradecom: error: ") and reason in lines[0], result.stderr
     assert result.stdout == ""
-    assert not any("Task to decompose" in json.dumps(b) for b in get(base_url, "/requests"))
+    assert get(base_url, "/stats")["ok"] == 0
 
 
 def test_dead_top_level_task_is_an_error_unless_partial_is_allowed(
@@ -191,6 +192,8 @@ def test_ctrl_c_stops_at_once_and_prints_what_is_finished(fake_llm: Callable[...
     proc = Proc([*PARADECOM, "run", str(path), "--no-cache"], env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k"})
     try:
         wait_for(lambda: get(base_url, "/stats")["in_flight"] >= 1, 60, what="a call in flight")
+        # The root's call goes out before the leader is up (the head start): wait for the project too.
+        wait_for(lambda: '"project_id"' in proc.stderr, 60, what="the project's first progress line")
         proc.signal(signal.SIGINT)
         # Well under the 30 s an answer takes; bench/ measures how fast (docs/performance.md).
         assert proc.wait(10) == 130
