@@ -22,11 +22,13 @@ install: .venv/.installed
 	$(PY) -m compileall -q paradecom leader runner
 	touch $@
 
-proto: install           ## regenerate paradecom/v1 from proto/
+proto: install           ## regenerate paradecom/v1 and docs/proto.md from proto/
 	$(PY) scripts/gen_protos.py
+	$(PY) scripts/gen_proto_docs.py
 
-proto-check: install     ## fail if the committed stubs are stale
+proto-check: install     ## fail if the committed stubs or docs/proto.md are stale
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/gen_proto_docs.py --check
 
 lint: install
 	$(PY) -m ruff check .

@@ -18,13 +18,14 @@ from typing import Any
 import openai
 from celery import Celery
 
+from paradecom import limits
 from paradecom.runner.llm import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT_S
 from paradecom.runner.prompt import build_messages
 from paradecom.runner.schema import parse_decomposition
 from paradecom.v1 import project_pb2, task_pb2
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-MODEL = os.environ.get("PARADECOM_MODEL", "gpt-4o-mini")
+MODEL = os.environ.get("PARADECOM_MODEL", limits.DEFAULT_MODEL)
 
 app = Celery("paradecom_bench", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.update(

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from paradecom import limits
 from paradecom.grpc_options import CHANNEL_OPTIONS
 from paradecom.v1 import project_pb2, project_service_pb2, project_service_pb2_grpc
 
@@ -99,7 +100,7 @@ class Cluster:
         latency: float,
         fanout: int = 3,
         runners: Sequence[int] = (),
-        lease_timeout: float = 30.0,
+        lease_timeout: float = limits.DEFAULT_LEASE_TIMEOUT_S,
         atomic_depth: int = 100,
         leader_flags: Sequence[str] = (),
         workdir: Path | None = None,

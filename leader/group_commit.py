@@ -5,7 +5,7 @@ WAL: the task rows and their seven indexes, the project row), and results that a
 change mostly the same pages. So a result is not accepted on its own: it joins the group being
 gathered, and the group is accepted in one transaction once the event loop has run everything
 that was ready (other results among it). Each caller is answered only after the COMMIT that holds
-its result, so ARCHITECTURE.md's "a result acknowledged is durable" holds as before.
+its result, so the durability promise (docs/architecture.md, "The promises") holds as before.
 
 No timer: a lone result waits one or a few turns of the event loop (microseconds), never a
 deadline, and under load a group is as large as what arrived while the previous one was stored.

@@ -18,7 +18,7 @@ Rules kept here:
   commit): each is still answered only after the commit that holds it.
 - A runner restarted under its old id (a new session, `end_session`) ends the leases its
   predecessor held at once, as expired leases: charged, retried with backoff, tokens fenced.
-- An expired lease is retried with backoff like a failure (ARCHITECTURE.md, promise 3): the task
+- An expired lease is retried with backoff like a failure (docs/architecture.md, "The promises"): the task
   may be what kills its runners. The reassignment benchmark meets its target with it.
 """
 

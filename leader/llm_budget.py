@@ -25,12 +25,10 @@ from dataclasses import dataclass
 from paradecom import limits
 
 # What a task's answer may cost beyond its prompt: the runner's default max_tokens.
-COMPLETION_ALLOWANCE_TOKENS = 2_000
+COMPLETION_ALLOWANCE_TOKENS = limits.DEFAULT_MAX_TOKENS
 # The system prompt and instructions the runner adds around the task's context.
 PROMPT_OVERHEAD_TOKENS = 600
 CHARS_PER_TOKEN = 4
-MAX_RPM = limits.MAX_RPM
-MAX_TPM = limits.MAX_TPM
 
 
 def estimate_tokens(context_bytes: int) -> int:
@@ -68,8 +66,10 @@ class LlmBudget:
         self.set_limits(rpm, tpm)
 
     def set_limits(self, rpm: int, tpm: int) -> None:
-        if not (0 <= rpm <= MAX_RPM and 0 <= tpm <= MAX_TPM):
-            raise ValueError(f"requests per minute must be 0 to {MAX_RPM:,} and tokens per minute 0 to {MAX_TPM:,}")
+        if not (0 <= rpm <= limits.MAX_RPM and 0 <= tpm <= limits.MAX_TPM):
+            raise ValueError(
+                f"requests per minute must be 0 to {limits.MAX_RPM:,} and tokens per minute 0 to {limits.MAX_TPM:,}"
+            )
         now = self.clock()
         self.rpm, self.tpm = rpm, tpm
         self._requests = _Bucket(1.0, max(rpm - 1, 1) / 60, 1.0, now) if rpm else None

@@ -23,7 +23,6 @@ from paradecom.runner.schema import ANSWER_PROFILES, ENV_ANSWER_PROFILE
 from paradecom.security import add_security_flags, security_from_args
 
 from .lifecycle import LeaseConfig
-from .llm_budget import MAX_RPM, MAX_TPM
 from .server import LeaderSettings, serve
 
 PROG = "paradecom-leader"
@@ -40,8 +39,8 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--listen",
         type=address,
-        default="127.0.0.1:50051",
-        help="HOST:PORT to serve gRPC on (port 0 picks a free one; default 127.0.0.1:50051)",
+        default=limits.DEFAULT_LEADER_ADDRESS,
+        help=f"HOST:PORT to serve gRPC on (port 0 picks a free one; default {limits.DEFAULT_LEADER_ADDRESS})",
     )
     parser.add_argument(
         "--db",
@@ -67,18 +66,18 @@ def build_parser() -> Parser:
         type=int_range(1, limits.MAX_DEPTH_LIMIT),
         default=limits.DEFAULT_MAX_DEPTH,
         metavar="N",
-        help="default depth limit for projects that set none (default 3)",
+        help=f"default depth limit for projects that set none (default {limits.DEFAULT_MAX_DEPTH})",
     )
     parser.add_argument(
         "--llm-rpm",
-        type=int_range(0, MAX_RPM),
+        type=int_range(0, limits.MAX_RPM),
         default=0,
         metavar="N",
         help="LLM requests per minute over all runners together (default 0: no limit)",
     )
     parser.add_argument(
         "--llm-tpm",
-        type=int_range(0, MAX_TPM),
+        type=int_range(0, limits.MAX_TPM),
         default=0,
         metavar="N",
         help="LLM tokens per minute over all runners together (default 0: no limit)",

@@ -1,6 +1,6 @@
 """ParaDecom: break large software projects into tasks with LLMs, in parallel, across machines.
 
-Public API (the RFC's names):
+Public API (docs/architecture.md, "Entry points"):
 
 - `parallel_decompose_project(project, runners=N) -> TaskTree`
 - `ProjectDefinition`, `load_project`: the input

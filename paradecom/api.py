@@ -50,13 +50,14 @@ def parallel_decompose_project(
     """Decompose `project` (a definition, or the path of a project file) into a task tree.
 
     `runners`: "auto" (as many decompositions at once as the work, the LLM budget and the machine
-    allow), a number of runners (each with `concurrency` LLM calls in flight, default 8), or 0 for
-    the sequential fallback. They run in this process unless `runner_processes`. `leader`
-    ("host:port") submits to a running leader instead, whose runners do the work (`security` holds
-    its token and TLS settings). `llm_rpm`/`llm_tpm` bound the LLM requests and tokens per minute;
-    `max_attempts` and `lease_timeout` are the lease rules. `on_progress` gets every progress
-    summary. The endpoint comes from OPENAI_BASE_URL / OPENAI_API_KEY and is checked before
-    anything starts; with neither set, the embedded model (the `local` extra) is started for the call.
+    allow), a number of runners (each with `concurrency` LLM calls in flight, by default
+    `limits.DEFAULT_CONCURRENCY`), or 0 for the sequential fallback. They run in this process
+    unless `runner_processes`. `leader` ("host:port") submits to a running leader instead, whose
+    runners do the work (`security` holds its token and TLS settings). `llm_rpm`/`llm_tpm` bound the
+    LLM requests and tokens per minute; `max_attempts` and `lease_timeout` are the lease rules.
+    `on_progress` gets every progress summary. The endpoint comes from OPENAI_BASE_URL /
+    OPENAI_API_KEY and is checked before anything starts; with neither set, the embedded model (the
+    `local` extra) is started for the call.
 
     Raises ValueError for a bad argument, ParaDecomError subclasses with a one-line message for a
     bad project, an endpoint that cannot work (EndpointError) or a failed run, and PartialTreeError

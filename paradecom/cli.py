@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 PROG = "paradecom"
 FORMATS = ("json", "markdown", "mermaid", "csv")
-DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", "127.0.0.1:50051")
+DEFAULT_LEADER = os.environ.get("PARADECOM_LEADER", limits.DEFAULT_LEADER_ADDRESS)
 DEFAULT_STATUS_PROJECTS = 20
 MAX_STATUS_PROJECTS = 1_000
 # 128 + SIGPIPE: what a shell reports for a command killed by writing to a pipe nobody reads.
@@ -118,7 +118,7 @@ def build_parser(command: str | None = None) -> Parser:
         action="store_true",
         help="run each runner as a process of its own (CPU isolation); default: in this process",
     )
-    p.add_argument("--model", default=None, help="model name (default $PARADECOM_MODEL or gpt-4o-mini)")
+    p.add_argument("--model", default=None, help=f"model name (default $PARADECOM_MODEL or {limits.DEFAULT_MODEL})")
     p.add_argument("--no-cache", action="store_true", help="always ask the LLM, never the decomposition cache")
     p.add_argument(
         "--llm-rpm", type=int_range(0, limits.MAX_RPM), default=0, metavar="N",
@@ -169,14 +169,14 @@ def build_parser(command: str | None = None) -> Parser:
     _add_leader(p)
     p.add_argument(
         "--rpm",
-        type=int_range(0, 1_000_000),
+        type=int_range(0, limits.MAX_RPM),
         default=None,
         metavar="N",
         help="LLM requests per minute over all runners (0: no limit)",
     )
     p.add_argument(
         "--tpm",
-        type=int_range(0, 1_000_000_000),
+        type=int_range(0, limits.MAX_TPM),
         default=None,
         metavar="N",
         help="LLM tokens per minute over all runners (0: no limit)",

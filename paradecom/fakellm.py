@@ -98,8 +98,8 @@ from paradecom.logs import LOG_FORMATS, LogFormat, configure_logging
 
 PROG = "paradecom fake-llm"
 DEFAULT_MODEL = "fake-llm"
-# The model runners ask for unless told otherwise (runner/decompose.py; not imported: it pulls in openai).
-RUNNER_DEFAULT_MODEL = "gpt-4o-mini"
+# The model runners ask for unless told otherwise.
+RUNNER_DEFAULT_MODEL = limits.DEFAULT_MODEL
 RPM_WINDOW_S = 60.0
 MAX_LATENCY_S = 3_600.0
 MAX_RPM = 10_000_000

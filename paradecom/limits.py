@@ -1,7 +1,10 @@
-"""Every limit ParaDecom enforces, in one place, so the docs and the checks cannot drift apart.
+"""Every limit ParaDecom enforces, and every default that more than one module uses, in one place,
+so the docs, the flags and the checks cannot drift apart.
 
-Each is checked where input enters (project file, CLI flag, RPC field, LLM answer) and reported
-with its name and value; README.md's "Limits" table lists the same numbers.
+Each limit is checked where input enters (project file, CLI flag, RPC field, LLM answer) and
+reported with its name and value; README.md's "Limits" table lists the same numbers. Each value
+says why it is what it is. This module imports nothing, so the lightest entry point (the runner's
+signal handler, fake-llm) can read it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ MAX_RETRY_AFTER_MS = 600_000
 MAX_ANSWER_CHARS = 1_000_000
 
 # Cluster.
+# Where a leader serves and clients and runners look for it unless told otherwise: loopback, so a
+# leader started without flags is not reachable from other machines (leader/server.py refuses a
+# public address without a token), on the port gRPC servers customarily use.
+DEFAULT_LEADER_ADDRESS = "127.0.0.1:50051"
 MAX_RUNNERS = 64  # `paradecom run --runners`
 # `paradecom run --runners auto`: as many decompositions at once as the work, the LLM budget and the
 # machine allow (leader/parallelism.py), never more than MAX_AUTO_SLOTS.
@@ -69,6 +76,11 @@ DEFAULT_CONCURRENCY = 8
 # (runner/head_start.py); the rest wait for the leader's first leases, a fraction of a second later.
 HEAD_START_CALLS = 8
 MAX_CONCURRENCY = 1_024  # tasks in flight per runner (`--concurrency`, PullTask.max_in_flight)
+# On SIGTERM a runner lets the tasks in hand finish for this long before it releases them (`--drain-
+# timeout`): about one slow LLM answer, so work nearly done is not thrown away, and within the time
+# an orchestrator waits before SIGKILL (docker/compose.yaml gives a runner 45 s), after which the
+# tasks not released come back only when their leases expire.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 MAX_RUNNER_ID_CHARS = 200
 MAX_ERROR_CHARS = 4_000
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC send/receive, both directions
@@ -86,6 +98,17 @@ MAX_LEASE_TIMEOUT_S = 3_600.0
 # Long enough for a slow LLM answer between two heartbeats (runners extend every third of it),
 # short enough that a killed runner's tasks go back within a minute.
 DEFAULT_LEASE_TIMEOUT_S = 30.0
-# The global LLM budget (`--llm-rpm`, `--llm-tpm`).
+# The global LLM budget (`--llm-rpm`, `--llm-tpm`, `paradecom budget`, SetLlmBudget): far above any
+# hosted endpoint's limits (tens of thousands of requests and tens of millions of tokens a minute),
+# so they never bind a real budget; a value beyond them is a mistake, refused with its flag's name.
 MAX_RPM = 1_000_000
 MAX_TPM = 1_000_000_000
+
+# What a runner lets one answer cost (max_tokens; $PARADECOM_MAX_TOKENS): room for a whole answer at
+# the default fan-out, each subtask with its description and criteria, and a bound on what a model
+# that repeats itself costs. The leader's LLM budget counts it as each call's completion.
+DEFAULT_MAX_TOKENS = 2_000
+
+# The model runners ask for unless told otherwise (`--model`, $PARADECOM_MODEL): a small, cheap
+# OpenAI model that follows a JSON schema well enough for decomposition.
+DEFAULT_MODEL = "gpt-4o-mini"

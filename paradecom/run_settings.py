@@ -43,8 +43,8 @@ class RunSettings:
     - `runners`: "auto" (the default: as many decompositions at once as the frontier, the LLM budget
       and the machine allow, leader/parallelism.py), a number of runners from 1 to MAX_RUNNERS, or 0
       for the sequential fallback (one task at a time, no gRPC).
-    - `concurrency`: LLM calls in flight per runner (default 8; 1 on the embedded model); with
-      "auto", a cap on the calls in flight in all.
+    - `concurrency`: LLM calls in flight per runner (default `limits.DEFAULT_CONCURRENCY`; 1 on the
+      embedded model); with "auto", a cap on the calls in flight in all.
     - `leader`: HOST:PORT of a running leader to submit to instead of running one here (its runners
       do the work, so `runners`, `concurrency`, the budget, `lease_timeout`, `max_attempts` and
       `runner_processes` do not apply and are refused when set).

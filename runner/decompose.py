@@ -56,7 +56,7 @@ from .schema import InvalidAnswer, parse_decomposition
 
 log = structlog.get_logger("paradecom.runner")
 
-DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_MODEL = limits.DEFAULT_MODEL
 ENV_MODEL = "PARADECOM_MODEL"
 
 

@@ -169,7 +169,7 @@ class DecompositionRunner:
         runner_id: str | None = None,
         llm: ChatClient | None = None,
         max_reasks: int = DEFAULT_MAX_REASKS,
-        drain_timeout: float = 30.0,
+        drain_timeout: float = limits.DEFAULT_DRAIN_TIMEOUT_S,
         min_subtasks: int = DEFAULT_MIN_SUBTASKS,
         max_subtasks: int = DEFAULT_MAX_SUBTASKS,
         cache: DecompositionCache | None = None,

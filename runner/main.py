@@ -147,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drain-timeout",
         type=float_range(0.0, limits.MAX_LEASE_TIMEOUT_S),
-        default=30.0,
+        default=limits.DEFAULT_DRAIN_TIMEOUT_S,
         metavar="S",
-        help="on SIGTERM, seconds to let tasks in hand finish before releasing them (default 30)",
+        help="on SIGTERM, seconds to let tasks in hand finish before releasing them "
+        f"(default {limits.DEFAULT_DRAIN_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--metrics-listen",

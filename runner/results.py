@@ -8,8 +8,7 @@ answers (and stores: leader/group_commit.py) many results for the cost of one ca
 
 A refusal of one result (a stale lease, a bad result) is raised to its own caller as the
 `grpc.aio.AioRpcError` SubmitResult would have raised, so the caller's retry rules stay as they
-are; a failure of the whole call (the leader unreachable) is raised to every caller in it. A
-leader that predates SubmitResults (UNIMPLEMENTED) is sent one SubmitResult per result from then on.
+are; a failure of the whole call (the leader unreachable) is raised to every caller in it.
 """
 
 from __future__ import annotations
@@ -18,15 +17,12 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import grpc
-import structlog
 
 from paradecom import limits
 from paradecom.v1 import task_service_pb2
 
 if TYPE_CHECKING:
     from paradecom.v1.task_service_pb2_grpc import TaskServiceAsyncStub
-
-log = structlog.get_logger("paradecom.runner")
 
 _Answer = task_service_pb2.SubmitResultResponse | grpc.aio.AioRpcError
 _Pending = tuple[task_service_pb2.SubmitResultRequest, "asyncio.Future[task_service_pb2.SubmitResultResponse]"]
@@ -46,12 +42,9 @@ class ResultSender:
         self._deadline_s = deadline_s
         self._pending: list[_Pending] = []
         self._sending: asyncio.Task[None] | None = None
-        self._batches_supported = True
 
     async def submit(self, request: task_service_pb2.SubmitResultRequest) -> task_service_pb2.SubmitResultResponse:
         """The leader's answer to `request`; raises `grpc.aio.AioRpcError` as SubmitResult would."""
-        if not self._batches_supported:
-            return await self._stub.SubmitResult(request, timeout=self._deadline_s)
         future: asyncio.Future[task_service_pb2.SubmitResultResponse] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
         if self._sending is None:
@@ -87,7 +80,7 @@ class ResultSender:
     async def _send(self, batch: list[_Pending]) -> None:
         requests = [request for request, _ in batch]
         if len(batch) == 1:
-            answers = [await self._send_one(requests[0])]  # the plain call, which every leader knows
+            answers = [await self._send_one(requests[0])]  # alone: the plain call, no batch to answer
         else:
             answers = await self._send_batch(requests)
         for (_, future), answer in zip(batch, answers, strict=True):
@@ -110,11 +103,7 @@ class ResultSender:
                 task_service_pb2.SubmitResultsRequest(results=requests), timeout=self._deadline_s
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                return [exc] * len(requests)
-            log.info("the leader does not take SubmitResults; sending results one by one")
-            self._batches_supported = False
-            return list(await asyncio.gather(*(self._send_one(r) for r in requests)))
+            return [exc] * len(requests)
         if len(response.outcomes) != len(requests):
             wrong = refusal(grpc.StatusCode.INTERNAL.value[0], "the leader answered a different number of results")
             return [wrong] * len(requests)

@@ -1,7 +1,8 @@
 """Generate the Python stubs in paradecom/v1/ from proto/paradecom/v1/*.proto.
 
-The stubs are committed (so installing needs no protoc) and `tests/test_proto_stubs.py` fails when
-they differ from what this script makes. Run it with `make proto` after editing a .proto file.
+The stubs are committed (so installing needs no protoc) and
+`tests/test_contract.py::test_committed_stubs_are_fresh` fails when they differ from what this script
+makes. Run it with `make proto` after editing a .proto file (which also regenerates docs/proto.md).
 """
 
 from __future__ import annotations

@@ -155,8 +155,7 @@ class _Leader:
     """Answers SubmitResult/SubmitResults like a leader: tokens starting with "stale" are ABORTED.
     Each call waits until the test lets it through, so results can pile up meanwhile."""
 
-    def __init__(self, *, batches: bool = True) -> None:
-        self.batches = batches
+    def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
         self.called = asyncio.Event()
         self.gate = asyncio.Event()
@@ -186,8 +185,6 @@ class _Leader:
     ) -> task_service_pb2.SubmitResultsResponse:
         self.calls.append(("SubmitResults", len(request.results)))
         self.called.set()
-        if not self.batches:
-            raise refusal(grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!")
         await self.gate.wait()
         return task_service_pb2.SubmitResultsResponse(outcomes=[self._answer(r) for r in request.results])
 
@@ -218,17 +215,6 @@ def test_results_ready_while_a_call_is_in_flight_go_together() -> None:
     assert isinstance(answers[1], grpc.aio.AioRpcError) and answers[1].code() == grpc.StatusCode.ABORTED
     assert answers[1].details() == "lease is not current"
     assert [a.children_queued for a in answers[2:]] == [2, 2]  # type: ignore[union-attr]
-
-
-def test_a_leader_without_submit_results_is_sent_one_result_per_call() -> None:
-    leader = _Leader(batches=False)
-    sender = ResultSender(leader, 5.0)  # type: ignore[arg-type]
-    answers = asyncio.run(_submit_all(sender, leader, [_request(t) for t in ("a", "b", "stale-c")]))
-    assert leader.calls == [("SubmitResult", 1), ("SubmitResults", 2), ("SubmitResult", 1), ("SubmitResult", 1)]
-    assert [type(a).__name__ for a in answers] == ["SubmitResultResponse", "SubmitResultResponse", "AioRpcError"]
-    leader.calls.clear()
-    asyncio.run(_submit_all(sender, leader, [_request(t) for t in ("d", "e")]))
-    assert leader.calls == [("SubmitResult", 1), ("SubmitResult", 1)]  # it remembers
 
 
 def test_a_batch_is_closed_at_its_byte_limit() -> None:

@@ -18,6 +18,8 @@ import Ajv2020 from "ajv/dist/2020.js";
 
 const PROG = "node-runner";
 const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../proto");
+// The contract's limits and the defaults this runner shares with the Python one have the values of
+// paradecom/limits.py, where each is explained; change them there and here together.
 const RPC_DEADLINE_MS = 10_000; // every unary call
 const LLM_TIMEOUT_MS = 300_000; // one chat completion
 const LLM_TRIES = 3; // per chat completion, for network errors, 429 and 5xx
@@ -26,6 +28,9 @@ const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const MAX_ERROR_CHARS = 4_000; // FailTaskRequest.error: at most 4,000 characters are kept
 const MAX_BATCH = 256; // PullTaskRequest.max_batch and SubmitResultsRequest.results: at most 256
+const MAX_CONCURRENCY = 1_024; // PullTaskRequest.max_in_flight: at most 1,024
+const DEFAULT_DRAIN_TIMEOUT_S = 30;
+const DEFAULT_MODEL = "gpt-4o-mini";
 const MAX_TOKEN_BYTES = 4096; // the bearer token file: one line of at most 4 KiB
 const MAX_REASONS = 20; // problems listed in one re-ask
 const CONTRACT_VERSION = "paradecom.decompose/1"; // the LlmRequest version this runner follows
@@ -69,9 +74,9 @@ function parseFlags(argv) {
   const opts = {
     leader: process.env.PARADECOM_LEADER || "",
     concurrency: 4,
-    model: process.env.PARADECOM_MODEL || "gpt-4o-mini",
+    model: process.env.PARADECOM_MODEL || DEFAULT_MODEL,
     runnerId: `${hostname()}-node-${process.pid}-${randomBytes(3).toString("hex")}`,
-    drainTimeoutS: 30,
+    drainTimeoutS: DEFAULT_DRAIN_TIMEOUT_S,
     structuredOutput: process.env.PARADECOM_STRUCTURED_OUTPUT || "auto",
   };
   const names = { "--leader": "leader", "--concurrency": "concurrency", "--model": "model",
@@ -94,7 +99,7 @@ function parseFlags(argv) {
     die(opts.leader ? `--leader ${JSON.stringify(opts.leader)} is not HOST:PORT` : "--leader HOST:PORT is required");
   }
   const n = Number(opts.concurrency);
-  if (!Number.isInteger(n) || n < 1 || n > 1024) die(`--concurrency must be an integer from 1 to 1024, not ${JSON.stringify(opts.concurrency)}`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_CONCURRENCY) die(`--concurrency must be an integer from 1 to ${MAX_CONCURRENCY}, not ${JSON.stringify(opts.concurrency)}`);
   opts.concurrency = n;
   const d = Number(opts.drainTimeoutS);
   if (!Number.isFinite(d) || d < 0 || String(opts.drainTimeoutS).trim() === "") die(`--drain-timeout must be a number of seconds >= 0, not ${JSON.stringify(opts.drainTimeoutS)}`);
