@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 # one-line errors our commands print. Set before grpc is first imported; a user's setting wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+# The one place the version is stated: pyproject.toml reads it from here (a dynamic version).
 __version__ = "0.1.0"
 
 # Imported on first use, so a runner or the fake LLM does not load the leader and vice versa.

@@ -379,10 +379,15 @@ def test_image_file_list_builds_the_package_with_its_stubs(tmp_path: Path) -> No
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, target)
-    # The images' package is the one `pip install .` makes in the source directory (build stages).
+    # The images' package is the one `pip install .` makes in the source directory (build stages),
+    # with the versions the tests pass with.
+    assert (context / "constraints.txt").is_file()
     for build, spec in (("build", "."), ("build-local", '".[local]"')):
         assert stages[build].parent == "source"
-        assert any(kw == "RUN" and rest.endswith(f"pip install {spec}") for kw, rest in stages[build].instructions)
+        assert any(
+            kw == "RUN" and rest.endswith(f"pip install -c constraints.txt {spec}")
+            for kw, rest in stages[build].instructions
+        )
     result = run_cli(
         [PYTHON, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(context)], timeout=300
     )
@@ -394,6 +399,8 @@ def test_image_file_list_builds_the_package_with_its_stubs(tmp_path: Path) -> No
     stubs = {f"paradecom/v1/{p.name}" for p in (ROOT / "paradecom" / "v1").glob("*.py*")}
     assert stubs <= names
     assert {"paradecom/py.typed", "paradecom/leader/main.py", "paradecom/runner/main.py", "paradecom/tree.py"} <= names
+    protos = {f"paradecom/proto/paradecom/v1/{p.name}" for p in (ROOT / "proto" / "paradecom" / "v1").glob("*.proto")}
+    assert protos and protos <= names
     for script in ("paradecom =", "paradecom-leader =", "paradecom-runner ="):
         assert script in entry_points
 
