@@ -103,10 +103,11 @@ def test_a_key_error_inside_a_handler_answers_internal(logged: list[MutableMappi
                 )
 
                 def broken(project_id: str) -> project_pb2.ProjectSummary:
-                    return {}[project_id]  # type: ignore[no-any-return]
+                    nothing: dict[str, project_pb2.ProjectSummary] = {}
+                    return nothing[project_id]  # the bug: a lookup of a key that is not there
 
                 real = server.leader.summary
-                server.leader.summary = broken  # type: ignore[method-assign]
+                server.leader.summary = broken
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await projects.GetProject(
                         project_service_pb2.GetProjectRequest(project_id=submitted.project_id), timeout=10
@@ -114,7 +115,7 @@ def test_a_key_error_inside_a_handler_answers_internal(logged: list[MutableMappi
                 assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
                 (entry,) = [e for e in logged if e["log_level"] == "error"]
                 assert entry["event"] == "unexpected error" and isinstance(entry["exc_info"], KeyError)
-                server.leader.summary = real  # type: ignore[method-assign]
+                server.leader.summary = real
                 ok = await projects.GetProject(
                     project_service_pb2.GetProjectRequest(project_id=submitted.project_id), timeout=10
                 )
@@ -125,7 +126,9 @@ def test_a_key_error_inside_a_handler_answers_internal(logged: list[MutableMappi
     asyncio.run(scenario())
 
 
-def test_unknown_ids_answer_not_found_over_grpc(start_leader: Callable[..., tuple[Proc, str]], stubs: Callable) -> None:
+def test_unknown_ids_answer_not_found_over_grpc(
+    start_leader: Callable[..., tuple[Proc, str]], stubs: Callable[..., Any]
+) -> None:
     """Every RPC that names a project or a task this leader does not have answers NOT_FOUND with a
     message naming it, from a real leader process; none of them is an unexpected error."""
     proc, address = start_leader()
@@ -153,8 +156,8 @@ def test_unknown_ids_answer_not_found_over_grpc(start_leader: Callable[..., tupl
         for call in calls:
             with pytest.raises(grpc.RpcError) as err:
                 call()
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()  # type: ignore[attr-defined]
-            assert err.value.details() == needle  # type: ignore[attr-defined]
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+            assert err.value.details() == needle
     batch = tasks.SubmitResults(
         task_service_pb2.SubmitResultsRequest(
             results=[task_service_pb2.SubmitResultRequest(task_id="987654", lease_token="t", subtasks=subtasks)]
