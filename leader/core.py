@@ -1,18 +1,21 @@
 """`DecompositionLeader`: the leader's state machine without any transport.
 
-It owns the store and the task lifecycle and answers in protobuf messages; the gRPC services
-(`service.py`) and the sequential fallback (`paradecom run --runners 0`) both drive it. It never
+It owns the store, the task lifecycle, the group commit of results and the change feed, and it is
+the only doorway to them: the gRPC services (`service.py`), the scheduler, the lease clock, the
+parallelism bound, the metrics, the server and the sequential fallback (`paradecom run --runners 0`)
+call its methods and never reach the parts behind it. It answers in protobuf messages and never
 calls an LLM: `generate_work_queue` queues a project's top-level tasks and `process_results` files
-what runners found.
+what runners found (the RFC's names).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from paradecom import limits
@@ -35,6 +38,7 @@ from .store import (
     QUEUED,
     RUNNING,
     ProjectRow,
+    ProjectStats,
     Store,
     TaskRow,
     clamp_int,
@@ -98,16 +102,18 @@ class DecompositionLeader:
         observer: LeaseObserver | None = None,
         request_settings: RequestSettings | None = None,
     ) -> None:
-        self.store = store
+        self._store = store
         # What shapes the LlmRequest of every assignment (fan-out, re-asks, answer profile).
         self.request_settings = request_settings or RequestSettings()
         self.observer = observer
         self.config = config or LeaseConfig()
         self.default_max_depth = default_max_depth
         self.clock = clock
-        self.feed = ChangeFeed()
-        self.lifecycle = TaskLifecycle(store, self.config, clock=clock, on_change=self.feed.notify)
-        self.result_groups = ResultGroups(self.lifecycle)
+        # The parts. Everything else in the leader (services, scheduler, lease clock, metrics)
+        # goes through this class's methods, never to these: one doorway to the leader's state.
+        self._feed = ChangeFeed()
+        self._lifecycle = TaskLifecycle(store, self.config, clock=clock, on_change=self._feed.notify)
+        self._result_groups = ResultGroups(self._lifecycle)
         # Definitions never change after submission; parsing them once per project, not per lease.
         self._definitions: dict[str, project_pb2.ProjectDefinition] = {}
         self._contexts: dict[str, project_pb2.ProjectDefinition] = {}
@@ -152,11 +158,11 @@ class DecompositionLeader:
             )
             for i, s in enumerate(seeds, start=1)
         ]
-        with self.store.transaction():
-            self.store.insert_project(
+        with self._store.transaction():
+            self._store.insert_project(
                 ProjectRow(
                     id=project_id,
-                    seq=self.store.next_project_seq(),
+                    seq=self._store.next_project_seq(),
                     name=msg.name,
                     definition=msg.SerializeToString(),
                     max_depth=msg.max_depth,
@@ -169,13 +175,13 @@ class DecompositionLeader:
                     max_tokens=msg.max_tokens,
                 )
             )
-            self.store.insert_tasks(rows)
-        self.feed.notify(project_id)
+            self._store.insert_tasks(rows)
+        self._feed.notify(project_id)
         return project_id
 
     def definition(self, project_id: str) -> project_pb2.ProjectDefinition:
         if project_id not in self._definitions:
-            row = self.store.get_project(project_id)
+            row = self._store.get_project(project_id)
             assert row is not None
             self._definitions[project_id] = project_pb2.ProjectDefinition.FromString(row.definition)
         return self._definitions[project_id]
@@ -191,7 +197,7 @@ class DecompositionLeader:
         return self._contexts[project_id]
 
     def summary(self, project_id: str) -> project_pb2.ProjectSummary | None:
-        row = self.store.get_project(project_id)
+        row = self._store.get_project(project_id)
         return None if row is None else self._summary(row)
 
     def _summary(self, row: ProjectRow) -> project_pb2.ProjectSummary:
@@ -223,13 +229,13 @@ class DecompositionLeader:
         self, page_size: int, before_seq: int | None
     ) -> tuple[list[project_pb2.ProjectSummary], int | None]:
         """A page of projects, newest first, and the seq to continue from (None on the last page)."""
-        rows = self.store.list_projects(page_size + 1, before_seq)
+        rows = self._store.list_projects(page_size + 1, before_seq)
         more = len(rows) > page_size
         rows = rows[:page_size]
         return [self._summary(r) for r in rows], (rows[-1].seq if more and rows else None)
 
     def task_tree(self, project_id: str) -> list[project_pb2.TaskNode]:
-        return build_tree(self.store.project_tasks(project_id), STATUS)
+        return build_tree(self._store.project_tasks(project_id), STATUS)
 
     def task_tree_page(
         self, project_id: str, after_id: int, page_size: int, max_bytes: int = limits.TREE_PAGE_BYTES
@@ -243,14 +249,14 @@ class DecompositionLeader:
         last = after_id
         while len(nodes) < page_size:
             # A few rows at a time: at the limits a task is most of a megabyte.
-            rows = self.store.project_tasks_after(project_id, last, min(64, page_size - len(nodes)))
+            rows = self._store.project_tasks_after(project_id, last, min(64, page_size - len(nodes)))
             if not rows:
                 return nodes, None
             for t in rows:
                 depends_on: list[str] = []
                 if t.depends_on:
                     if t.parent_id not in siblings:
-                        siblings[t.parent_id] = self.store.children_paths(project_id, t.parent_id)
+                        siblings[t.parent_id] = self._store.children_paths(project_id, t.parent_id)
                     by_key = siblings[t.parent_id]
                     depends_on = [by_key[k] for k in t.depends_on if k in by_key and k != t.key]
                 node = task_node(t, depends_on, STATUS)
@@ -261,17 +267,17 @@ class DecompositionLeader:
                 nodes.append(node)
                 size += node_size
                 last = t.id
-        more = self.store.project_tasks_after(project_id, last, 1)
+        more = self._store.project_tasks_after(project_id, last, 1)
         return nodes, last if more else None
 
     def cancel_project(self, project_id: str) -> bool:
-        return self.lifecycle.cancel_project(project_id)
+        return self._lifecycle.cancel_project(project_id)
 
     # Leases.
 
     def lease_tasks(self, runner_id: str, limit: int) -> list[task_pb2.TaskAssignment]:
         """Lease up to `limit` ready tasks to a runner, each with the context to decompose it."""
-        assignments = [self._assignment(t) for t in self.lifecycle.grant(runner_id, limit)]
+        assignments = [self._assignment(t) for t in self._lifecycle.grant(runner_id, limit)]
         if self.observer and assignments:
             self.observer.granted([a.lease.task_id for a in assignments])
         return assignments
@@ -281,7 +287,7 @@ class DecompositionLeader:
         ancestors: list[project_pb2.TaskSpec] = []
         parent_id = task.parent_id
         while parent_id is not None:
-            parent = self.store.get_task(parent_id)
+            parent = self._store.get_task(parent_id)
             assert parent is not None
             ancestors.append(
                 project_pb2.TaskSpec(
@@ -292,7 +298,7 @@ class DecompositionLeader:
             )
             parent_id = parent.parent_id
         ancestors.reverse()
-        siblings = self.store.children_titles(task.project_id, task.parent_id, MAX_SIBLING_TITLES + 1)
+        siblings = self._store.children_titles(task.project_id, task.parent_id, MAX_SIBLING_TITLES + 1)
         definition = self._context(task.project_id)
         assignment = task_pb2.TaskAssignment(
             lease=task_pb2.Lease(
@@ -324,11 +330,14 @@ class DecompositionLeader:
         stop_reason: str = "",
     ) -> Accepted:
         """File a task's subtasks under its lease; queue the children that need decomposing. No
-        subtasks with a `stop_reason` makes the task a leaf for that reason."""
-        accepted = self.lifecycle.accept(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
-        if self.observer and not accepted.duplicate:
-            self.observer.settled(task_id, accepted=True)
-        return accepted
+        subtasks with a `stop_reason` makes the task a leaf for that reason. Raises the lease
+        rules' refusal (a LeaseError) when the lease is not the task's current one.
+
+        The RFC's name, for callers without an event loop to share (the sequential fallback, tests,
+        benchmarks): `submit_result` in a transaction of its own, committed before it returns. The
+        gRPC service calls `submit_result`; both take the same path to the lifecycle."""
+        result = Result(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
+        return self._settled(result, self._result_groups.accept_alone(result))
 
     async def submit_result(
         self,
@@ -338,17 +347,20 @@ class DecompositionLeader:
         usage: task_pb2.Usage | None = None,
         stop_reason: str = "",
     ) -> Accepted:
-        """`process_results` for the RPC: in one transaction with the results that arrive with it
-        (group commit), returned once that transaction has committed."""
-        accepted = await self.result_groups.accept(
-            Result(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
-        )
+        """`process_results` as the service calls it: in one transaction with the results that
+        arrive with it (group commit, leader/group_commit.py), returned once that transaction has
+        committed."""
+        result = Result(task_id, lease_token, subtasks, usage or task_pb2.Usage(), stop_reason)
+        return self._settled(result, await self._result_groups.accept(result))
+
+    def _settled(self, result: Result, accepted: Accepted) -> Accepted:
+        """Tell the observer of an accepted result (a duplicate settles nothing new)."""
         if self.observer and not accepted.duplicate:
-            self.observer.settled(task_id, accepted=True)
+            self.observer.settled(result.task_id, accepted=True)
         return accepted
 
     def extend_lease(self, task_id: str, lease_token: str) -> tuple[int, bool]:
-        expires_ms, cancelled = self.lifecycle.extend(task_id, lease_token)
+        expires_ms, cancelled = self._lifecycle.extend(task_id, lease_token)
         if self.observer and not cancelled:
             self.observer.extended()
         return expires_ms, cancelled
@@ -356,15 +368,103 @@ class DecompositionLeader:
     def fail_task(
         self, task_id: str, lease_token: str, error: str, retryable: bool, usage: task_pb2.Usage | None = None
     ) -> project_pb2.TaskStatus.ValueType:
-        state = self.lifecycle.fail(task_id, lease_token, error, retryable, usage or task_pb2.Usage())
+        state = self._lifecycle.fail(task_id, lease_token, error, retryable, usage or task_pb2.Usage())
         if self.observer:
             self.observer.settled(task_id, accepted=False)
         return STATUS[state]
 
     def release_task(self, task_id: str, lease_token: str, reason: str, usage: task_pb2.Usage | None = None) -> None:
-        self.lifecycle.release(task_id, lease_token, reason, usage)
+        self._lifecycle.release(task_id, lease_token, reason, usage)
         if self.observer:
             self.observer.settled(task_id, accepted=False)
 
-    def seconds_until(self, due_ms: int | None) -> float | None:
+    # Runner sessions and the lease clock (leader/scheduler.py, leader/lease_clock.py, leader/server.py).
+
+    def leases_by_runner(self) -> Mapping[str, int]:
+        """How many live leases each runner holds (runners with none left out). A live, read-only
+        view: it follows every grant and settlement, also while the caller holds it."""
+        return self._lifecycle.leases_by_runner
+
+    def end_session(self, runner_id: str) -> int:
+        """The runner restarted under its id: end the leases it held now, as expired ones (charged,
+        retried with backoff, their tokens refused from now on). Returns how many."""
+        return self._lifecycle.end_session(runner_id)
+
+    def shorten_leases(self, runner_id: str) -> int:
+        """The runner's stream dropped: its leases end within the disconnect grace unless it keeps
+        heartbeating them. Returns how many were shortened."""
+        return self._lifecycle.shorten_leases(runner_id)
+
+    def expire_due(self) -> int:
+        """Requeue (or dead-letter) every task whose lease has passed its expiry; returns how many
+        projects changed."""
+        return self._lifecycle.expire_due()
+
+    def renew_all_leases(self) -> int:
+        """At start-up: give every lease handed out before a restart a full lease timeout from now
+        (runners could not heartbeat while the leader was down). Returns how many."""
+        return self._lifecycle.renew_all_leases()
+
+    def next_backoff_seconds(self) -> float | None:
+        """Seconds until the earliest task waiting out a retry backoff becomes ready; None if none waits."""
+        return self._seconds_until(self._store.next_backoff_ms(int(self.clock() * 1000)))
+
+    def next_lease_expiry_seconds(self) -> float | None:
+        """Seconds until the earliest live lease expires (0 if one is past due); None with no lease."""
+        return self._seconds_until(self._store.next_lease_expiry_ms())
+
+    def _seconds_until(self, due_ms: int | None) -> float | None:
         return None if due_ms is None else max(0.0, due_ms / 1000 - self.clock())
+
+    # Changes (WatchProject streams, the dispatcher).
+
+    def watch(self, project_id: str) -> asyncio.Event:
+        """An event set at every committed change of the project; the caller clears it after each
+        wake and must `unwatch` it when done."""
+        return self._feed.watch(project_id)
+
+    def unwatch(self, project_id: str, event: asyncio.Event) -> None:
+        self._feed.unwatch(project_id, event)
+
+    def wake_dispatcher(self) -> None:
+        """Make `wait_for_change` return: something other than a task changed (a runner connected
+        or left, the LLM budget was changed)."""
+        self._feed.any_change.set()
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Return at the next change of any project or `wake_dispatcher`, or after `timeout_s`.
+        A change made since the previous return (while the caller worked) returns at once."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # lands as the event fires (CPython gh-86296), and the drain that cancels the caller would hang.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._feed.any_change.wait()
+        self._feed.any_change.clear()
+
+    # What the store knows of every project (leader/parallelism.py, leader/metrics.py, leader/server.py).
+
+    def open_task_count(self) -> int:
+        """Tasks queued (ready or in a retry backoff) or leased, over every running project."""
+        total = 0
+        for project_id in self._store.running_project_ids():
+            row = self._store.get_project(project_id)
+            if row is not None:
+                total += row.counts.get(QUEUED, 0) + row.counts.get(LEASED, 0)
+        return total
+
+    def running_project_count(self) -> int:
+        """Projects not yet done, failed or cancelled."""
+        return len(self._store.running_project_ids())
+
+    def project_stats(self) -> list[ProjectStats]:
+        """Every project's counters, without definitions: what a metrics scrape reads."""
+        return self._store.project_stats()
+
+    def result_transactions(self) -> int:
+        """Store transactions that accepted results since the leader started (group commit makes
+        them fewer than the results)."""
+        return self._result_groups.groups
+
+    def close(self) -> None:
+        """Close the store. The leader is not used afterwards."""
+        self._store.close()

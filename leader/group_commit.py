@@ -63,14 +63,27 @@ class ResultGroups:
             return
         self._flush()
 
+    def accept_alone(self, result: Result) -> Accepted:
+        """Accept `result` now, in a transaction of its own (no event loop needed); returns once it
+        is committed. Raises what `accept` would."""
+        (answer,) = self._store([result])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def _store(self, results: list[Result]) -> list[Accepted | Exception]:
+        """The one call into the lifecycle for results, whether grouped or alone."""
+        answers = self.lifecycle.accept_many(results)
+        self.groups += 1
+        self.results += len(results)
+        return answers
+
     def _flush(self) -> None:
         group, self._pending = self._pending, []
         self._scheduled = False
         if not group:
             return
-        answers = self.lifecycle.accept_many([result for result, _ in group])
-        self.groups += 1
-        self.results += len(group)
+        answers = self._store([result for result, _ in group])
         for (_, future), answer in zip(group, answers, strict=True):
             if future.cancelled():
                 continue

@@ -22,11 +22,11 @@ class LeaseClock:
 
     def tick(self) -> int:
         """Expire every lease past its deadline now; returns how many projects changed."""
-        return self.leader.lifecycle.expire_due()
+        return self.leader.expire_due()
 
     async def run(self) -> None:
         while True:
-            wait = self.leader.seconds_until(self.leader.store.next_lease_expiry_ms())
+            wait = self.leader.next_lease_expiry_seconds()
             sleep = MAX_SLEEP_S if wait is None else min(wait, MAX_SLEEP_S)
             # A lease expires at its deadline, not before: wait past it by a millisecond.
             await asyncio.sleep(sleep + 0.001)

@@ -37,6 +37,7 @@ from paradecom.subtasks import SubtaskShape, subtask_errors
 from paradecom.v1 import project_pb2, task_pb2
 
 from .consolidate import consolidation_error
+from .errors import InvalidResult, LeaseError, ProjectClosed, StaleLease, UnknownTask
 from .ids import parse_decimal_id
 from .store import (
     CANCELLED,
@@ -65,33 +66,6 @@ MAX_SIBLING_TITLES = limits.MAX_SIBLING_TITLES
 MAX_STOP_REASON_CHARS = 200
 BUDGET_TASKS = "task budget reached"
 BUDGET_TOKENS = "token budget reached"
-
-
-class LeaseError(Exception):
-    """A request about a task that the lease rules refuse; `code` names the gRPC status to answer."""
-
-    code = "FAILED_PRECONDITION"
-
-
-class UnknownTask(LeaseError):
-    code = "NOT_FOUND"
-
-
-class StaleLease(LeaseError):
-    """The token is not the task's current lease: expired, reassigned, released or never issued."""
-
-    code = "ABORTED"
-    # The refusal is counted, and an expired lease found here is requeued on the spot: those
-    # changes are committed although the request is refused (see Store.transaction).
-    keep_changes = True
-
-
-class ProjectClosed(LeaseError):
-    code = "FAILED_PRECONDITION"
-
-
-class InvalidResult(LeaseError):
-    code = "INVALID_ARGUMENT"
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class _StoreCollector(Collector):
         self.scheduler = scheduler
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.leader.store.project_stats()
+        stats = self.leader.project_stats()
         tasks = GaugeMetricFamily("paradecom_tasks", "Tasks in each state, over all projects.", labels=["state"])
         for state in TASK_STATES:
             tasks.add_metric([state], sum(p.counts.get(state, 0) for p in stats))
@@ -93,7 +93,7 @@ class _StoreCollector(Collector):
                        self.scheduler.assignment_messages)  # fmt: skip
         yield _counter("paradecom_result_transactions", "Store transactions that accepted results (fewer than "
                        "the results when they arrive together: group commit).",
-                       self.leader.result_groups.groups)  # fmt: skip
+                       self.leader.result_transactions())  # fmt: skip
         sessions = list(self.scheduler.sessions.values())
         yield GaugeMetricFamily(
             "paradecom_runners_connected", "Runners with an open PullTask stream.", value=len(sessions)

@@ -34,7 +34,6 @@ from paradecom import limits
 
 from .core import DecompositionLeader
 from .llm_budget import LlmBudget
-from .store import LEASED, QUEUED
 
 # Calls one core keeps fed: a runner spends 3-5 ms of CPU on a call (docs/performance.md), so one
 # core handles some 200 calls a second, 64 in flight even at a fast 0.3 s per call.
@@ -114,13 +113,7 @@ class Parallelism:
 
     def frontier(self) -> int:
         """Tasks ready now or in flight, over every running project."""
-        store = self.leader.store
-        total = 0
-        for project_id in store.running_project_ids():
-            row = store.get_project(project_id)
-            if row is not None:
-                total += row.counts.get(QUEUED, 0) + row.counts.get(LEASED, 0)
-        return total
+        return self.leader.open_task_count()
 
     def budget_bound(self, typical_tokens: int) -> int | None:
         """In-flight tasks the LLM budget allows (None: it sets no bound)."""

@@ -16,7 +16,7 @@ from paradecom import limits
 from paradecom.v1 import task_pb2, task_service_pb2
 
 from .core import DecompositionLeader
-from .lifecycle import LeaseError
+from .errors import LeaseError
 from .llm_budget import LlmBudget, estimate_tokens
 from .parallelism import Parallelism
 
@@ -114,7 +114,7 @@ class Scheduler:
         if session_id:
             previous = self._last_session.get(runner_id)
             if previous is not None and previous != session_id:
-                ended = self.leader.lifecycle.end_session(runner_id)
+                ended = self.leader.end_session(runner_id)
             self._last_session[runner_id] = session_id
         session = RunnerSession(
             runner_id, max_in_flight, peer, int(self.leader.clock() * 1000), max(1, max_batch), session_id=session_id
@@ -125,7 +125,7 @@ class Scheduler:
             "runner connected", runner_id=runner_id, max_in_flight=max_in_flight, max_batch=max_batch, peer=peer,
             restarted_leases_ended=ended,
         )  # fmt: skip
-        self.leader.feed.any_change.set()
+        self.leader.wake_dispatcher()
         return session
 
     def disconnect(self, session: RunnerSession) -> None:
@@ -133,14 +133,14 @@ class Scheduler:
         self._close(session)
         if self.sessions.get(session.runner_id) is session:
             del self.sessions[session.runner_id]
-            shortened = self.leader.lifecycle.shorten_leases(session.runner_id)
+            shortened = self.leader.shorten_leases(session.runner_id)
             log.info("runner disconnected", runner_id=session.runner_id, leases_in_grace=shortened)
-            self.leader.feed.any_change.set()
+            self.leader.wake_dispatcher()
 
     def _forget_sessions(self) -> None:
         """Drop the session ids of runner ids with no stream and no lease: a restart under such an
         id has nothing to take back, and the map stays as small as the runners that matter."""
-        leases = self.leader.lifecycle.leases_by_runner
+        leases = self.leader.leases_by_runner()
         for runner_id in [r for r in self._last_session if r not in self.sessions and not leases.get(r)]:
             del self._last_session[runner_id]
 
@@ -162,6 +162,11 @@ class Scheduler:
                 task_service_pb2.PullTaskResponse(drain=task_service_pb2.DrainNotice(reason=reason))
             )
 
+    def end_streams(self) -> None:
+        """End every open PullTask stream (after `drain`, at shutdown)."""
+        for session in list(self.sessions.values()):
+            session.outbox.put_nowait(None)
+
     def dispatch(self) -> int:
         """Fill every free slot with a ready task; returns how many were handed out."""
         if self.draining:
@@ -172,7 +177,7 @@ class Scheduler:
         # Start at a different runner each round, so a short queue is spread over all of them.
         self._turn = (self._turn + 1) % len(sessions)
         handed = 0
-        leases = self.leader.lifecycle.leases_by_runner
+        leases = self.leader.leases_by_runner()
         room: int | None = None
         if self.parallelism.enforce:
             room = self.parallelism.limit(self._typical_estimate) - sum(leases.values())
@@ -225,25 +230,14 @@ class Scheduler:
 
     def rate_limited(self, usage: task_pb2.Usage) -> None:
         """A runner met 429s (reported with a heartbeat): slow every runner down."""
-        in_flight = sum(self.leader.lifecycle.leases_by_runner.values())
+        in_flight = sum(self.leader.leases_by_runner().values())
         retry_after_ms = min(usage.retry_after_ms, limits.MAX_RETRY_AFTER_MS)  # a longer one is taken as the limit
         self.budget.on_rate_limited(usage.rate_limited, retry_after_ms / 1000, in_flight)
         log.info("rate limited", count=usage.rate_limited, in_flight=in_flight, cap=self.budget.cap)
 
     async def run(self) -> None:
         """Dispatch whenever something changed, or when the next retry backoff ends."""
-        feed = self.leader.feed
         while True:
-            feed.any_change.clear()
             self.dispatch()
-            now_ms = int(self.leader.clock() * 1000)
-            waits = [
-                self.leader.seconds_until(self.leader.store.next_backoff_ms(now_ms)),
-                self.budget.seconds_until_room(self._typical_estimate),
-            ]
-            timeout = min([MAX_IDLE_S, *(w for w in waits if w is not None)])
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
-            # lands as the event fires (CPython gh-86296), and the drain that cancels us would hang.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await feed.any_change.wait()
+            waits = [self.leader.next_backoff_seconds(), self.budget.seconds_until_room(self._typical_estimate)]
+            await self.leader.wait_for_change(min([MAX_IDLE_S, *(w for w in waits if w is not None)]))

@@ -83,11 +83,12 @@ class LeaderServer:
         self.settings = settings
         self._check_exposure()
         try:
-            self.store = SqliteStore(settings.db)
+            store = SqliteStore(settings.db)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the store {settings.db}: {exc}") from None
+        # The leader owns the store from here (and closes it): nothing else holds it.
         self.leader = DecompositionLeader(
-            self.store, settings.lease, default_max_depth=settings.max_depth, request_settings=settings.request
+            store, settings.lease, default_max_depth=settings.max_depth, request_settings=settings.request
         )
         budget = LlmBudget(settings.llm_rpm, settings.llm_tpm)
         parallelism = Parallelism(
@@ -143,11 +144,13 @@ class LeaderServer:
             )
 
     async def start(self) -> str:
-        renewed = self.leader.lifecycle.renew_all_leases()
-        running = self.store.running_project_ids()
+        renewed = self.leader.renew_all_leases()
+        running = self.leader.running_project_count()
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(self.leader, self.scheduler), self.server)
         project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectService(self.leader), self.server)
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.scheduler), self.server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(self.leader, self.scheduler), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         host, _ = parse_address(self.settings.listen)
@@ -172,7 +175,7 @@ class LeaderServer:
         ]
         address = f"{'[' + host + ']' if ':' in host else host}:{self.port}"
         log.info(
-            "leader serving", address=address, db=self.settings.db, running_projects=len(running),
+            "leader serving", address=address, db=self.settings.db, running_projects=running,
             leases_renewed=renewed, lease_timeout_s=self.settings.lease.lease_timeout_s,
             max_attempts=self.settings.lease.max_attempts, max_depth=self.settings.max_depth,
             llm_rpm=self.settings.llm_rpm, llm_tpm=self.settings.llm_tpm,
@@ -187,8 +190,7 @@ class LeaderServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.scheduler.drain("leader shutting down")
-        for session in list(self.scheduler.sessions.values()):
-            session.outbox.put_nowait(None)
+        self.scheduler.end_streams()
         await self.server.stop(grace_s)
         for task in self._background:
             task.cancel()
@@ -197,7 +199,7 @@ class LeaderServer:
                 await task
         if self.metrics_server is not None:
             await self.metrics_server.stop()
-        self.store.close()
+        self.leader.close()
         log.info("leader stopped")
 
 
@@ -221,4 +223,4 @@ async def serve(settings: LeaderSettings) -> None:
         else:
             if server.metrics_server is not None:
                 await server.metrics_server.stop()
-            server.store.close()
+            server.leader.close()

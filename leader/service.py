@@ -1,5 +1,5 @@
 """The leader's gRPC services: request checks, the call into `DecompositionLeader`, and the one
-place where errors become gRPC status codes."""
+place where errors become gRPC status codes (`_status`, from the table in leader/errors.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import grpc
 import structlog
 
 from paradecom import limits
-from paradecom.errors import ProjectFileError
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -24,9 +23,10 @@ from paradecom.v1 import (
 )
 
 from .core import DecompositionLeader
+from .errors import BadRequest, NotFound, TooLarge, status_name
 from .ids import parse_decimal_id
-from .lifecycle import MAX_STOP_REASON_CHARS, LeaseError
-from .scheduler import Scheduler
+from .lifecycle import MAX_STOP_REASON_CHARS
+from .scheduler import RunnerSession, Scheduler
 
 log = structlog.get_logger("paradecom.leader.service")
 
@@ -41,29 +41,19 @@ _TERMINAL = {
 MAX_PAGE_SIZE = 1_000
 DEFAULT_PAGE_SIZE = 100
 MAX_ID_CHARS = 100
-
-
-class BadRequest(Exception):
-    """A request field is missing or out of range: INVALID_ARGUMENT with this message."""
-
-
-class TooLarge(Exception):
-    """The answer would not fit in a message: RESOURCE_EXHAUSTED with this message."""
+# What a client reads of an error the leader did not raise on purpose: its text may carry internals.
+INTERNAL_MESSAGE = "internal error in the leader; see its log"
 
 
 def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status code and message an error is answered with. Unexpected errors are logged and
-    become INTERNAL."""
-    if isinstance(exc, LeaseError):
-        return getattr(grpc.StatusCode, exc.code), str(exc)
-    if isinstance(exc, (BadRequest, ProjectFileError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, TooLarge):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, KeyError):
-        return grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else str(exc)
+    """The status code and message an error is answered with: a typed error's from the table in
+    leader/errors.py, with its own message. Anything else (a KeyError from a bug, a failing disk)
+    is logged with its traceback and answered INTERNAL with a generic message."""
+    name = status_name(exc)
+    if name is not None:
+        return grpc.StatusCode[name], str(exc)
     log.error("unexpected error", error=str(exc), exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error in the leader; see its log"
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
 async def _abort(context: Context, exc: Exception) -> NoReturn:
@@ -159,10 +149,14 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             )
         if self.scheduler.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "leader is shutting down")
-        session = self.scheduler.connect(
-            request.runner_id, request.max_in_flight, context.peer(), max_batch=request.max_batch,
-            session_id=request.session_id,
-        )  # fmt: skip
+
+        def connect() -> RunnerSession:
+            return self.scheduler.connect(
+                request.runner_id, request.max_in_flight, context.peer(), max_batch=request.max_batch,
+                session_id=request.session_id,
+            )  # fmt: skip
+
+        session = await _guard(context, connect)
         try:
             while True:
                 item = await session.outbox.get()
@@ -270,7 +264,7 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
         _require_id("project_id", project_id)
         summary = self.leader.summary(project_id)
         if summary is None:
-            raise KeyError(f"no project {project_id!r}")
+            raise NotFound(f"no project {project_id!r}")
         return summary
 
     async def SubmitProject(
@@ -314,7 +308,7 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
         self, request: project_service_pb2.WatchProjectRequest, context: Context
     ) -> AsyncIterator[project_service_pb2.WatchProjectResponse]:
         summary = await _guard(context, lambda: self._summary(request.project_id))
-        event = self.leader.feed.watch(request.project_id)
+        event = self.leader.watch(request.project_id)
         try:
             while True:
                 yield project_service_pb2.WatchProjectResponse(project=summary)
@@ -322,9 +316,9 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
                     return
                 await event.wait()
                 event.clear()
-                summary = self._summary(request.project_id)
+                summary = await _guard(context, lambda: self._summary(request.project_id))
         finally:
-            self.leader.feed.unwatch(request.project_id, event)
+            self.leader.unwatch(request.project_id, event)
 
     async def GetTaskTree(
         self, request: project_service_pb2.GetTaskTreeRequest, context: Context
@@ -379,7 +373,8 @@ class ProjectService(project_service_pb2_grpc.ProjectServiceServicer):
 class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
     """Operating the leader: the global LLM budget, the runners it knows."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, leader: DecompositionLeader, scheduler: Scheduler) -> None:
+        self.leader = leader
         self.scheduler = scheduler
 
     def _budget(self) -> admin_service_pb2.LlmBudget:
@@ -407,7 +402,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
             self.scheduler.budget.clear_pause()
-            self.scheduler.leader.feed.any_change.set()
+            self.leader.wake_dispatcher()
             log.info("llm budget changed", rpm=request.requests_per_minute, tpm=request.tokens_per_minute)
             return admin_service_pb2.SetLlmBudgetResponse(budget=self._budget())
 
@@ -416,7 +411,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
     async def ListRunners(
         self, request: admin_service_pb2.ListRunnersRequest, context: Context
     ) -> admin_service_pb2.ListRunnersResponse:
-        leases = self.scheduler.leader.lifecycle.leases_by_runner
+        leases = self.leader.leases_by_runner()
         sessions = self.scheduler.sessions
         runners = [
             admin_service_pb2.RunnerInfo(

@@ -101,30 +101,146 @@ class ProjectStats:
 
 
 class Store(Protocol):
-    """What the leader needs from a store. Writes happen only inside `transaction()`."""
+    """What the leader needs from a store: the whole contract, which every implementation keeps and
+    `tests/test_store_contract.py` checks (add a new store to its list).
 
-    def transaction(self) -> contextlib.AbstractContextManager[None]: ...
-    def insert_project(self, row: ProjectRow) -> None: ...
-    def update_project(self, row: ProjectRow) -> None: ...
-    def get_project(self, project_id: str) -> ProjectRow | None: ...
-    def list_projects(self, limit: int, before_seq: int | None) -> list[ProjectRow]: ...
-    def next_project_seq(self) -> int: ...
-    def insert_tasks(self, rows: Sequence[TaskRow]) -> list[int]: ...
-    def update_task(self, row: TaskRow) -> None: ...
-    def get_task(self, task_id: int) -> TaskRow | None: ...
-    def project_tasks(self, project_id: str) -> list[TaskRow]: ...
-    def children_titles(self, project_id: str, parent_id: int | None, limit: int) -> list[tuple[int, str]]: ...
-    def project_tasks_after(self, project_id: str, after_id: int, limit: int) -> list[TaskRow]: ...
-    def children_paths(self, project_id: str, parent_id: int | None) -> dict[str, str]: ...
-    def ready_task_ids(self, now_ms: int, limit: int) -> list[int]: ...
-    def next_backoff_ms(self, now_ms: int) -> int | None: ...
-    def due_lease_ids(self, now_ms: int) -> list[int]: ...
-    def next_lease_expiry_ms(self) -> int | None: ...
-    def leased_task_ids(self, runner_id: str | None = None, project_id: str | None = None) -> list[int]: ...
-    def open_task_ids(self, project_id: str) -> list[int]: ...
-    def running_project_ids(self) -> list[str]: ...
-    def project_stats(self) -> list[ProjectStats]: ...
-    def close(self) -> None: ...
+    **Callers.** One leader is the only writer, and it calls the store from one thread, one call at
+    a time (the event loop's); no method is called concurrently with another.
+
+    **Transactions.** Every write (`insert_*`, `update_*`) is made inside `transaction()`.
+    - All or nothing: the writes of a transaction are committed together when its block ends
+      normally, and only then are they durable (a store opened afterwards on the same data reads
+      them, even if this one was never closed) or visible to any other reader.
+    - Read your writes: inside a transaction every read and query sees the transaction's own
+      writes (a task leased a moment ago is no longer in `ready_task_ids`), with one exception:
+      `list_projects`, `running_project_ids` and `project_stats` may show the changes of
+      `update_project` only once committed (the leader calls them outside transactions).
+    - An exception leaving the block (any, a cancellation included) rolls every write of the
+      transaction back and is re-raised, the same object; unless it has a true `keep_changes`
+      attribute (a refusal whose bookkeeping must stay, such as a counted stale lease:
+      `leader/errors.py` `StaleLease`): then the writes are committed, and it is re-raised.
+    - Nested blocks join the outermost one: an inner block's end commits nothing, and only the
+      outermost block's outcome decides (an exception caught between the two undoes nothing).
+    - A write the store cannot take (a broken constraint, a failing disk) raises, at the write or
+      at the commit; either way nothing of the transaction is kept.
+    - After a rollback the store reads as before the transaction, the project objects it handed
+      out during it included (the next `get_project` does not return them), and stays usable.
+
+    **Objects.** A project read inside a transaction is shared (see `get_project`); every other
+    object a read returns is the caller's own copy, and changing it changes nothing in the store
+    until it is written back with `update_task` / `update_project`. The caller does not change a
+    project object after the transaction it was read in has ended.
+
+    **Ids.** Project ids are the caller's and unique. Task ids are given by `insert_tasks`: positive
+    integers, unique in the store and increasing in the order tasks were inserted (a parent's id is
+    below its children's), never reused. A task's `path` is unique within its project.
+
+    **Orders.** Each query states its order; where it states none, the caller assumes none.
+    """
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose writes commit together (see the class docstring for the rules)."""
+        ...
+
+    def insert_project(self, row: ProjectRow) -> None:
+        """Store a new project, every field as given. Raises if a project with its id or its seq
+        exists."""
+        ...
+
+    def update_project(self, row: ProjectRow) -> None:
+        """Store the fields of a project that change after submission: state, error, finished_ms,
+        counts, late_results_refused, leases_expired and usage (the caller never changes the
+        others). Only this stores a change made to a project object, the shared one included, so
+        the caller calls it after every change: a project changed in a transaction but never
+        written with it is not stored."""
+        ...
+
+    def get_project(self, project_id: str) -> ProjectRow | None:
+        """The project, or None if there is none with this id. Inside a transaction: the same
+        object for the same project at every call until the transaction ends, so a change one
+        transition makes to it is seen by the next, even before `update_project`. Outside one: a
+        copy of the stored row."""
+        ...
+
+    def list_projects(self, limit: int, before_seq: int | None) -> list[ProjectRow]:
+        """Up to `limit` projects with a seq below `before_seq` (any seq when None), highest seq
+        first: newest first."""
+        ...
+
+    def next_project_seq(self) -> int:
+        """One more than the highest seq of any project; 1 in an empty store."""
+        ...
+
+    def insert_tasks(self, rows: Sequence[TaskRow]) -> list[int]:
+        """Store new tasks in order, every field as given but `id`: each row gets its new id (set on
+        the row), and the ids are returned in the rows' order. Raises if the project does not exist
+        or a path is already used in it."""
+        ...
+
+    def update_task(self, row: TaskRow) -> None:
+        """Store every field of the task with `row.id` as given."""
+        ...
+
+    def get_task(self, task_id: int) -> TaskRow | None:
+        """The task (a copy), or None if there is none with this id."""
+        ...
+
+    def project_tasks(self, project_id: str) -> list[TaskRow]:
+        """Every task of the project, by depth, then parent id, then position."""
+        ...
+
+    def children_titles(self, project_id: str, parent_id: int | None, limit: int) -> list[tuple[int, str]]:
+        """(id, title) of up to `limit` children of task `parent_id` (None: the project's
+        top-level tasks), by position."""
+        ...
+
+    def project_tasks_after(self, project_id: str, after_id: int, limit: int) -> list[TaskRow]:
+        """Up to `limit` of the project's tasks with an id above `after_id`, by id: oldest first,
+        so a parent comes before its children."""
+        ...
+
+    def children_paths(self, project_id: str, parent_id: int | None) -> dict[str, str]:
+        """Key -> path of the children of task `parent_id` (None: the project's top-level tasks)."""
+        ...
+
+    def ready_task_ids(self, now_ms: int, limit: int) -> list[int]:
+        """Up to `limit` queued tasks whose backoff has ended (`not_before_ms <= now_ms`), over
+        every project, by id: first queued, first leased."""
+        ...
+
+    def next_backoff_ms(self, now_ms: int) -> int | None:
+        """The earliest `not_before_ms` after `now_ms` among queued tasks (when the next one waiting
+        out a retry backoff becomes ready); None when no queued task waits."""
+        ...
+
+    def due_lease_ids(self, now_ms: int) -> list[int]:
+        """Leased tasks whose lease has expired (`lease_expires_ms <= now_ms`), earliest expiry first."""
+        ...
+
+    def next_lease_expiry_ms(self) -> int | None:
+        """The earliest `lease_expires_ms` among leased tasks, past or not; None when none is leased."""
+        ...
+
+    def leased_task_ids(self, runner_id: str | None = None, project_id: str | None = None) -> list[int]:
+        """Leased tasks, of the runner and of the project when given; in no stated order."""
+        ...
+
+    def open_task_ids(self, project_id: str) -> list[int]:
+        """The project's queued and leased tasks; in no stated order."""
+        ...
+
+    def running_project_ids(self) -> list[str]:
+        """Projects in state running; in no stated order."""
+        ...
+
+    def project_stats(self) -> list[ProjectStats]:
+        """Every project's counters (no definition), one entry per project; in no stated order."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources; what was committed stays for the next store opened on the
+        same data. The store is not used afterwards."""
+        ...
 
 
 _SCHEMA = """
@@ -267,7 +383,8 @@ def _project_values(p: ProjectRow) -> tuple[Any, ...]:
 
 
 class SqliteStore:
-    """The embedded store: one SQLite file in WAL mode (plus its -wal and -shm files).
+    """The embedded store, keeping the `Store` contract: one SQLite file in WAL mode (plus its -wal
+    and -shm files), or ":memory:".
 
     synchronous=NORMAL in WAL mode: a committed transaction survives the leader process being
     killed at any instant (the tests SIGKILL it); only an OS crash or power loss can roll back the
@@ -382,7 +499,9 @@ class SqliteStore:
             if found is None:
                 return None
             row = _project(found)
-            if row.state == RUNNING:
+            # Running projects stay cached across transactions; any project is kept until the end
+            # of the transaction that read it (the contract: one object per project in it).
+            if row.state == RUNNING or self._depth:
                 self._projects[project_id] = row
         if self._depth:
             self._touched.add(project_id)

@@ -63,7 +63,7 @@ async def decompose_sequentially(
             batch = leader.lease_tasks(RUNNER_ID, 1)
             if not batch:
                 # Only tasks waiting out a retry backoff are left.
-                wait = leader.seconds_until(store.next_backoff_ms(int(leader.clock() * 1000)))
+                wait = leader.next_backoff_seconds()
                 await asyncio.sleep(wait if wait is not None else 0.05)
                 continue
             lease = batch[0].lease

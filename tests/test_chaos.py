@@ -143,7 +143,7 @@ def test_scheduler_ends_when_cancelled_as_a_change_wakes_it(tmp_path: Path) -> N
         scheduler = Scheduler(leader)
         task = asyncio.create_task(scheduler.run())
         await asyncio.sleep(0.05)  # parked in its wait for a change
-        leader.feed.any_change.set()
+        leader.wake_dispatcher()
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=3)
         if not done:  # swallowed: cancel again so the loop can close

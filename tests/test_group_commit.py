@@ -53,11 +53,11 @@ def test_results_arriving_together_share_one_commit_and_are_answered_after_it(tm
     *states, refused = asyncio.run(main())
     assert states == ["done"] * 8, "each caller resumed only after its result was committed"
     assert isinstance(refused, StaleLease)
-    assert (leader.result_groups.groups, leader.result_groups.results) == (1, 9)
+    assert leader.result_transactions() == 1
     s = leader.summary(project_id)
     assert s is not None
     assert (s.done, s.leased, s.late_results_refused, s.usage.calls) == (8 + 24, 1, 1, 8)
-    assert leader.lifecycle.leases_by_runner["r"] == 1
+    assert leader.leases_by_runner()["r"] == 1
 
 
 def test_an_unexpected_error_fails_only_its_own_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,14 +67,14 @@ def test_an_unexpected_error_fails_only_its_own_result(tmp_path: Path, monkeypat
     project_id = leader.generate_work_queue(flat(4))
     assignments = leader.lease_tasks("r", 4)
     broken = assignments[2].lease.task_id
-    real = leader.lifecycle._accept
+    real = leader._lifecycle._accept
 
     def accept(r: Result) -> object:
         if r.task_id == broken:
             raise RuntimeError("disk on fire")
         return real(r)
 
-    monkeypatch.setattr(leader.lifecycle, "_accept", accept)
+    monkeypatch.setattr(leader._lifecycle, "_accept", accept)
 
     async def main() -> list[object]:
         return await asyncio.gather(
@@ -86,7 +86,7 @@ def test_an_unexpected_error_fails_only_its_own_result(tmp_path: Path, monkeypat
     assert [type(a).__name__ for a in answers] == ["Accepted", "Accepted", "RuntimeError", "Accepted"]
     s = leader.summary(project_id)
     assert s is not None and (s.done, s.leased) == (3 + 9, 1)
-    assert leader.lifecycle.leases_by_runner == {"r": 1}
+    assert leader.leases_by_runner() == {"r": 1}
 
 
 def test_acknowledged_results_survive_a_leader_sigkill(
