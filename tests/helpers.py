@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from paradecom.testing import Proc, wait_for
+from paradecom.testing import Proc, wait_for, wait_for_async
 
-__all__ = ["BIN", "Proc", "run_cli", "wait_for"]
+__all__ = ["BIN", "Proc", "free_port", "run_cli", "wait_for", "wait_for_async"]
 
 BIN = Path(sys.executable).parent
 
@@ -30,3 +31,12 @@ def run_cli(
         env={**os.environ, **(env or {})},
         input=input_text,
     )
+
+
+def free_port() -> int:
+    """A loopback port free now, for a process that must be told its port before it starts (or
+    that is restarted on the same one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,18 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import DEVAI
-from helpers import Proc, run_cli, wait_for
+from helpers import Proc, free_port, run_cli, wait_for
 
 from paradecom.v1 import project_pb2, project_service_pb2, task_pb2, task_service_pb2
 
 DEVAI_PROJECT = DEVAI / "01_Image_Classification_ResNet18_Fashion_MNIST_DL.json"
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_project(tmp_path: Path, **fields: object) -> Path:

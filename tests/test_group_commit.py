@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import Proc, run_cli, wait_for
-from test_cluster import PARADECOM, free_port, summary, write_project
+from helpers import Proc, free_port, run_cli, wait_for
+from test_cluster import PARADECOM, summary, write_project
 
 from paradecom.leader.core import DecompositionLeader
 from paradecom.leader.lifecycle import Result, StaleLease

@@ -16,7 +16,7 @@ import openai
 import pytest
 import yaml
 from conftest import DEVAI
-from helpers import Proc, run_cli
+from helpers import Proc, run_cli, wait_for_async
 
 from paradecom import local_llm
 from paradecom.local_llm import INSTALL_HINT, MODEL_NAME, EmbeddedModelError, EmbeddedPool, EmbeddedServer, free_port
@@ -254,9 +254,12 @@ def test_stopping_the_pool_does_not_wait_for_an_answer_in_progress(tmp_path: Pat
         pool.add(backend)
         client = openai.AsyncOpenAI(base_url=pool.base_url, api_key="x", max_retries=0, timeout=600)
         request = asyncio.ensure_future(ask_all(client, 1))
-        while pool.busy == 0:
+
+        def answering() -> int:
             assert not request.done(), request
-            await asyncio.sleep(0.05)
+            return pool.busy
+
+        await wait_for_async(answering, what="a server to be writing the answer")
         await pool.stop()
         with pytest.raises(openai.APIConnectionError):
             await request

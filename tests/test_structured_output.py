@@ -15,7 +15,7 @@ import httpx2
 import openai
 import pytest
 from helpers import Proc, run_cli
-from test_runner_unit import make_assignment
+from runner_fakes import make_assignment
 
 from paradecom import limits
 from paradecom.errors import ConfigError
