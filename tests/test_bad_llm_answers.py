@@ -2,7 +2,7 @@
 reasons, and a cluster facing an LLM that never answers well dead-letters the task and still
 finishes the project.
 
-tests/test_runner_unit.py already covers: prose without JSON, an empty answer, a truncated answer,
+tests/test_answer_parsing.py already covers: prose without JSON, an empty answer, a truncated answer,
 missing title/atomic, a negative estimate, no "subtasks" field, a two-task cycle, a dangling
 dependency, duplicate keys and titles, the parent's title repeated, an empty list, clipping of long
 text, fences and prose around the object. This file covers the rest.
