@@ -8,7 +8,7 @@ NODE_RUNNER := clients/node-runner
 # build on to every later install. Built for x86-64 with AVX2 instead, it runs on any such machine.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install proto proto-check lint test demo bench clean
+.PHONY: install proto proto-check lint test test-fast demo bench clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml tools/package-lock.json
@@ -35,6 +35,10 @@ lint: install
 
 test: install lint
 	$(PY) -m pytest -n 2
+
+# The edit-run loop: no lint, and not the tests marked slow (lease timeouts, grace periods, long waits).
+test-fast: install
+	$(PY) -m pytest -n 2 -m "not slow"
 
 demo: install            ## decompose examples/demo.yaml (the embedded model if no endpoint is set)
 	scripts/demo.sh

@@ -113,6 +113,7 @@ def test_position_key_colliding_with_an_explicit_key_is_refused() -> None:
     assert "subtask 2: duplicate key '2'" in errors_of(text)
 
 
+@pytest.mark.slow
 def test_more_subtasks_than_the_limit_are_refused() -> None:
     """More children than limits.MAX_SUBTASKS is one clear error."""
     many = [child(str(i), f"Do part {i}") for i in range(1, 1001)]
@@ -270,6 +271,7 @@ ANSWERS = st.one_of(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ANSWERS, st.booleans())
+@pytest.mark.slow
 def test_any_answer_is_valid_subtasks_or_invalid_answer(text: str, salvage: bool) -> None:
     """Whatever the LLM writes (text, any JSON, subtasks with fields of any type), the parser
     returns subtasks that keep every rule the leader checks, or raises InvalidAnswer with reasons;

@@ -114,6 +114,7 @@ def test_bad_batch_sizes_are_refused(
         assert f"results: 1 to 256 required, not {count}" in refused.value.details()
 
 
+@pytest.mark.slow
 def test_runners_batch_end_to_end(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],

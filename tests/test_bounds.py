@@ -205,6 +205,7 @@ def _prepare_huge_store(db: Path, project_id: str) -> None:
         con.execute("UPDATE tasks SET attempts = ? WHERE project_id = ? AND state = 'queued'", (INT64_MAX, project_id))
 
 
+@pytest.mark.slow
 def test_a_store_with_values_past_the_contract_stays_readable_after_a_restart(
     start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
 ) -> None:

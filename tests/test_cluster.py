@@ -57,6 +57,7 @@ def assert_complete_tree(tree: dict, fanout: int, max_depth: int, roots: int = 1
     return tasks
 
 
+@pytest.mark.slow
 def test_three_runners_decompose_a_devai_project_to_depth_2(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -92,6 +93,7 @@ def test_three_runners_decompose_a_devai_project_to_depth_2(
     assert markdown.returncode == 0 and "1.3.3" in markdown.stdout
 
 
+@pytest.mark.slow
 def test_killed_runner_tasks_are_reassigned_and_done_once(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -121,6 +123,7 @@ def test_killed_runner_tasks_are_reassigned_and_done_once(
     assert all(t["attempts"] == 2 for t in tree["tasks"])
 
 
+@pytest.mark.slow
 def test_stale_result_refused_and_duplicate_harmless(
     start_leader: Callable[..., tuple[Proc, str]], stubs: Callable, tmp_path: Path
 ) -> None:
@@ -159,6 +162,7 @@ def test_stale_result_refused_and_duplicate_harmless(
     assert [c.id for c in tree.tasks[0].children] == ["1.1", "1.2"]
 
 
+@pytest.mark.slow
 def test_leader_killed_and_restarted_loses_nothing(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -209,6 +213,7 @@ def _try_submit(stub: object, held: task_pb2.TaskAssignment, children: list[task
         raise
 
 
+@pytest.mark.slow
 def test_sigterm_drains_a_runner_and_loses_nothing(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],

@@ -143,6 +143,7 @@ def decompose_all(base_url: str, count: int, **runner_kwargs: Any) -> list[task_
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_decompose_task_against_fake_llm() -> None:
     """Through the real openai client and the fake-llm server, each task takes one call and yields
     --fanout valid children, atomic at --atomic-depth."""
@@ -153,6 +154,7 @@ def test_decompose_task_against_fake_llm() -> None:
         assert fake_llm_stats(base_url)["ok"] == 3
 
 
+@pytest.mark.slow
 def test_decompose_task_reasks_malformed_answers_from_fake_llm() -> None:
     """With half of the answers malformed, re-asks happen, every task still ends valid, and each
     malformed answer cost exactly one re-ask."""

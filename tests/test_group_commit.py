@@ -89,6 +89,7 @@ def test_an_unexpected_error_fails_only_its_own_result(tmp_path: Path, monkeypat
     assert leader.lifecycle.leases_by_runner == {"r": 1}
 
 
+@pytest.mark.slow
 def test_acknowledged_results_survive_a_leader_sigkill(
     start_leader: Callable[..., tuple[Proc, str]], stubs: Callable, tmp_path: Path
 ) -> None:

@@ -168,6 +168,7 @@ def _log_time(stderr: str, event: str) -> float:
     raise AssertionError(f"no {event!r} log line in:\n{stderr}")
 
 
+@pytest.mark.slow
 def test_paradecom_run_asks_the_root_before_the_leader_is_up(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """`paradecom run` (auto, in this process) sends the root's request before its leader serves,
     and the leader's assignment of the root is served by that call: fake-llm answers exactly the

@@ -128,6 +128,7 @@ def test_local_llm_serves_the_embedded_model_and_stops_on_sigterm() -> None:
 
 
 @pytest.mark.parametrize("command", [["run", "PROJECT"], ["local-llm"]])
+@pytest.mark.slow
 def test_without_the_local_extra_the_error_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
@@ -205,6 +206,7 @@ def ask_all(client: openai.AsyncOpenAI, count: int) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_pool_hands_each_request_to_an_idle_server_and_passes_over_dead_ones(tmp_path: Path) -> None:
     """The pool's proxy answers as many completions at once as it has servers, queueing the rest:
     4 requests on 2 servers are 2 at a time, spread over both; /v1/models is passed through. A
@@ -243,6 +245,7 @@ def test_pool_hands_each_request_to_an_idle_server_and_passes_over_dead_ones(tmp
     asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_stopping_the_pool_does_not_wait_for_an_answer_in_progress(tmp_path: Path) -> None:
     """Stopping the pool while a server is writing a long answer stops that server and fails the
     request instead of waiting for the answer (what lets Ctrl-C end a run at once)."""

@@ -44,6 +44,7 @@ def submit(leader: str, tmp_path: Path, **fields: object) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_counts_move_with_a_run(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -110,6 +111,7 @@ def test_counts_move_with_a_run(
     assert all(value(s, "paradecom_runner_tasks_in_hand") == 0 for s in per_runner)
 
 
+@pytest.mark.slow
 def test_killed_runner_stale_result_and_dead_letter_are_counted(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -163,6 +165,7 @@ def test_killed_runner_stale_result_and_dead_letter_are_counted(
     assert state != project_pb2.PROJECT_STATE_RUNNING, "the project finishes despite the dead letter"
 
 
+@pytest.mark.slow
 def test_metrics_listen_bad_address_is_one_line(start_leader: Callable[..., tuple[Proc, str]]) -> None:
     """An unusable --metrics-listen (the leader's own gRPC port, already bound) is one line, exit 2."""
     _, leader = start_leader()
@@ -218,6 +221,7 @@ def test_readme_lists_every_metric(tmp_path: Path) -> None:
         assert shown in section, name
 
 
+@pytest.mark.slow
 def test_rate_limits_and_calls_are_counted_at_both_ends(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],

@@ -44,6 +44,7 @@ def test_cli_rejects_bad_flags_in_one_line(argv: list[str], message: str, capsys
     assert err.count("\n") == 1 and err.startswith(f"paradecom-runner: error: {message}")
 
 
+@pytest.mark.slow
 def test_cli_without_endpoint_is_a_config_error() -> None:
     """Without OPENAI_BASE_URL or OPENAI_API_KEY the runner says what to set, in one line, exit 2."""
     result = run_cli(
@@ -58,6 +59,7 @@ def test_cli_without_endpoint_is_a_config_error() -> None:
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_cli_stops_cleanly_on_signal(sig: str) -> None:
     """The runner process, waiting for an unreachable leader, exits 0 on SIGTERM or SIGINT and
     never logs the API key."""

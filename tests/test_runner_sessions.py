@@ -74,6 +74,7 @@ def seeds_of(projects: object, project_id: str) -> list[project_pb2.TaskNode]:
     return list(projects.GetTaskTree(request, timeout=5).tasks)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_restarted_runner_gets_tasks_at_once(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -169,6 +170,7 @@ def proxy_to() -> Iterator[Callable[[str], CuttableProxy]]:
         p.close()
 
 
+@pytest.mark.slow
 def test_reconnected_runner_keeps_its_leases(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -227,6 +229,7 @@ def refused(call: Callable[[], object]) -> grpc.StatusCode:
     return err.value.code()  # type: ignore[attr-defined, no-any-return]
 
 
+@pytest.mark.slow
 def test_session_rules_over_the_wire(
     start_leader: Callable[..., tuple[Proc, str]], stubs: Callable, tmp_path: Path
 ) -> None:

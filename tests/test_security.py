@@ -146,6 +146,7 @@ def test_unknown_methods_are_unimplemented_without_a_token_set(
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_tls_and_mutual_tls(start_leader: Callable[..., tuple[Proc, str]], pki: Path, tmp_path: Path) -> None:
     """A TLS leader serves clients that trust its CA; an untrusting client gets a clear one-line
     error; with a client CA the leader also demands a client certificate."""
@@ -186,6 +187,7 @@ def test_bad_security_flags(flags: list[str], needle: str, pki: Path) -> None:
     assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_runner_with_token_and_tls_does_the_work(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -308,6 +310,7 @@ RUNNER = [sys.executable, "-m", "paradecom.runner.main"]
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"])
+@pytest.mark.slow
 def test_runner_metrics_on_a_public_address_without_a_token_are_refused(listen: str) -> None:
     """The leader's rule holds for a runner's metrics too: exit 2, one line, before it connects."""
     env = {"PARADECOM_AUTH_TOKEN": "", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
@@ -318,6 +321,7 @@ def test_runner_metrics_on_a_public_address_without_a_token_are_refused(listen: 
     assert f"refusing to serve metrics on {listen} without a token" in line and "--insecure" in line, line
 
 
+@pytest.mark.slow
 def test_runner_metrics_want_the_token_it_has(
     start_leader: Callable[..., tuple[Proc, str]], fake_llm: Callable[..., str], tmp_path: Path
 ) -> None:

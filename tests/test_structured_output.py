@@ -363,6 +363,7 @@ def test_structured_output_from_the_environment(fake_llm: Callable[..., str], mo
         LLMClient("m", base_url=base_url)
 
 
+@pytest.mark.slow
 def test_runner_flag_drives_a_whole_project(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
