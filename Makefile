@@ -31,7 +31,7 @@ proto-check: install     ## fail if the committed stubs are stale
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy paradecom leader runner
+	$(PY) -m mypy paradecom leader runner tests bench
 
 test: install lint
 	$(PY) -m pytest -n 2

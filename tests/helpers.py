@@ -6,14 +6,18 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from paradecom.testing import Proc, wait_for, wait_for_async
+from paradecom.v1 import project_service_pb2_grpc, task_service_pb2_grpc
 
-__all__ = ["BIN", "Proc", "free_port", "run_cli", "wait_for", "wait_for_async"]
+__all__ = ["BIN", "Proc", "Stubs", "free_port", "run_cli", "wait_for", "wait_for_async"]
 
 BIN = Path(sys.executable).parent
+
+# What the `stubs` fixture (conftest.py) gives: blocking stubs to the leader at an address.
+Stubs = Callable[[str], tuple[task_service_pb2_grpc.TaskServiceStub, project_service_pb2_grpc.ProjectServiceStub]]
 
 
 def run_cli(

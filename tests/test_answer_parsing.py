@@ -70,7 +70,8 @@ def errors_of(text: str, parent: str = "Build the shop") -> list[str]:
     """The errors InvalidAnswer reports for `text`."""
     with pytest.raises(InvalidAnswer) as info:
         parse_decomposition(text, parent)
-    return info.value.errors
+    errors: list[str] = info.value.errors
+    return errors
 
 
 def test_parse_rejects_text_that_is_not_json() -> None:

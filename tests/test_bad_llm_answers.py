@@ -40,8 +40,9 @@ def child(key: str, title: str, **fields: Any) -> dict[str, Any]:
 def errors_of(text: str, parent: str = "Build the shop") -> list[str]:
     with pytest.raises(InvalidAnswer) as info:
         parse_decomposition(text, parent)
-    assert info.value.errors, "InvalidAnswer must say why"
-    return info.value.errors
+    errors: list[str] = info.value.errors
+    assert errors, "InvalidAnswer must say why"
+    return errors
 
 
 def two(first: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import Proc, free_port, run_cli, wait_for
+from helpers import Proc, Stubs, free_port, run_cli, wait_for
 
 from paradecom.leader.core import DecompositionLeader
 from paradecom.leader.lifecycle import LeaseConfig
@@ -67,7 +67,7 @@ def test_leader_sigterm_drains_and_a_restart_resumes(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     start_runner: Callable[..., Proc],
-    stubs: Callable[..., Any],
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """SIGTERM on a leader with runners connected and tasks leased: its health turns NOT_SERVING
@@ -108,7 +108,7 @@ def test_leader_sigterm_drains_and_a_restart_resumes(
     leader.signal(signal.SIGTERM)
     wait_for(lambda: health_pb2.HealthCheckResponse.NOT_SERVING in statuses, what="health NOT_SERVING")
     for r in runners:
-        wait_for(lambda r=r: '"leader is draining"' in r.stderr, what="the runner to log the drain notice")
+        wait_for(lambda r=r: '"leader is draining"' in r.stderr, what="the runner to log the drain notice")  # type: ignore[misc]
     assert leader.wait(30) == 0, leader.stderr[-3000:]
     reader.join(10)
     channel.close()

@@ -114,7 +114,8 @@ def test_local_llm_serves_the_embedded_model_and_stops_on_sigterm() -> None:
             )
             try:
                 messages = [{"role": "user", "content": '{"task_to_decompose": "Build a blog", "task_depth": 0}'}]
-                return (await client.complete(messages)).text
+                text: str = (await client.complete(messages)).text
+                return text
             finally:
                 await client.close()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import Proc, run_cli, wait_for
+from helpers import Proc, Stubs, run_cli, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from paradecom.v1 import project_pb2, project_service_pb2, task_service_pb2
@@ -116,7 +116,7 @@ def test_killed_runner_stale_result_and_dead_letter_are_counted(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     start_runner: Callable[..., Proc],
-    stubs: Callable,
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """A runner SIGKILLed with a lease: leases expired rises and it is no longer connected. The

@@ -187,7 +187,7 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
             runners.append(node)
         status = [*PARADECOM, "status", "--leader", leader, *client_security, "--json"]
         expected = len(runners)
-        wait_for(lambda s=status, n=expected: connected(s) == n, 60, what="every runner connected")
+        wait_for(lambda s=status, n=expected: connected(s) == n, 60, what="every runner connected")  # type: ignore[misc]
         submitted = run_cli([*PARADECOM, "submit", "--leader", leader, *client_security, str(project)])
         assert submitted.returncode == 0, submitted.stderr
         result = run_cli(

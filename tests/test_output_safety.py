@@ -403,7 +403,7 @@ class NodeReader:
         self.proc.stdin.write(json.dumps(text) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
-        assert line, f"{self.proc.args} ended"
+        assert line, f"{self.proc.args!r} ended"
         answer: dict[str, Any] = json.loads(line)
         return answer
 

@@ -21,6 +21,9 @@ from paradecom.security import is_loopback
 from paradecom.v1 import project_service_pb2, project_service_pb2_grpc
 
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+# gRPC call metadata: (key, value) pairs.
+Metadata = tuple[tuple[str, str], ...]
+
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
@@ -68,15 +71,15 @@ def test_token_required_except_for_health(start_leader: Callable[..., tuple[Proc
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         stub = project_service_pb2_grpc.ProjectServiceStub(channel)
-        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]):
+        for metadata in (None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)):
             with pytest.raises(grpc.RpcError) as err:
                 stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5, metadata=metadata)
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as err:
             list(stub.WatchProject(project_service_pb2.WatchProjectRequest(project_id="x"), timeout=5))
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         ok = stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5,
-                               metadata=[("authorization", f"Bearer {TOKEN}")])  # fmt: skip
+                               metadata=(("authorization", f"Bearer {TOKEN}"),))  # fmt: skip
         assert list(ok.projects) == []
 
     submitted = run_cli([*PARADECOM, "submit", "--leader", address, str(project(tmp_path))],
@@ -96,6 +99,18 @@ UNKNOWN_METHODS = (
 )
 
 
+def raw_calls(channel: grpc.Channel, method: str) -> dict[str, Callable[[Metadata | None], object]]:
+    """`method` called as each kind of call (bytes in, bytes out: no serializers), by kind."""
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+    server_stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method)
+    bidi: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+    return {
+        "unary": lambda md: unary(b"", timeout=5, metadata=md),
+        "server-stream": lambda md: list(server_stream(b"", timeout=5, metadata=md)),
+        "bidi": lambda md: list(bidi(iter([b""]), timeout=5, metadata=md)),
+    }
+
+
 def test_unknown_methods_are_unauthenticated_without_the_token(
     start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
 ) -> None:
@@ -105,29 +120,26 @@ def test_unknown_methods_are_unauthenticated_without_the_token(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     _, address = start_leader("--auth-token-file", str(token_file))
-    good = [("authorization", f"Bearer {TOKEN}")]
+    good: Metadata = (("authorization", f"Bearer {TOKEN}"),)
     with grpc.insecure_channel(address) as channel:
         for method in UNKNOWN_METHODS:
-            calls = {
-                "unary": lambda md, m=method: channel.unary_unary(m)(b"", timeout=5, metadata=md),
-                "server-stream": lambda md, m=method: list(channel.unary_stream(m)(b"", timeout=5, metadata=md)),
-                "bidi": lambda md, m=method: list(channel.stream_stream(m)(iter([b""]), timeout=5, metadata=md)),
-            }
-            for kind, call in calls.items():
+            for kind, call in raw_calls(channel, method).items():
                 for metadata, expected in (
                     (None, grpc.StatusCode.UNAUTHENTICATED),
-                    ([("authorization", "Bearer wrong")], grpc.StatusCode.UNAUTHENTICATED),
-                    ([("authorization", TOKEN)], grpc.StatusCode.UNAUTHENTICATED),
+                    ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED),
+                    ((("authorization", TOKEN),), grpc.StatusCode.UNAUTHENTICATED),
                     (good, grpc.StatusCode.UNIMPLEMENTED),
                 ):
                     with pytest.raises(grpc.RpcError) as err:
                         call(metadata)
-                    assert err.value.code() == expected, (method, kind, metadata)  # type: ignore[attr-defined]
-        reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+                    assert err.value.code() == expected, (method, kind, metadata)
+        reflect: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        )
         request = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
         with pytest.raises(grpc.RpcError) as err:
             list(reflect(iter([request]), timeout=5))
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         answers = list(reflect(iter([request]), timeout=5, metadata=good))
         assert answers and b"paradecom.v1.TaskService" in answers[0]
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -141,9 +153,10 @@ def test_unknown_methods_are_unimplemented_without_a_token_set(
     _, address = start_leader()
     with grpc.insecure_channel(address) as channel:
         for method in UNKNOWN_METHODS:
+            raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
             with pytest.raises(grpc.RpcError) as err:
-                channel.unary_unary(method)(b"", timeout=5)
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method  # type: ignore[attr-defined]
+                raw(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method
 
 
 @pytest.mark.slow
@@ -296,7 +309,7 @@ def test_token_serves_a_public_address_and_guards_metrics(
     with grpc.insecure_channel(local(address)) as channel:
         stub = project_service_pb2_grpc.ProjectServiceStub(channel)
         ok = stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5,
-                               metadata=[("authorization", f"Bearer {TOKEN}")])  # fmt: skip
+                               metadata=(("authorization", f"Bearer {TOKEN}"),))  # fmt: skip
         assert list(ok.projects) == []
     for authorization in (None, "Bearer wrong", TOKEN, f"bearer {TOKEN}", f"Bearer {TOKEN}x"):
         status, body = scrape(metrics, authorization)
