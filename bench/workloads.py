@@ -188,7 +188,9 @@ def efficiency(sizes: Sizes, repeat: int, log: Log, profile_dir: Path | None = N
         ideal = math.ceil(k / slots) * sizes.latency
         runners = layout(slots)
 
-        def one(i: int, slots: int = slots, k: int = k, ideal: float = ideal, runners: list[int] = runners) -> dict:
+        def one(
+            i: int, slots: int = slots, k: int = k, ideal: float = ideal, runners: list[int] = runners
+        ) -> dict[str, Any]:
             with Cluster(latency=sizes.latency, fanout=FLAT_FANOUT, runners=runners) as c:
                 run = _flat_run(c, k, log, f"{slots} slots ({len(runners)} x {runners[0]}), run {i + 1}")
             run["ideal_s"] = ideal

@@ -6,6 +6,7 @@ services the same way; in the package so `python -m bench.run` finds it from a f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -37,6 +38,28 @@ def wait_for(
         if time.monotonic() > deadline:
             raise error(f"timed out after {timeout:g} s waiting for {what or condition}")
         time.sleep(interval)
+
+
+async def wait_for_async(
+    condition: Callable[[], T | None],
+    # Not asyncio.timeout around the caller: the error names what was awaited, as wait_for's does.
+    timeout: float = 30.0,  # noqa: ASYNC109
+    interval: float = 0.05,
+    what: str = "",
+    *,
+    error: type[Exception] = AssertionError,
+) -> T:
+    """`wait_for` on a running event loop: between polls it yields to the loop, so the tasks that
+    make `condition` true go on running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise error(f"timed out after {timeout:g} s waiting for {what or condition}")
+        await asyncio.sleep(interval)
 
 
 class Proc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import Proc
+from helpers import Proc, Stubs
 
 from paradecom.v1 import project_service_pb2_grpc, task_service_pb2_grpc
 
@@ -76,9 +76,7 @@ def start_runner(procs: list[Proc]) -> Callable[..., Proc]:
 
 
 @pytest.fixture
-def stubs() -> Iterator[
-    Callable[[str], tuple[task_service_pb2_grpc.TaskServiceStub, project_service_pb2_grpc.ProjectServiceStub]]
-]:
+def stubs() -> Iterator[Stubs]:
     """Blocking gRPC stubs to a leader, for tests that play runner or client by hand."""
     channels: list[grpc.Channel] = []
 

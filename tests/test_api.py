@@ -63,6 +63,7 @@ def test_parallel_decompose_project_rejects_bad_runner_counts() -> None:
 
 
 @pytest.mark.parametrize("runners", ["3", "0"])
+@pytest.mark.slow
 def test_paradecom_run_prints_the_tree(llm_env: str, tmp_path: Path, runners: str) -> None:
     """`paradecom run FILE --runners N` prints the complete tree as JSON on stdout, progress on stderr."""
     path = tmp_path / "recipes.yaml"
@@ -79,6 +80,7 @@ def test_paradecom_run_prints_the_tree(llm_env: str, tmp_path: Path, runners: st
     assert [p["done"] for p in progress] == sorted(p["done"] for p in progress), "done never goes back"
 
 
+@pytest.mark.slow
 def test_paradecom_run_without_an_endpoint_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No OPENAI_BASE_URL, no OPENAI_API_KEY and no `local` extra (its model package cannot be
     imported): one line saying what to install or set, exit 2. (With the extra installed the

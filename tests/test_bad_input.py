@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import Proc, run_cli
+from helpers import Proc, Stubs, run_cli
 
 from paradecom.v1 import project_pb2, project_service_pb2, task_pb2, task_service_pb2
 
@@ -104,7 +104,7 @@ def test_unreachable_leader(tmp_path: Path) -> None:
     assert_one_line_error(run_cli([*PARADECOM, "submit", "--leader", "127.0.0.1:1", str(path)]), "cannot reach")
 
 
-def test_bad_rpc_fields_are_invalid_argument(start_leader: Callable[..., tuple[Proc, str]], stubs: Callable) -> None:
+def test_bad_rpc_fields_are_invalid_argument(start_leader: Callable[..., tuple[Proc, str]], stubs: Stubs) -> None:
     """Empty or unknown ids, bad counts and bad projects get INVALID_ARGUMENT / NOT_FOUND, and the
     leader keeps serving."""
     _, address = start_leader()
@@ -143,7 +143,7 @@ def test_bad_rpc_fields_are_invalid_argument(start_leader: Callable[..., tuple[P
     for call, code in cases:
         with pytest.raises(grpc.RpcError) as err:
             call()
-        assert err.value.code() == code, err.value.details()  # type: ignore[attr-defined]
-        assert err.value.details()  # type: ignore[attr-defined]
+        assert err.value.code() == code, err.value.details()
+        assert err.value.details()
     ok = projects.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5)
     assert list(ok.projects) == []

@@ -2,7 +2,7 @@
 reasons, and a cluster facing an LLM that never answers well dead-letters the task and still
 finishes the project.
 
-tests/test_runner_unit.py already covers: prose without JSON, an empty answer, a truncated answer,
+tests/test_answer_parsing.py already covers: prose without JSON, an empty answer, a truncated answer,
 missing title/atomic, a negative estimate, no "subtasks" field, a two-task cycle, a dangling
 dependency, duplicate keys and titles, the parent's title repeated, an empty list, clipping of long
 text, fences and prose around the object. This file covers the rest.
@@ -40,8 +40,9 @@ def child(key: str, title: str, **fields: Any) -> dict[str, Any]:
 def errors_of(text: str, parent: str = "Build the shop") -> list[str]:
     with pytest.raises(InvalidAnswer) as info:
         parse_decomposition(text, parent)
-    assert info.value.errors, "InvalidAnswer must say why"
-    return info.value.errors
+    errors: list[str] = info.value.errors
+    assert errors, "InvalidAnswer must say why"
+    return errors
 
 
 def two(first: dict[str, Any]) -> str:
@@ -113,6 +114,7 @@ def test_position_key_colliding_with_an_explicit_key_is_refused() -> None:
     assert "subtask 2: duplicate key '2'" in errors_of(text)
 
 
+@pytest.mark.slow
 def test_more_subtasks_than_the_limit_are_refused() -> None:
     """More children than limits.MAX_SUBTASKS is one clear error."""
     many = [child(str(i), f"Do part {i}") for i in range(1, 1001)]
@@ -270,6 +272,7 @@ ANSWERS = st.one_of(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ANSWERS, st.booleans())
+@pytest.mark.slow
 def test_any_answer_is_valid_subtasks_or_invalid_answer(text: str, salvage: bool) -> None:
     """Whatever the LLM writes (text, any JSON, subtasks with fields of any type), the parser
     returns subtasks that keep every rule the leader checks, or raises InvalidAnswer with reasons;

@@ -101,7 +101,7 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     try:
         call()
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[attr-defined,no-any-return]
+        return exc.code()
     return grpc.StatusCode.OK
 
 
@@ -109,7 +109,7 @@ def details_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     try:
         call()
     except grpc.RpcError as exc:
-        return exc.code(), exc.details()  # type: ignore[attr-defined]
+        return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
 
 
@@ -186,9 +186,9 @@ def test_usage_past_its_limit_is_refused_naming_the_field(leader: Leader) -> Non
     # At the limit: accepted, and the totals are the exact sums.
     for lease, (name, (high, _)) in zip(leases[1:], USAGE_LIMITS.items(), strict=True):
         leader.tasks.SubmitResult(leaf(lease, task_pb2.Usage(**{name: high})), timeout=10)
-    usage = leader.summary(project_id).usage
+    totals = leader.summary(project_id).usage
     for name, (high, _) in USAGE_LIMITS.items():
-        assert getattr(usage, name) == high, (name, usage)
+        assert getattr(totals, name) == high, (name, totals)
     no_unexpected_errors(leader.proc)
 
 
@@ -205,6 +205,7 @@ def _prepare_huge_store(db: Path, project_id: str) -> None:
         con.execute("UPDATE tasks SET attempts = ? WHERE project_id = ? AND state = 'queued'", (INT64_MAX, project_id))
 
 
+@pytest.mark.slow
 def test_a_store_with_values_past_the_contract_stays_readable_after_a_restart(
     start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
 ) -> None:
@@ -357,16 +358,16 @@ def test_ids_and_tokens_that_are_not_the_leaders_are_refused_cleanly(leader: Lea
             == grpc.StatusCode.INVALID_ARGUMENT
         ), token
         for name, call in {
-            "GetProject": lambda t=token: leader.projects.GetProject(  # type: ignore[misc]
+            "GetProject": lambda t=token: leader.projects.GetProject(
                 project_service_pb2.GetProjectRequest(project_id=t), timeout=10
             ),
-            "GetTaskTree": lambda t=token: leader.projects.GetTaskTree(  # type: ignore[misc]
+            "GetTaskTree": lambda t=token: leader.projects.GetTaskTree(
                 project_service_pb2.GetTaskTreeRequest(project_id=t), timeout=10
             ),
-            "CancelProject": lambda t=token: leader.projects.CancelProject(  # type: ignore[misc]
+            "CancelProject": lambda t=token: leader.projects.CancelProject(
                 project_service_pb2.CancelProjectRequest(project_id=t), timeout=10
             ),
-            "ExtendLease token": lambda t=token: leader.tasks.ExtendLease(  # type: ignore[misc]
+            "ExtendLease token": lambda t=token: leader.tasks.ExtendLease(
                 task_service_pb2.ExtendLeaseRequest(task_id=lease.task_id, lease_token=t), timeout=10
             ),
         }.items():
@@ -497,8 +498,8 @@ def test_a_project_at_every_limit_is_read_back_whole(leader: Leader) -> None:
     for cancelled in (False, True):
         if cancelled:
             leader.projects.CancelProject(project_service_pb2.CancelProjectRequest(project_id=project_id), timeout=60)
-        whole = project_service_pb2.GetTaskTreeRequest(project_id=project_id)
-        code, details = details_of(lambda r=whole: leader.projects.GetTaskTree(r, timeout=120))  # type: ignore[misc]
+        whole_tree = project_service_pb2.GetTaskTreeRequest(project_id=project_id)
+        code, details = details_of(lambda r=whole_tree: leader.projects.GetTaskTree(r, timeout=120))  # type: ignore[misc]
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "page_size" in details, (code, details)
         pages = _read_in_pages(leader, project_id)
         assert pages[0].definition == project and all(not p.HasField("definition") for p in pages[1:])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import grpc
 import pytest
 from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import Proc, run_cli, wait_for
+from helpers import Proc, Stubs, free_port, run_cli, wait_for
 
 from paradecom.leader.core import DecompositionLeader
 from paradecom.leader.lifecycle import LeaseConfig
@@ -55,12 +54,6 @@ def test_short_chaos_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert summary["tasks"] == summary["tasks_done"] + summary["dead"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _all(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for t in tasks:
@@ -74,14 +67,14 @@ def test_leader_sigterm_drains_and_a_restart_resumes(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     start_runner: Callable[..., Proc],
-    stubs: Callable[..., Any],
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """SIGTERM on a leader with runners connected and tasks leased: its health turns NOT_SERVING
     (seen on a Health.Watch stream), the runners get the drain notice, the leader exits 0; restarted
     on the same db and port it resumes the project to a complete tree with every task once."""
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--latency", "1")
-    listen = f"127.0.0.1:{_free_port()}"
+    listen = f"127.0.0.1:{free_port()}"
     db = tmp_path / "leader.db"
     leader, address = start_leader("--lease-timeout", "5", "--max-attempts", "10", db=db, listen=listen)
     _, projects = stubs(address)
@@ -115,7 +108,7 @@ def test_leader_sigterm_drains_and_a_restart_resumes(
     leader.signal(signal.SIGTERM)
     wait_for(lambda: health_pb2.HealthCheckResponse.NOT_SERVING in statuses, what="health NOT_SERVING")
     for r in runners:
-        wait_for(lambda r=r: '"leader is draining"' in r.stderr, what="the runner to log the drain notice")
+        wait_for(lambda r=r: '"leader is draining"' in r.stderr, what="the runner to log the drain notice")  # type: ignore[misc]
     assert leader.wait(30) == 0, leader.stderr[-3000:]
     reader.join(10)
     channel.close()

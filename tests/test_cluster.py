@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,18 +11,19 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import DEVAI
-from helpers import Proc, run_cli, wait_for
+from helpers import Proc, Stubs, free_port, run_cli, wait_for
 
-from paradecom.v1 import project_pb2, project_service_pb2, task_pb2, task_service_pb2
+from paradecom.v1 import (
+    project_pb2,
+    project_service_pb2,
+    project_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2,
+    task_service_pb2_grpc,
+)
 
 DEVAI_PROJECT = DEVAI / "01_Image_Classification_ResNet18_Fashion_MNIST_DL.json"
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_project(tmp_path: Path, **fields: object) -> Path:
@@ -33,8 +33,8 @@ def write_project(tmp_path: Path, **fields: object) -> Path:
     return path
 
 
-def summary(project_stub: object, project_id: str) -> project_pb2.ProjectSummary:
-    resp = project_stub.GetProject(project_service_pb2.GetProjectRequest(project_id=project_id), timeout=5)  # type: ignore[attr-defined]
+def summary(project_stub: project_service_pb2_grpc.ProjectServiceStub, project_id: str) -> project_pb2.ProjectSummary:
+    resp = project_stub.GetProject(project_service_pb2.GetProjectRequest(project_id=project_id), timeout=5)
     return resp.project
 
 
@@ -64,6 +64,7 @@ def assert_complete_tree(tree: dict, fanout: int, max_depth: int, roots: int = 1
     return tasks
 
 
+@pytest.mark.slow
 def test_three_runners_decompose_a_devai_project_to_depth_2(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -99,11 +100,12 @@ def test_three_runners_decompose_a_devai_project_to_depth_2(
     assert markdown.returncode == 0 and "1.3.3" in markdown.stdout
 
 
+@pytest.mark.slow
 def test_killed_runner_tasks_are_reassigned_and_done_once(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     start_runner: Callable[..., Proc],
-    stubs: Callable,
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """A runner SIGKILLed while holding leases: another runner gets its tasks after the lease
@@ -128,8 +130,9 @@ def test_killed_runner_tasks_are_reassigned_and_done_once(
     assert all(t["attempts"] == 2 for t in tree["tasks"])
 
 
+@pytest.mark.slow
 def test_stale_result_refused_and_duplicate_harmless(
-    start_leader: Callable[..., tuple[Proc, str]], stubs: Callable, tmp_path: Path
+    start_leader: Callable[..., tuple[Proc, str]], stubs: Stubs, tmp_path: Path
 ) -> None:
     """A result under an expired lease is ABORTED and counted; the accepted one sent twice is OK
     and adds no children the second time."""
@@ -166,11 +169,12 @@ def test_stale_result_refused_and_duplicate_harmless(
     assert [c.id for c in tree.tasks[0].children] == ["1.1", "1.2"]
 
 
+@pytest.mark.slow
 def test_leader_killed_and_restarted_loses_nothing(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     start_runner: Callable[..., Proc],
-    stubs: Callable,
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """The leader SIGKILLed mid-project and restarted on the same db: a lease granted before the
@@ -206,21 +210,24 @@ def test_leader_killed_and_restarted_loses_nothing(
     assert tree["project"]["leases_expired"] == 0, "no lease was lost across the restart"
 
 
-def _try_submit(stub: object, held: task_pb2.TaskAssignment, children: list[task_pb2.Subtask]) -> object:
+def _try_submit(
+    stub: task_service_pb2_grpc.TaskServiceStub, held: task_pb2.TaskAssignment, children: list[task_pb2.Subtask]
+) -> task_service_pb2.SubmitResultResponse | None:
     try:
-        return stub.SubmitResult(task_service_pb2.SubmitResultRequest(  # type: ignore[attr-defined]
+        return stub.SubmitResult(task_service_pb2.SubmitResultRequest(
             task_id=held.lease.task_id, lease_token=held.lease.token, subtasks=children), timeout=2)  # fmt: skip
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
             return None
         raise
 
 
+@pytest.mark.slow
 def test_sigterm_drains_a_runner_and_loses_nothing(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     start_runner: Callable[..., Proc],
-    stubs: Callable,
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """SIGTERM on a runner holding leases: it finishes them, takes nothing new, exits 0; no lease expires."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -41,6 +42,7 @@ def test_leader_serves_health_and_reflection(start_leader: Callable[..., tuple[P
     assert {"paradecom.v1.TaskService", "paradecom.v1.ProjectService", "grpc.health.v1.Health"} <= names
 
 
+@pytest.mark.slow
 def test_runners_ask_what_the_leader_says_not_their_own_settings(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -71,6 +73,7 @@ def test_runners_ask_what_the_leader_says_not_their_own_settings(
     assert [c["description"] for c in root["children"]] == ["", "", ""], "the small profile asks for no descriptions"
 
 
+@pytest.mark.slow
 def test_leader_request_flags_are_checked(tmp_path: Path) -> None:
     """Bad request settings on the leader are one line and exit code 2, whether flags or environment."""
     leader = [sys.executable, "-m", "paradecom.leader.main", "--db", str(tmp_path / "x.db")]

@@ -254,6 +254,7 @@ def test_compose_file_is_valid_and_wires_the_services(compose_config: Callable[.
         assert [s["source"] if isinstance(s, dict) else s for s in services[name]["secrets"]] == ["paradecom_token"]
 
 
+@pytest.mark.slow
 def test_compose_settings_come_from_the_environment(compose_config: Callable[..., dict[str, Any]]) -> None:
     """docker/.env's variables reach the services: another leader, a hosted endpoint with its key and
     model, the token file and the published port."""
@@ -289,6 +290,7 @@ def test_compose_settings_come_from_the_environment(compose_config: Callable[...
     assert ports in ([{"published": 6000, "target": 50051}], [{"published": "6000", "target": 50051}], ["6000:50051"])
 
 
+@pytest.mark.slow
 def test_metrics_override_scrapes_the_leader_and_every_runner(compose_config: Callable[..., dict[str, Any]]) -> None:
     """compose.metrics.yaml adds a Prometheus whose configuration scrapes the port the leader and
     the runners serve metrics on (their --metrics-listen), the runners found by their service name."""
@@ -312,6 +314,7 @@ def test_metrics_override_scrapes_the_leader_and_every_runner(compose_config: Ca
     assert jobs["paradecom-runner"]["authorization"]["credentials_file"] == SECRET
 
 
+@pytest.mark.slow
 def test_tls_override_adds_only_the_tls_settings(compose_config: Callable[..., dict[str, Any]]) -> None:
     """compose.tls.yaml restates compose.yaml's commands and adds only the TLS flags, the certificate
     secrets they name, and the health check's TLS settings."""
@@ -362,6 +365,7 @@ def test_images_run_unprivileged_from_python_3_11_slim() -> None:
         assert name == "${PYTHON_IMAGE}", target
 
 
+@pytest.mark.slow
 def test_image_file_list_builds_the_package_with_its_stubs(tmp_path: Path) -> None:
     """The files the Dockerfile's source stage COPYs are enough for its `pip install`: built from
     them alone, the wheel holds the committed stubs, the leader and runner packages, py.typed and
@@ -408,6 +412,7 @@ def test_image_file_list_builds_the_package_with_its_stubs(tmp_path: Path) -> No
 # --- The images' commands, run here. ---
 
 
+@pytest.mark.slow
 def test_leader_healthcheck_follows_a_real_leader(
     start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
 ) -> None:
@@ -445,6 +450,7 @@ def leader_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_leader_healthcheck_over_tls_with_the_override_settings(
     start_leader: Callable[..., tuple[Proc, str]], leader_pki: Path
 ) -> None:
@@ -492,6 +498,7 @@ def test_local_llm_entrypoint_takes_the_compose_arguments() -> None:
     assert "--listen" in helped.stdout
 
 
+@pytest.mark.slow
 def test_compose_commands_decompose_a_project_outside_containers(
     procs: list[Proc], fake_llm_proc: Proc, tmp_path: Path
 ) -> None:

@@ -284,6 +284,7 @@ def assert_one_line_error(args: list[str], needle: str) -> None:
     assert stderr.startswith("paradecom eval: error:") and needle in stderr, stderr
 
 
+@pytest.mark.slow
 def test_bad_directories_and_files_are_one_line_errors(tmp_path: Path) -> None:
     """A missing DIR, a DIR without JSON files, a project file that is not DevAI and bad JSON: exit 2."""
     assert_one_line_error([str(tmp_path / "missing")], "no such directory")
@@ -318,6 +319,7 @@ def devai_files(dest: Path) -> list[Path]:
     return made
 
 
+@pytest.mark.slow
 def test_eval_end_to_end_on_fake_llm(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """`paradecom eval --format json` decomposes two DevAI files on fake-llm and scores both in [0, 1]."""
     base_url = fake_llm("--fanout", "3")
@@ -415,6 +417,7 @@ def test_from_trees_without_a_saved_tree_is_a_one_line_error(tmp_path: Path) -> 
     assert_one_line_error([str(data_dir), "--from-trees", str(tmp_path / "trees")], "no saved tree for")
 
 
+@pytest.mark.slow
 def test_eval_prints_hostile_instance_names_escaped(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """An instance named with a terminal escape and a bidi override: the table and the progress lines
     show them escaped (`\\x1b`, `\\u202e`), never as the characters themselves."""

@@ -152,6 +152,7 @@ def test_every_fanout_passes_the_near_duplicate_and_numbering_rules(fanout: int)
             assert len({c["description"] for c in children}) == fanout
 
 
+@pytest.mark.slow
 def test_answers_are_deterministic_and_depend_on_the_title(start_server: StartServer) -> None:
     """The same prompt gets the same content (also from a second server), a different title gets
     different children, and a child's title used as the next prompt never comes back as its own
@@ -298,6 +299,7 @@ def test_rpm_limit_refuses_the_third_request_in_a_minute(start_server: StartServ
     assert (counts["ok"], counts["rate_limited"], counts["rpm_limited"]) == (2, 1, 1)
 
 
+@pytest.mark.slow
 def test_fault_sequence_is_fixed_by_the_seed(start_server: StartServer) -> None:
     """With --malformed-rate 0.5 the pattern of malformed answers is the same on two servers with
     the same seed and after /stats/reset, and /stats counts requests, ok, malformed and by_model."""
@@ -339,6 +341,7 @@ def test_latency_and_slow_answers_are_delayed(start_server: StartServer) -> None
     assert stats(addr)["slow"] == 1
 
 
+@pytest.mark.slow
 def test_thousand_concurrent_requests_overlap(start_server: StartServer) -> None:
     """1000 requests sent at once with --latency 1 all succeed in a few seconds: the latency is
     waited concurrently, not serially, and /stats saw them in flight together."""
@@ -404,6 +407,7 @@ def test_bad_flags_are_refused_in_one_line(flags: list[str], capsys: pytest.Capt
     assert captured.err.count("\n") == 1 and captured.err.startswith("paradecom fake-llm: error: ")
 
 
+@pytest.mark.slow
 def test_bad_flags_as_a_process_exit_2_without_traceback() -> None:
     """The real `python -m paradecom.fakellm` process refuses a bad flag, an unknown flag and an
     address already in use with exit 2, one stderr line, nothing on stdout and no traceback."""
@@ -420,6 +424,7 @@ def test_bad_flags_as_a_process_exit_2_without_traceback() -> None:
             assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_fanout_list_sets_the_fanout_per_depth_and_one_number_is_unchanged(start_server: StartServer) -> None:
     """`--fanout 4,2`: 4 children for a task at depth 0, 2 at depth 1 and every depth below (the last
     number repeats); `--fanout 3,3` answers exactly as `--fanout 3` does, so a list changes nothing

@@ -164,6 +164,7 @@ def leaf_paths(d: pb_descriptor.Descriptor, depth: int = 0) -> list[tuple[pb_des
     for f in d.fields:
         if f.type == f.TYPE_MESSAGE:
             if depth < 3:
+                assert f.message_type is not None
                 paths += [(f, *rest) for rest in leaf_paths(f.message_type, depth + 1)]
         elif f.type == f.TYPE_STRING or f.type in INT_RANGES:
             paths.append((f,))
@@ -251,7 +252,7 @@ def tidy(leader: Leader, lease: task_pb2.Lease | None) -> None:
         try:
             leader.tasks.ReleaseTask(release, timeout=10)
         except grpc.RpcError as exc:  # settled by the example: fine
-            assert exc.code() in ACCEPTABLE, exc  # type: ignore[attr-defined]
+            assert exc.code() in ACCEPTABLE, exc
     leader.admin.SetLlmBudget(admin_service_pb2.SetLlmBudgetRequest(), timeout=10)
 
 

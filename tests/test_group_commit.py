@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import Proc, run_cli, wait_for
-from test_cluster import PARADECOM, free_port, summary, write_project
+from helpers import Proc, Stubs, free_port, run_cli, wait_for
+from test_cluster import PARADECOM, summary, write_project
 
 from paradecom.leader.core import DecompositionLeader
 from paradecom.leader.lifecycle import Result, StaleLease
@@ -77,10 +77,11 @@ def test_an_unexpected_error_fails_only_its_own_result(tmp_path: Path, monkeypat
     monkeypatch.setattr(leader._lifecycle, "_accept", accept)
 
     async def main() -> list[object]:
-        return await asyncio.gather(
+        answers: list[object] = await asyncio.gather(
             *(leader.submit_result(a.lease.task_id, a.lease.token, CHILDREN) for a in assignments),
             return_exceptions=True,
         )
+        return answers
 
     answers = asyncio.run(main())
     assert [type(a).__name__ for a in answers] == ["Accepted", "Accepted", "RuntimeError", "Accepted"]
@@ -89,8 +90,9 @@ def test_an_unexpected_error_fails_only_its_own_result(tmp_path: Path, monkeypat
     assert leader.leases_by_runner() == {"r": 1}
 
 
+@pytest.mark.slow
 def test_acknowledged_results_survive_a_leader_sigkill(
-    start_leader: Callable[..., tuple[Proc, str]], stubs: Callable, tmp_path: Path
+    start_leader: Callable[..., tuple[Proc, str]], stubs: Stubs, tmp_path: Path
 ) -> None:
     """Twenty results sent at once and all acknowledged, then the leader SIGKILLed at once: the
     restarted leader has every one of them (60 children, the project done)."""
@@ -129,7 +131,7 @@ def _when_up(call: Callable[[], project_pb2.ProjectSummary]) -> project_pb2.Proj
         try:
             return call()
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 return None
             raise
 

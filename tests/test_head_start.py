@@ -13,9 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, wait_for_async
+from runner_fakes import FakeChat, make_assignment
 from test_local_run import get, project_file
-from test_runner_unit import FakeChat, make_assignment
 
 from paradecom import limits
 from paradecom.leader.core import DecompositionLeader
@@ -129,10 +129,12 @@ async def _rate_limits_counted() -> None:
             listener(2.5)
             return await super().complete(messages, schema)
 
-    decomposer = Decomposer(llm=RateLimitedOnce())
+    chat = RateLimitedOnce()
+    decomposer = Decomposer(llm=chat)
     assignment, request = _request_for(1)
     decomposer.start_early([request])
-    await asyncio.sleep(0.01)  # the call runs (and meets its 429) before its task is leased
+    # The call runs (and meets its 429) before its task is leased.
+    await wait_for_async(lambda: chat.calls == 1, what="the early call to be answered")
     outcome = await decomposer.decompose(assignment)
     assert outcome.usage.rate_limited == 1 and outcome.usage.retry_after_ms == 2500
     await decomposer.close()
@@ -146,11 +148,12 @@ async def _cancelled_at_close() -> None:
     gate = asyncio.Event()
     chat = FakeChat(gate=gate)
     decomposer = Decomposer(llm=chat)
-    failing = Decomposer(llm=FakeChat(error=RuntimeError("refused")))
+    refusing = FakeChat(error=RuntimeError("refused"))
+    failing = Decomposer(llm=refusing)
     _, request = _request_for(1)
     decomposer.start_early([request])
     failing.start_early([request])
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: chat.in_flight == 1 and refusing.calls == 1, what="both early calls to be made")
     assert chat.in_flight == 1
     await decomposer.close()
     await failing.close()  # its failed call is read, not reported as a never-retrieved exception
@@ -165,6 +168,7 @@ def _log_time(stderr: str, event: str) -> float:
     raise AssertionError(f"no {event!r} log line in:\n{stderr}")
 
 
+@pytest.mark.slow
 def test_paradecom_run_asks_the_root_before_the_leader_is_up(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """`paradecom run` (auto, in this process) sends the root's request before its leader serves,
     and the leader's assignment of the root is served by that call: fake-llm answers exactly the

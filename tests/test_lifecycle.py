@@ -27,7 +27,7 @@ class Clock:
 def make(tmp_path: Path, **config: float) -> tuple[DecompositionLeader, Clock]:
     clock = Clock()
     settings = {"lease_timeout_s": 10.0, "max_attempts": 3, "retry_backoff_s": 1.0, **config}
-    leader = DecompositionLeader(SqliteStore(tmp_path / "t.db"), LeaseConfig(**settings), clock=clock)  # type: ignore[arg-type]
+    leader = DecompositionLeader(SqliteStore(tmp_path / "t.db"), LeaseConfig(**settings), clock=clock)
     return leader, clock
 
 

@@ -38,6 +38,7 @@ def run(project: Path, base_url: str, *flags: str) -> dict:  # type: ignore[type
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_rerun_is_answered_from_the_cache(fake_llm: Callable[..., str], project_file: Path) -> None:
     """The same project run again makes no LLM call (counted at fake-llm); --no-cache asks again;
     the result's usage says where each answer came from."""
@@ -56,6 +57,7 @@ def test_rerun_is_answered_from_the_cache(fake_llm: Callable[..., str], project_
     assert stats(base_url)["requests"] == 8
 
 
+@pytest.mark.slow
 def test_cache_is_per_endpoint(fake_llm: Callable[..., str], project_file: Path) -> None:
     """Two endpoints serving one model name never share answers; a server that moved (same
     PARADECOM_ENDPOINT_ID, the embedded model on a new free port) still hits the cache."""
@@ -74,6 +76,7 @@ def test_cache_is_per_endpoint(fake_llm: Callable[..., str], project_file: Path)
     assert stats(second_url)["requests"] == 4, "one endpoint id, yet the cache missed"
 
 
+@pytest.mark.slow
 def test_reasks_and_failures_are_counted_per_project(fake_llm: Callable[..., str], project_file: Path) -> None:
     """Malformed answers are re-asked; the re-asks show in the project's usage."""
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "5", "--malformed-rate", "0.4", "--seed", "3")
@@ -85,6 +88,7 @@ def test_reasks_and_failures_are_counted_per_project(fake_llm: Callable[..., str
     assert usage["reasks"] + usage["failures"] >= stats(base_url)["malformed"]
 
 
+@pytest.mark.slow
 def test_stop_reasons_are_recorded(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -125,6 +129,7 @@ def test_stop_reasons_are_recorded(
     assert len(all_tasks(tree["tasks"])) == 4 and all(c["stop_reason"] == "task budget reached" for c in children)
 
 
+@pytest.mark.slow
 def test_token_budget_stops_queued_tasks(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -145,6 +150,7 @@ def test_token_budget_stops_queued_tasks(
     assert tree["project"]["state"] == "done"
 
 
+@pytest.mark.slow
 def test_budget_can_be_read_and_changed_while_running(start_leader: Callable[..., tuple[Proc, str]]) -> None:
     """`paradecom budget` shows the leader's LLM budget and changes it without a restart."""
     _, leader = start_leader("--llm-rpm", "100")

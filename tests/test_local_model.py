@@ -16,7 +16,7 @@ import openai
 import pytest
 import yaml
 from conftest import DEVAI
-from helpers import Proc, run_cli
+from helpers import Proc, run_cli, wait_for_async
 
 from paradecom import local_llm
 from paradecom.local_llm import INSTALL_HINT, MODEL_NAME, EmbeddedModelError, EmbeddedPool, EmbeddedServer, free_port
@@ -114,7 +114,8 @@ def test_local_llm_serves_the_embedded_model_and_stops_on_sigterm() -> None:
             )
             try:
                 messages = [{"role": "user", "content": '{"task_to_decompose": "Build a blog", "task_depth": 0}'}]
-                return (await client.complete(messages)).text
+                text: str = (await client.complete(messages)).text
+                return text
             finally:
                 await client.close()
 
@@ -128,6 +129,7 @@ def test_local_llm_serves_the_embedded_model_and_stops_on_sigterm() -> None:
 
 
 @pytest.mark.parametrize("command", [["run", "PROJECT"], ["local-llm"]])
+@pytest.mark.slow
 def test_without_the_local_extra_the_error_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
@@ -205,6 +207,7 @@ def ask_all(client: openai.AsyncOpenAI, count: int) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_pool_hands_each_request_to_an_idle_server_and_passes_over_dead_ones(tmp_path: Path) -> None:
     """The pool's proxy answers as many completions at once as it has servers, queueing the rest:
     4 requests on 2 servers are 2 at a time, spread over both; /v1/models is passed through. A
@@ -243,6 +246,7 @@ def test_pool_hands_each_request_to_an_idle_server_and_passes_over_dead_ones(tmp
     asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_stopping_the_pool_does_not_wait_for_an_answer_in_progress(tmp_path: Path) -> None:
     """Stopping the pool while a server is writing a long answer stops that server and fails the
     request instead of waiting for the answer (what lets Ctrl-C end a run at once)."""
@@ -254,9 +258,12 @@ def test_stopping_the_pool_does_not_wait_for_an_answer_in_progress(tmp_path: Pat
         pool.add(backend)
         client = openai.AsyncOpenAI(base_url=pool.base_url, api_key="x", max_retries=0, timeout=600)
         request = asyncio.ensure_future(ask_all(client, 1))
-        while pool.busy == 0:
+
+        def answering() -> int:
             assert not request.done(), request
-            await asyncio.sleep(0.05)
+            return pool.busy
+
+        await wait_for_async(answering, what="a server to be writing the answer")
         await pool.stop()
         with pytest.raises(openai.APIConnectionError):
             await request

@@ -55,6 +55,7 @@ def all_tasks(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.slow
 def test_auto_runs_in_process_and_follows_the_frontier(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """The default (`--runners auto`) starts no process: the leader and runner live in the command.
     Its concurrency follows the tasks ready: 1 at the root, 4 on level 1, 16 on level 2, reported
@@ -79,6 +80,7 @@ def test_auto_runs_in_process_and_follows_the_frontier(fake_llm: Callable[..., s
     assert 1 < report["mean_concurrency"] < 16
 
 
+@pytest.mark.slow
 def test_auto_keeps_to_the_concurrency_cap(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """`--runners auto --concurrency 2` never has more than 2 calls at the endpoint at once."""
     base_url = fake_llm("--fanout", "5", "--atomic-depth", "2", "--latency", "0.3")
@@ -89,6 +91,7 @@ def test_auto_keeps_to_the_concurrency_cap(fake_llm: Callable[..., str], tmp_pat
 
 
 @pytest.mark.parametrize("flags", [["--runners", "3"], ["--runners", "2", "--runner-processes"], ["--runners", "0"]])
+@pytest.mark.slow
 def test_every_mode_gives_the_same_tree(fake_llm: Callable[..., str], tmp_path: Path, flags: list[str]) -> None:
     """Fixed runners in process, runner processes and the sequential fallback decompose the same project
     to the same tree as auto."""
@@ -107,6 +110,7 @@ def test_every_mode_gives_the_same_tree(fake_llm: Callable[..., str], tmp_path: 
     assert other["project"]["run"]["mode"] == mode
 
 
+@pytest.mark.slow
 def test_sequential_and_parallel_send_the_same_requests(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """For each task both modes send the same request (messages, schema, fan-out bounds, tokens): the
     requests recorded at fake-llm are the same set. With PARADECOM_MAX_SUBTASKS=10 both accept the 9
@@ -126,6 +130,7 @@ def test_sequential_and_parallel_send_the_same_requests(fake_llm: Callable[..., 
     assert body["response_format"]["json_schema"]["schema"]["properties"]["subtasks"]["maxItems"] == 10
 
 
+@pytest.mark.slow
 def test_cache_written_by_one_mode_serves_the_other(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """A sequential run fills the decomposition cache; the same project in auto mode then makes no call."""
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "2")
@@ -149,6 +154,7 @@ def test_cache_written_by_one_mode_serves_the_other(fake_llm: Callable[..., str]
     ],
     ids=["nothing-listening", "refused-key", "unknown-model"],
 )
+@pytest.mark.slow
 def test_an_endpoint_that_cannot_work_is_one_line_exit_1(
     fake_llm: Callable[..., str], tmp_path: Path, fake_flags: list[str], env: dict[str, str], reason: str
 ) -> None:
@@ -168,6 +174,7 @@ def test_an_endpoint_that_cannot_work_is_one_line_exit_1(
     assert get(base_url, "/stats")["ok"] == 0
 
 
+@pytest.mark.slow
 def test_dead_top_level_task_is_an_error_unless_partial_is_allowed(
     fake_llm: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -184,6 +191,7 @@ def test_dead_top_level_task_is_an_error_unless_partial_is_allowed(
     assert tree["tasks"][0]["status"] == "dead"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_once_and_prints_what_is_finished(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """SIGINT while level 1 waits on a slow LLM: the command stops without waiting for the answers
     (30 s), prints the tree as far as it got (the root decomposed) and exits 130."""
@@ -204,6 +212,7 @@ def test_ctrl_c_stops_at_once_and_prints_what_is_finished(fake_llm: Callable[...
     assert "stopped" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_run_flags_are_one_line(tmp_path: Path) -> None:
     """Flags that make no sense together are one line, exit 2, before anything starts."""
     path = project_file(tmp_path)
@@ -219,6 +228,7 @@ def test_bad_run_flags_are_one_line(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, (flags, result.stderr)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_eval_and_prints_the_finished_instances(fake_llm: Callable[..., str]) -> None:
     """SIGINT during `paradecom eval` (an answer takes 30 s): it stops at once, prints the table of
     what was scored (nothing yet) and exits 130."""

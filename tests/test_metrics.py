@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import Proc, run_cli, wait_for
+from helpers import Proc, Stubs, run_cli, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from paradecom.v1 import project_pb2, project_service_pb2, task_service_pb2
@@ -44,6 +44,7 @@ def submit(leader: str, tmp_path: Path, **fields: object) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_counts_move_with_a_run(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -110,11 +111,12 @@ def test_counts_move_with_a_run(
     assert all(value(s, "paradecom_runner_tasks_in_hand") == 0 for s in per_runner)
 
 
+@pytest.mark.slow
 def test_killed_runner_stale_result_and_dead_letter_are_counted(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     start_runner: Callable[..., Proc],
-    stubs: Callable,
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """A runner SIGKILLed with a lease: leases expired rises and it is no longer connected. The
@@ -163,6 +165,7 @@ def test_killed_runner_stale_result_and_dead_letter_are_counted(
     assert state != project_pb2.PROJECT_STATE_RUNNING, "the project finishes despite the dead letter"
 
 
+@pytest.mark.slow
 def test_metrics_listen_bad_address_is_one_line(start_leader: Callable[..., tuple[Proc, str]]) -> None:
     """An unusable --metrics-listen (the leader's own gRPC port, already bound) is one line, exit 2."""
     _, leader = start_leader()
@@ -218,6 +221,7 @@ def test_readme_lists_every_metric(tmp_path: Path) -> None:
         assert shown in section, name
 
 
+@pytest.mark.slow
 def test_rate_limits_and_calls_are_counted_at_both_ends(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],

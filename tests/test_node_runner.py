@@ -42,6 +42,7 @@ def walk(tasks: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from walk(task.get("children") or [])
 
 
+@pytest.mark.slow
 def test_node_runner_alone_decomposes_a_project_and_exits_0_on_sigterm(
     fake_llm: Callable[..., str], start_leader: Callable[..., tuple[Proc, str]], procs: list[Proc], tmp_path: Path
 ) -> None:
@@ -137,6 +138,7 @@ def tree_shape(tree: dict[str, Any]) -> list[tuple[Any, ...]]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_python_only_tree(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -185,7 +187,7 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
             runners.append(node)
         status = [*PARADECOM, "status", "--leader", leader, *client_security, "--json"]
         expected = len(runners)
-        wait_for(lambda s=status, n=expected: connected(s) == n, 60, what="every runner connected")
+        wait_for(lambda s=status, n=expected: connected(s) == n, 60, what="every runner connected")  # type: ignore[misc]
         submitted = run_cli([*PARADECOM, "submit", "--leader", leader, *client_security, str(project)])
         assert submitted.returncode == 0, submitted.stderr
         result = run_cli(
@@ -258,6 +260,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 def test_node_runner_re_asks_with_the_leaders_refusal(
     start_leader: Callable[..., tuple[Proc, str]], procs: list[Proc], tmp_path: Path
 ) -> None:
@@ -294,6 +297,7 @@ def test_node_runner_re_asks_with_the_leaders_refusal(
     assert "re-asking" in node.stderr
 
 
+@pytest.mark.slow
 def test_node_runner_refused_credentials_is_one_line_exit_2(
     fake_llm: Callable[..., str], start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
 ) -> None:

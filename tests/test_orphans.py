@@ -42,6 +42,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux only")
+@pytest.mark.slow
 def test_children_of_a_killed_run_stop(fake_llm: Callable[..., str], tmp_path: Path) -> None:
     """SIGKILL on `paradecom run --runner-processes`: both runner processes exit too."""
     base_url = fake_llm("--latency", "30")

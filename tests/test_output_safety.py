@@ -403,7 +403,7 @@ class NodeReader:
         self.proc.stdin.write(json.dumps(text) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
-        assert line, f"{self.proc.args} ended"
+        assert line, f"{self.proc.args!r} ended"
         answer: dict[str, Any] = json.loads(line)
         return answer
 
@@ -562,6 +562,7 @@ def _nasty_tree() -> TaskTree:
     )
 
 
+@pytest.mark.slow
 def test_known_nasty_text_reads_back_exactly_in_every_format(marked: NodeReader, mermaid: NodeReader) -> None:
     """An unclosed code fence or HTML comment, checkbox and heading lines, tables, link definitions,
     Mermaid's own syntax and entity codes, terminal escapes and bidi overrides: Markdown (both
@@ -600,6 +601,7 @@ def test_the_example_of_the_issue_keeps_its_task_list(marked: NodeReader) -> Non
 
 @SETTINGS
 @given(trees())
+@pytest.mark.slow
 def test_markdown_reads_back_exactly_with_markdown_it_and_marked(marked: NodeReader, tree: TaskTree) -> None:
     """Whatever the text, both parsers read back exactly the tasks (ids, titles, checked state,
     estimates, status), their descriptions, criteria, dependencies and errors, and the project's
@@ -611,6 +613,7 @@ def test_markdown_reads_back_exactly_with_markdown_it_and_marked(marked: NodeRea
 
 @SETTINGS
 @given(trees())
+@pytest.mark.slow
 def test_mermaid_reads_back_exactly_with_mermaids_own_parser(mermaid: NodeReader, tree: TaskTree) -> None:
     """Mermaid's parser reads every label back to exactly the task's id, title (after decoding the
     documented entity codes), estimate and status, every arrow to exactly the subtasks and
@@ -625,6 +628,7 @@ def test_mermaid_reads_back_exactly_with_mermaids_own_parser(mermaid: NodeReader
 @example(title="%%{init: {}}%%")
 @SETTINGS
 @given(hostile_valid)
+@pytest.mark.slow
 def test_a_mermaid_title_keeps_every_character(mermaid: NodeReader, title: str) -> None:
     """The defect as reported: a title with ";" (after "style:" and "#") lost it."""
     tree = TaskTree(project={"name": title}, tasks=[TreeTask(id="1", parent_id=None, depth=0, title=title)])
@@ -633,6 +637,7 @@ def test_a_mermaid_title_keeps_every_character(mermaid: NodeReader, title: str) 
 
 @SETTINGS
 @given(trees(hostile))
+@pytest.mark.slow
 def test_json_and_csv_read_back_exactly(tree: TaskTree) -> None:
     """JSON: the same tree (lone surrogates too), nothing non-printable written as it is. CSV: the
     csv module reads back every id, title, description, parent and dependency exactly."""
@@ -685,6 +690,7 @@ def hostile_project() -> dict[str, Any]:
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_hostile_project_end_to_end(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -766,6 +772,7 @@ def closed_pipe_run(args: list[str]) -> tuple[int, str]:
     return done.returncode, done.stderr
 
 
+@pytest.mark.slow
 def test_run_with_a_hostile_project_and_head(fake_llm: Callable[..., str], tmp_path: Path, marked: NodeReader) -> None:
     """`paradecom run` (leader and runners in-process, fake-llm) on the hostile project: its Markdown
     reads back exactly; piped into a real `head -n 3` with output far larger than a pipe's buffer it

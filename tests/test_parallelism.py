@@ -7,9 +7,8 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from helpers import Proc, run_cli, wait_for
+from helpers import Proc, Stubs, run_cli, wait_for
 from test_metrics import scrape, value
 
 from paradecom import limits
@@ -90,7 +89,7 @@ def test_machine_bound_shrinks_under_load_and_low_memory() -> None:
 
 
 def test_leader_publishes_desired_runners(
-    start_leader: Callable[..., tuple[Proc, str]], stubs: Callable[[str], tuple[Any, Any]], tmp_path: Path
+    start_leader: Callable[..., tuple[Proc, str]], stubs: Stubs, tmp_path: Path
 ) -> None:
     """A leader with 20 queued tasks and no runner asks for ceil(20 / 8) = 3 runners of the default
     size; once the project is cancelled, for 0."""

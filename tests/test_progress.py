@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers import Proc, run_cli, wait_for
 from rich.console import Console
 
@@ -84,6 +85,7 @@ def test_rich_display_renders_on_a_terminal() -> None:
     assert "at once 2 (peak 2) · queued 2" in text and "ETA 2s" in text, "the running frame was drawn too"
 
 
+@pytest.mark.slow
 def test_watch_prints_json_lines_off_a_terminal_and_rich_on_one(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],

@@ -28,6 +28,7 @@ def flat_project(tmp_path: Path, seeds: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_budget_under_the_endpoint_limit_means_no_429(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -49,6 +50,7 @@ def test_budget_under_the_endpoint_limit_means_no_429(
     assert seen["requests"] == 24 and seen["rate_limited"] == 0
 
 
+@pytest.mark.slow
 def test_without_a_budget_adaptive_backoff_brings_429s_down(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -112,6 +114,7 @@ def project_tree(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("headers", [True, False], ids=["budget-stated", "budget-unstated"])
+@pytest.mark.slow
 def test_auto_keeps_to_the_budget_the_endpoint_states(
     fake_llm: Callable[..., str], tmp_path: Path, headers: bool
 ) -> None:

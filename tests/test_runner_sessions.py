@@ -12,11 +12,12 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
-from helpers import Proc, run_cli, wait_for
+from helpers import Proc, Stubs, run_cli, wait_for
 from test_node_runner import node_command
 
 from paradecom.v1 import (
@@ -26,6 +27,7 @@ from paradecom.v1 import (
     project_service_pb2,
     task_pb2,
     task_service_pb2,
+    task_service_pb2_grpc,
 )
 
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
@@ -74,11 +76,12 @@ def seeds_of(projects: object, project_id: str) -> list[project_pb2.TaskNode]:
     return list(projects.GetTaskTree(request, timeout=5).tasks)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_restarted_runner_gets_tasks_at_once(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     runner_of_kind: RunnerStarter,
-    stubs: Callable,
+    stubs: Stubs,
     tmp_path: Path,
 ) -> None:
     """A runner (Python or Node.js) SIGKILLed while holding every lease, started again under the same --runner-id:
@@ -169,11 +172,12 @@ def proxy_to() -> Iterator[Callable[[str], CuttableProxy]]:
         p.close()
 
 
+@pytest.mark.slow
 def test_reconnected_runner_keeps_its_leases(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
     runner_of_kind: RunnerStarter,
-    stubs: Callable,
+    stubs: Stubs,
     proxy_to: Callable[[str], CuttableProxy],
     tmp_path: Path,
 ) -> None:
@@ -205,10 +209,10 @@ def test_reconnected_runner_keeps_its_leases(
 
 
 def pull(
-    tasks: object, runner_id: str, session_id: str, max_in_flight: int
-) -> Iterator[task_service_pb2.PullTaskResponse]:
+    tasks: task_service_pb2_grpc.TaskServiceStub, runner_id: str, session_id: str, max_in_flight: int
+) -> grpc._CallIterator[task_service_pb2.PullTaskResponse]:
     request = task_service_pb2.PullTaskRequest(runner_id=runner_id, session_id=session_id, max_in_flight=max_in_flight)
-    return tasks.PullTask(request, timeout=GRACE_S - 10)  # type: ignore[attr-defined, no-any-return]
+    return tasks.PullTask(request, timeout=GRACE_S - 10)
 
 
 def in_flight(leader: str, runner_id: str) -> int:
@@ -224,11 +228,12 @@ def in_flight(leader: str, runner_id: str) -> int:
 def refused(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as err:
         call()
-    return err.value.code()  # type: ignore[attr-defined, no-any-return]
+    return err.value.code()
 
 
+@pytest.mark.slow
 def test_session_rules_over_the_wire(
-    start_leader: Callable[..., tuple[Proc, str]], stubs: Callable, tmp_path: Path
+    start_leader: Callable[..., tuple[Proc, str]], stubs: Stubs, tmp_path: Path
 ) -> None:
     """The rule as a runner written from the proto sees it: the same session on a new stream keeps
     the leases (they still count against max_in_flight, heartbeats and results are accepted); a new
@@ -259,7 +264,7 @@ def test_session_rules_over_the_wire(
     held = {a.lease.task_id for a in (a2, a3, a4)}
     for old in (a2, a3, a4):
         extend = task_service_pb2.ExtendLeaseRequest(task_id=old.lease.task_id, lease_token=old.lease.token)
-        assert refused(lambda r=extend: tasks.ExtendLease(r, timeout=5)) == grpc.StatusCode.ABORTED
+        assert refused(partial(tasks.ExtendLease, extend, timeout=5)) == grpc.StatusCode.ABORTED
     late = task_service_pb2.SubmitResultRequest(task_id=a3.lease.task_id, lease_token=a3.lease.token, subtasks=children)
     assert refused(lambda: tasks.SubmitResult(late, timeout=5)) == grpc.StatusCode.ABORTED
     assert summary(projects, project_id).leases_expired == 3

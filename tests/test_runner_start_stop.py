@@ -72,6 +72,7 @@ def _open_gate(fifo: Path) -> bool:
 
 @pytest.mark.parametrize("module", ["grpc", "openai"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.slow
 def test_sigterm_during_the_imports_exits_0(entry: str, module: str, tmp_path: Path) -> None:
     """SIGTERM while the runner is held inside its import of grpc (the first heavy one) or openai
     (a later one): once the import goes on, the runner stops at once and exits 0 (before the fix
@@ -104,6 +105,7 @@ def _gone_or_catching_sigterm(proc: Proc) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux) to see signal handlers")
+@pytest.mark.slow
 def test_sigterm_as_soon_as_it_can_be_caught_exits_0() -> None:
     """Started and sent SIGTERM the moment it has a handler for it (well before it is ready:
     the handler comes before the imports), three times in a row: exit 0 each time. (The console

@@ -21,6 +21,9 @@ from paradecom.security import is_loopback
 from paradecom.v1 import project_service_pb2, project_service_pb2_grpc
 
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+# gRPC call metadata: (key, value) pairs.
+Metadata = tuple[tuple[str, str], ...]
+
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
@@ -68,15 +71,15 @@ def test_token_required_except_for_health(start_leader: Callable[..., tuple[Proc
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         stub = project_service_pb2_grpc.ProjectServiceStub(channel)
-        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]):
+        for metadata in (None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)):
             with pytest.raises(grpc.RpcError) as err:
                 stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5, metadata=metadata)
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as err:
             list(stub.WatchProject(project_service_pb2.WatchProjectRequest(project_id="x"), timeout=5))
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         ok = stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5,
-                               metadata=[("authorization", f"Bearer {TOKEN}")])  # fmt: skip
+                               metadata=(("authorization", f"Bearer {TOKEN}"),))  # fmt: skip
         assert list(ok.projects) == []
 
     submitted = run_cli([*PARADECOM, "submit", "--leader", address, str(project(tmp_path))],
@@ -96,6 +99,18 @@ UNKNOWN_METHODS = (
 )
 
 
+def raw_calls(channel: grpc.Channel, method: str) -> dict[str, Callable[[Metadata | None], object]]:
+    """`method` called as each kind of call (bytes in, bytes out: no serializers), by kind."""
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+    server_stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method)
+    bidi: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+    return {
+        "unary": lambda md: unary(b"", timeout=5, metadata=md),
+        "server-stream": lambda md: list(server_stream(b"", timeout=5, metadata=md)),
+        "bidi": lambda md: list(bidi(iter([b""]), timeout=5, metadata=md)),
+    }
+
+
 def test_unknown_methods_are_unauthenticated_without_the_token(
     start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
 ) -> None:
@@ -105,29 +120,26 @@ def test_unknown_methods_are_unauthenticated_without_the_token(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     _, address = start_leader("--auth-token-file", str(token_file))
-    good = [("authorization", f"Bearer {TOKEN}")]
+    good: Metadata = (("authorization", f"Bearer {TOKEN}"),)
     with grpc.insecure_channel(address) as channel:
         for method in UNKNOWN_METHODS:
-            calls = {
-                "unary": lambda md, m=method: channel.unary_unary(m)(b"", timeout=5, metadata=md),
-                "server-stream": lambda md, m=method: list(channel.unary_stream(m)(b"", timeout=5, metadata=md)),
-                "bidi": lambda md, m=method: list(channel.stream_stream(m)(iter([b""]), timeout=5, metadata=md)),
-            }
-            for kind, call in calls.items():
+            for kind, call in raw_calls(channel, method).items():
                 for metadata, expected in (
                     (None, grpc.StatusCode.UNAUTHENTICATED),
-                    ([("authorization", "Bearer wrong")], grpc.StatusCode.UNAUTHENTICATED),
-                    ([("authorization", TOKEN)], grpc.StatusCode.UNAUTHENTICATED),
+                    ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED),
+                    ((("authorization", TOKEN),), grpc.StatusCode.UNAUTHENTICATED),
                     (good, grpc.StatusCode.UNIMPLEMENTED),
                 ):
                     with pytest.raises(grpc.RpcError) as err:
                         call(metadata)
-                    assert err.value.code() == expected, (method, kind, metadata)  # type: ignore[attr-defined]
-        reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+                    assert err.value.code() == expected, (method, kind, metadata)
+        reflect: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        )
         request = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
         with pytest.raises(grpc.RpcError) as err:
             list(reflect(iter([request]), timeout=5))
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         answers = list(reflect(iter([request]), timeout=5, metadata=good))
         assert answers and b"paradecom.v1.TaskService" in answers[0]
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -141,11 +153,13 @@ def test_unknown_methods_are_unimplemented_without_a_token_set(
     _, address = start_leader()
     with grpc.insecure_channel(address) as channel:
         for method in UNKNOWN_METHODS:
+            raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
             with pytest.raises(grpc.RpcError) as err:
-                channel.unary_unary(method)(b"", timeout=5)
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method  # type: ignore[attr-defined]
+                raw(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method
 
 
+@pytest.mark.slow
 def test_tls_and_mutual_tls(start_leader: Callable[..., tuple[Proc, str]], pki: Path, tmp_path: Path) -> None:
     """A TLS leader serves clients that trust its CA; an untrusting client gets a clear one-line
     error; with a client CA the leader also demands a client certificate."""
@@ -186,6 +200,7 @@ def test_bad_security_flags(flags: list[str], needle: str, pki: Path) -> None:
     assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_runner_with_token_and_tls_does_the_work(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -294,7 +309,7 @@ def test_token_serves_a_public_address_and_guards_metrics(
     with grpc.insecure_channel(local(address)) as channel:
         stub = project_service_pb2_grpc.ProjectServiceStub(channel)
         ok = stub.ListProjects(project_service_pb2.ListProjectsRequest(), timeout=5,
-                               metadata=[("authorization", f"Bearer {TOKEN}")])  # fmt: skip
+                               metadata=(("authorization", f"Bearer {TOKEN}"),))  # fmt: skip
         assert list(ok.projects) == []
     for authorization in (None, "Bearer wrong", TOKEN, f"bearer {TOKEN}", f"Bearer {TOKEN}x"):
         status, body = scrape(metrics, authorization)
@@ -308,6 +323,7 @@ RUNNER = [sys.executable, "-m", "paradecom.runner.main"]
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"])
+@pytest.mark.slow
 def test_runner_metrics_on_a_public_address_without_a_token_are_refused(listen: str) -> None:
     """The leader's rule holds for a runner's metrics too: exit 2, one line, before it connects."""
     env = {"PARADECOM_AUTH_TOKEN": "", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
@@ -318,6 +334,7 @@ def test_runner_metrics_on_a_public_address_without_a_token_are_refused(listen: 
     assert f"refusing to serve metrics on {listen} without a token" in line and "--insecure" in line, line
 
 
+@pytest.mark.slow
 def test_runner_metrics_want_the_token_it_has(
     start_leader: Callable[..., tuple[Proc, str]], fake_llm: Callable[..., str], tmp_path: Path
 ) -> None:

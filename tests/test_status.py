@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import Proc, run_cli, wait_for
 from test_security import TOKEN, make_ca, make_cert
 
@@ -31,6 +32,7 @@ def status(leader: str, *extra: str, env: dict[str, str] | None = None) -> dict[
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_status_lists_projects_and_runners_with_in_flight(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
@@ -89,6 +91,7 @@ def test_status_lists_projects_and_runners_with_in_flight(
     assert any(line.split()[:3] == ["beta", "no", "(grace)"] for line in grace.splitlines()), grace
 
 
+@pytest.mark.slow
 def test_status_honours_token_and_tls_and_fails_in_one_line(
     start_leader: Callable[..., tuple[Proc, str]], tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ import httpx2
 import openai
 import pytest
 from helpers import Proc, run_cli
-from test_runner_unit import make_assignment
+from runner_fakes import make_assignment
 
 from paradecom import limits
 from paradecom.errors import ConfigError
@@ -363,6 +363,7 @@ def test_structured_output_from_the_environment(fake_llm: Callable[..., str], mo
         LLMClient("m", base_url=base_url)
 
 
+@pytest.mark.slow
 def test_runner_flag_drives_a_whole_project(
     fake_llm: Callable[..., str],
     start_leader: Callable[..., tuple[Proc, str]],
