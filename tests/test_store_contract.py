@@ -12,6 +12,7 @@ import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -125,7 +126,7 @@ def seeded(store: Store, *tasks: TaskRow, project_id: str = "p1", seq: int = 1) 
     """A project with `tasks`, committed; returns the tasks' ids."""
     with store.transaction():
         store.insert_project(project(project_id, seq))
-        return store.insert_tasks(list(tasks))
+        return list(store.insert_tasks(list(tasks)))
 
 
 def read_project(store: Store, project_id: str = "p1") -> ProjectRow:
@@ -345,7 +346,7 @@ def test_a_write_the_store_cannot_take_keeps_nothing_of_the_transaction(store: S
         t.state = DONE
         store.update_task(t)
         p = read_project(store)
-        p.error = None  # type: ignore[assignment]  # a column that takes no NULL
+        p.error = cast(str, None)  # a column that takes no NULL
         store.update_project(p)
     assert read_task(store, task_id).state == QUEUED
     assert read_project(store).error == ""
