@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-import structlog
 
 from paradecom import limits
 from paradecom.errors import ProjectFileError
+from paradecom.logs import get_logger
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -28,7 +28,7 @@ from .ids import parse_decimal_id
 from .lifecycle import MAX_STOP_REASON_CHARS, LeaseError
 from .scheduler import Scheduler
 
-log = structlog.get_logger("paradecom.leader.service")
+log = get_logger("paradecom.leader.service")
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]

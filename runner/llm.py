@@ -30,16 +30,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import openai
-import structlog
 
 from paradecom import limits
 from paradecom.errors import ConfigError, DecompositionError, EndpointError
+from paradecom.logs import get_logger
 
 from .prompt import DEFAULT_MAX_SUBTASKS, ENV_MAX_SUBTASKS
 from .request_pacer import RequestPacer
 from .schema import decomposition_schema, grammar_schema
 
-log = structlog.get_logger("paradecom.runner.llm")
+log = get_logger("paradecom.runner.llm")
 
 # Told of every HTTP 429 (with its Retry-After in seconds, if any) met by calls made in this
 # context: the runner sets it per lease, to report rate limits to the leader as they happen.
@@ -219,10 +219,13 @@ class LLMClient:
     The endpoint comes from the arguments or else the openai client's own variables:
     OPENAI_BASE_URL, OPENAI_API_KEY. A base URL without a key is a local server that needs none.
     Settings not given come from $PARADECOM_STRUCTURED_OUTPUT, $PARADECOM_MAX_TOKENS,
-    $PARADECOM_LLM_TIMEOUT and $PARADECOM_MAX_SUBTASKS when set (how `paradecom run` tunes its
-    runners for the embedded model), else the defaults: auto, 2000 tokens, 120 s, and a schema
-    allowing the runner's default --max-subtasks (7). `max_subtasks` is the schema's bound on the
-    number of subtasks; runners pass theirs (decompose.DecompositionSettings.llm_client).
+    $PARADECOM_LLM_TIMEOUT, $PARADECOM_MAX_SUBTASKS, $PARADECOM_ANSWER_PROFILE and
+    $PARADECOM_ENDPOINT_ID when set (how `paradecom run` tunes its runner processes for the
+    embedded model), else the defaults: auto, 2000 tokens, 120 s, and a schema allowing the
+    runner's default --max-subtasks (7) in the `full` answer profile. `max_subtasks` is the
+    schema's bound on the number of subtasks; runners pass theirs
+    (decompose.DecompositionSettings.llm_client). `endpoint_id` names the endpoint in the answer
+    format (the cache's key) instead of its URL.
     """
 
     def __init__(
@@ -239,6 +242,8 @@ class LLMClient:
         backoff_max: float = BACKOFF_MAX_S,
         structured_output: str | None = None,
         max_subtasks: int | None = None,
+        answer_profile: str | None = None,
+        endpoint_id: str | None = None,
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -251,7 +256,7 @@ class LLMClient:
             timeout = env_setting(ENV_LLM_TIMEOUT, float, 1.0, MAX_TIMEOUT_S) or DEFAULT_TIMEOUT_S
         if max_subtasks is None:
             max_subtasks = int(env_setting(ENV_MAX_SUBTASKS, int, 1, limits.MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS)
-        self.schema = decomposition_schema(max_subtasks)
+        self.schema = decomposition_schema(max_subtasks, profile=answer_profile)
         if structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
         self.model = model
@@ -267,7 +272,7 @@ class LLMClient:
         if client is not None:
             self.base_url = str(client.base_url)
             self._client = client
-            self.endpoint_id = os.environ.get(ENV_ENDPOINT_ID) or self.base_url
+            self.endpoint_id = endpoint_id or os.environ.get(ENV_ENDPOINT_ID) or self.base_url
             return
         if not endpoint_configured(base_url, api_key):
             # A runner cannot start the embedded model itself: whoever starts it points it there.
@@ -282,7 +287,7 @@ class LLMClient:
         )
         # Kept for log lines; the key never is.
         self.base_url = str(self._client.base_url)
-        self.endpoint_id = os.environ.get(ENV_ENDPOINT_ID) or self.base_url
+        self.endpoint_id = endpoint_id or os.environ.get(ENV_ENDPOINT_ID) or self.base_url
 
     async def close(self) -> None:
         """Close the HTTP connections."""

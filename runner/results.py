@@ -18,15 +18,15 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import grpc
-import structlog
 
 from paradecom import limits
+from paradecom.logs import get_logger
 from paradecom.v1 import task_service_pb2
 
 if TYPE_CHECKING:
     from paradecom.v1.task_service_pb2_grpc import TaskServiceAsyncStub
 
-log = structlog.get_logger("paradecom.runner")
+log = get_logger("paradecom.runner")
 
 _Answer = task_service_pb2.SubmitResultResponse | grpc.aio.AioRpcError
 _Pending = tuple[task_service_pb2.SubmitResultRequest, "asyncio.Future[task_service_pb2.SubmitResultResponse]"]
