@@ -64,8 +64,8 @@ def test_library_logs_never_reach_stdout_and_never_show_the_key(
     assert result.stdout == "tasks 7\n", result.stdout
     assert SECRET not in result.stderr
     if configured == "none":
-        # Python's last resort shows warnings and errors only; these runs have none.
-        assert result.stderr == ""
+        # Python's last resort shows warnings and errors only: the retries (info) are not shown.
+        assert "retrying" not in result.stderr
     elif runners == "processes":
         pass  # the runners' lines are in their own log files, masked by the runners
     else:
