@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-import structlog
 from google.protobuf.message import DecodeError
 
-log = structlog.get_logger("paradecom.leader")
+from paradecom.logs import get_logger
+
+log = get_logger("paradecom.leader")
 
 
 class _Undecodable:

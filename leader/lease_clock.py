@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-import structlog
+from paradecom.logs import get_logger
 
 from .core import DecompositionLeader
 
-log = structlog.get_logger("paradecom.leader.lease_clock")
+log = get_logger("paradecom.leader.lease_clock")
 
 # Leases can be shortened (a runner's stream dropped) without the clock hearing of it; it looks
 # again at least this often.

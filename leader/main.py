@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 
 from paradecom import limits
 from paradecom.cliargs import Parser, add_logging_flags, address, fail, float_range, int_range
@@ -26,11 +27,28 @@ from .lifecycle import LeaseConfig
 from .server import LeaderSettings, serve
 
 PROG = "paradecom-leader"
+# A URL's scheme and colon (postgresql:, sqlite:, file:): two letters at least, so that a Windows
+# drive (C:) stays a path.
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
 
 def _answer_profile(text: str) -> str:
     if text not in ANSWER_PROFILES:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(ANSWER_PROFILES)}")
+    return text
+
+
+def _sqlite_db(text: str) -> str:
+    """A flag type: the SQLite store, a file path or `:memory:`. A URL is refused (SQLite would
+    take it for a file name); the message names only its scheme, never its credentials."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a SQLite file path or :memory:")
+    url = _URL_SCHEME.match(text)
+    if url:
+        raise argparse.ArgumentTypeError(
+            f"a URL ({url.group(1)}:...) is not a SQLite file path: give a file path or :memory: "
+            "(the leader keeps its state in SQLite; ./NAME for a file whose name has a colon)"
+        )
     return text
 
 
@@ -44,8 +62,12 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--db",
+        type=_sqlite_db,
         default="paradecom.db",
-        help="SQLite file holding every project and task (default ./paradecom.db); restart on the same file to resume",
+        metavar="PATH",
+        help="SQLite file holding every project and task (default ./paradecom.db), or :memory: for a leader "
+        "that keeps nothing after it stops; restart on the same file to resume. A URL (postgresql://...) is "
+        "refused: the store is SQLite",
     )
     parser.add_argument(
         "--lease-timeout",

@@ -10,9 +10,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import structlog
-
 from paradecom import limits
+from paradecom.logs import get_logger
 from paradecom.v1 import task_pb2, task_service_pb2
 
 from .core import DecompositionLeader
@@ -20,7 +19,7 @@ from .errors import LeaseError
 from .llm_budget import LlmBudget, estimate_tokens
 from .parallelism import Parallelism
 
-log = structlog.get_logger("paradecom.leader.scheduler")
+log = get_logger("paradecom.leader.scheduler")
 
 # A dispatcher wakes at least this often, so a missed notification costs at most this delay.
 MAX_IDLE_S = 1.0

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
-import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
+from paradecom.logs import get_logger
 from paradecom.runner.prompt import RequestSettings
 from paradecom.security import Security, TokenInterceptor, exposure_error, server_credentials
 from paradecom.v1 import (
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from .metrics import LeaderMetrics
 
-log = structlog.get_logger("paradecom.leader")
+log = get_logger("paradecom.leader")
 
 SERVICE_NAMES = (
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-import structlog
 
 from paradecom import limits
+from paradecom.logs import get_logger
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -28,7 +28,7 @@ from .ids import parse_decimal_id
 from .lifecycle import MAX_STOP_REASON_CHARS
 from .scheduler import RunnerSession, Scheduler
 
-log = structlog.get_logger("paradecom.leader.service")
+log = get_logger("paradecom.leader.service")
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]

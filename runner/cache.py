@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
+from paradecom.logs import get_logger
 
-log = structlog.get_logger("paradecom.runner.cache")
+log = get_logger("paradecom.runner.cache")
 
 FILE_NAME = "llm-cache.sqlite"
 

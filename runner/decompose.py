@@ -20,10 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import structlog
-
 from paradecom import limits
 from paradecom.errors import DecompositionError
+from paradecom.logs import get_logger
 from paradecom.v1 import task_pb2
 
 from .cache import DecompositionCache, cache_key
@@ -54,7 +53,7 @@ from .prompt import (
 )
 from .schema import InvalidAnswer, parse_decomposition
 
-log = structlog.get_logger("paradecom.runner")
+log = get_logger("paradecom.runner")
 
 DEFAULT_MODEL = limits.DEFAULT_MODEL
 ENV_MODEL = "PARADECOM_MODEL"
@@ -75,7 +74,11 @@ class DecompositionSettings:
     """A runner's settings: the model and how the endpoint is called (structured-output mode,
     max_tokens, timeout), which are the runner's own; and the request settings (fan-out bounds,
     re-asks, answer profile) that a leader decides and sends in LlmRequest, used here only for an
-    assignment that has none (`request`), and by `paradecom run` for the leader it starts."""
+    assignment that has none (`request`), and by `paradecom run` for the leader it starts.
+
+    `base_url`: the endpoint, for one this process started (the embedded model); None: the one
+    OPENAI_BASE_URL / OPENAI_API_KEY name. `endpoint_id`: what names the endpoint in the cache's
+    key when its URL does not (LLMClient); None: $PARADECOM_ENDPOINT_ID, else the URL."""
 
     model: str = DEFAULT_MODEL
     min_subtasks: int = DEFAULT_MIN_SUBTASKS
@@ -85,6 +88,8 @@ class DecompositionSettings:
     max_tokens: int = DEFAULT_MAX_TOKENS
     llm_timeout_s: float = DEFAULT_TIMEOUT_S
     answer_profile: str = "full"
+    base_url: str | None = None
+    endpoint_id: str | None = None
 
     def __post_init__(self) -> None:
         # RequestSettings checks the fan-out bounds, the re-asks and the answer profile.
@@ -119,13 +124,17 @@ class DecompositionSettings:
         return self if not model else replace(self, model=model)
 
     def llm_client(self) -> LLMClient:
-        """An LLMClient for these settings at the configured endpoint (ConfigError without one)."""
+        """An LLMClient for these settings at `base_url`, else at the configured endpoint
+        (ConfigError without one)."""
         return LLMClient(
             self.model,
+            base_url=self.base_url,
             structured_output=self.structured_output,
             max_subtasks=self.max_subtasks,
+            answer_profile=self.answer_profile,
             max_tokens=self.max_tokens,
             timeout=self.llm_timeout_s,
+            endpoint_id=self.endpoint_id,
         )
 
 

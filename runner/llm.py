@@ -14,6 +14,12 @@ Structured output: endpoints differ in how they take the answer's JSON schema, s
 - `prompt`: no `response_format`; the answer's shape is only described in the prompt;
 - `auto` (the default): the first of those three the endpoint does not refuse, learned on the
   first call and remembered for the process.
+
+The answer's length is bounded by `max_tokens`, which OpenAI's newer models (o1, o3, gpt-5) refuse
+for `max_completion_tokens`, a field servers older than it may refuse or ignore in turn. So
+api.openai.com is sent `max_completion_tokens` and any other endpoint `max_tokens`; an endpoint
+that refuses the field it was sent (a 400 or 422 naming it) is sent the other from then on, learned
+like the structured-output mode, once per process.
 """
 
 from __future__ import annotations
@@ -24,22 +30,23 @@ import math
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
 
 import openai
-import structlog
 
 from paradecom import limits
 from paradecom.errors import ConfigError, DecompositionError, EndpointError
+from paradecom.logs import get_logger
 
 from .prompt import DEFAULT_MAX_SUBTASKS, ENV_MAX_SUBTASKS
 from .request_pacer import RequestPacer
 from .schema import decomposition_schema, grammar_schema
 
-log = structlog.get_logger("paradecom.runner.llm")
+log = get_logger("paradecom.runner.llm")
 
 # Told of every HTTP 429 (with its Retry-After in seconds, if any) met by calls made in this
 # context: the runner sets it per lease, to report rate limits to the leader as they happen.
@@ -86,6 +93,15 @@ _FORMAT_REFUSAL_STATUSES = frozenset({400, 415, 422, 500, 501})
 
 # The mode `auto` settled on, by (base URL, model): learned once per process.
 _learned_modes: dict[tuple[str, str], str] = {}
+
+# The two fields that bound an answer's length, and the hosts that are sent the second first.
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+MAX_COMPLETION_TOKENS_HOSTS = frozenset({"api.openai.com"})
+# Words by which an endpoint refuses a field it does not take (OpenAI: "Unsupported parameter";
+# pydantic servers: "Extra inputs are not permitted"), as opposed to refusing its value.
+_UNSUPPORTED_WORDS = ("unsupported", "not supported", "unknown", "unrecognized", "not permitted", "not allowed")
+# The field an endpoint refused the other for, by (base URL, model): learned once per process.
+_learned_token_fields: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,26 @@ def rejects_response_format(exc: BaseException) -> bool:
     return any(word in text for word in _FORMAT_WORDS)
 
 
+def max_tokens_field(base_url: str) -> str:
+    """The field that bounds the answer's length in a first request to `base_url`."""
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    return MAX_TOKENS_FIELDS[1] if host in MAX_COMPLETION_TOKENS_HOSTS else MAX_TOKENS_FIELDS[0]
+
+
+def refuses_field(exc: BaseException, field: str) -> bool:
+    """Whether `exc` is the endpoint refusing the request because it does not take `field` (so the
+    other answer-length field may be taken), as opposed to refusing it for any other reason."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422):
+        return False
+    text = f"{exc.message} {exc.body!r}".lower()
+    named = getattr(exc, "param", None) == field or f"'{field}'" in text or f'"{field}"' in text
+    return named and any(word in text for word in _UNSUPPORTED_WORDS)
+
+
+def _other_field(field: str) -> str:
+    return MAX_TOKENS_FIELDS[1] if field == MAX_TOKENS_FIELDS[0] else MAX_TOKENS_FIELDS[0]
+
+
 def endpoint_configured(base_url: str | None = None, api_key: str | None = None) -> bool:
     """Whether an endpoint is given, or set in OPENAI_BASE_URL / OPENAI_API_KEY."""
     return bool(base_url or os.environ.get("OPENAI_BASE_URL") or api_key or os.environ.get("OPENAI_API_KEY"))
@@ -219,10 +255,13 @@ class LLMClient:
     The endpoint comes from the arguments or else the openai client's own variables:
     OPENAI_BASE_URL, OPENAI_API_KEY. A base URL without a key is a local server that needs none.
     Settings not given come from $PARADECOM_STRUCTURED_OUTPUT, $PARADECOM_MAX_TOKENS,
-    $PARADECOM_LLM_TIMEOUT and $PARADECOM_MAX_SUBTASKS when set (how `paradecom run` tunes its
-    runners for the embedded model), else the defaults: auto, 2000 tokens, 120 s, and a schema
-    allowing the runner's default --max-subtasks (7). `max_subtasks` is the schema's bound on the
-    number of subtasks; runners pass theirs (decompose.DecompositionSettings.llm_client).
+    $PARADECOM_LLM_TIMEOUT, $PARADECOM_MAX_SUBTASKS, $PARADECOM_ANSWER_PROFILE and
+    $PARADECOM_ENDPOINT_ID when set (how `paradecom run` tunes its runner processes for the
+    embedded model), else the defaults: auto, 2000 tokens, 120 s, and a schema allowing the
+    runner's default --max-subtasks (7) in the `full` answer profile. `max_subtasks` is the
+    schema's bound on the number of subtasks; runners pass theirs
+    (decompose.DecompositionSettings.llm_client). `endpoint_id` names the endpoint in the answer
+    format (the cache's key) instead of its URL.
     """
 
     def __init__(
@@ -239,6 +278,8 @@ class LLMClient:
         backoff_max: float = BACKOFF_MAX_S,
         structured_output: str | None = None,
         max_subtasks: int | None = None,
+        answer_profile: str | None = None,
+        endpoint_id: str | None = None,
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -251,13 +292,15 @@ class LLMClient:
             timeout = env_setting(ENV_LLM_TIMEOUT, float, 1.0, MAX_TIMEOUT_S) or DEFAULT_TIMEOUT_S
         if max_subtasks is None:
             max_subtasks = int(env_setting(ENV_MAX_SUBTASKS, int, 1, limits.MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS)
-        self.schema = decomposition_schema(max_subtasks)
+        self.schema = decomposition_schema(max_subtasks, profile=answer_profile)
         if structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}")
         self.model = model
         self.structured_output = structured_output
         # `auto`: the kinds this endpoint refused.
         self._refused: list[str] = []
+        # The answer-length fields this endpoint refused.
+        self._refused_fields: set[str] = set()
         self.max_attempts = max_attempts
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -267,7 +310,7 @@ class LLMClient:
         if client is not None:
             self.base_url = str(client.base_url)
             self._client = client
-            self.endpoint_id = os.environ.get(ENV_ENDPOINT_ID) or self.base_url
+            self.endpoint_id = endpoint_id or os.environ.get(ENV_ENDPOINT_ID) or self.base_url
             return
         if not endpoint_configured(base_url, api_key):
             # A runner cannot start the embedded model itself: whoever starts it points it there.
@@ -282,7 +325,7 @@ class LLMClient:
         )
         # Kept for log lines; the key never is.
         self.base_url = str(self._client.base_url)
-        self.endpoint_id = os.environ.get(ENV_ENDPOINT_ID) or self.base_url
+        self.endpoint_id = endpoint_id or os.environ.get(ENV_ENDPOINT_ID) or self.base_url
 
     async def close(self) -> None:
         """Close the HTTP connections."""
@@ -327,8 +370,25 @@ class LLMClient:
             return completion
 
     async def _request(self, messages: Sequence[Mapping[str, str]], mode: str, schema: Mapping[str, Any]) -> Completion:
+        """One request in `mode`, bounded by the answer-length field the endpoint takes (sent the
+        other once if it refuses the one it was sent: see the module's docstring)."""
         response_format = response_format_for(mode, dict(schema))
         extra: dict[str, Any] = {} if response_format is None else {"response_format": response_format}
+        endpoint = (self.base_url, self.model)
+        while True:
+            field = _learned_token_fields.get(endpoint) or max_tokens_field(self.base_url)
+            try:
+                return await self._send(messages, {**extra, field: self.max_tokens})
+            except openai.APIStatusError as exc:
+                other = _other_field(field)
+                if not refuses_field(exc, field) or other in self._refused_fields:
+                    raise
+                self._refused_fields.add(field)
+                if _learned_token_fields.get(endpoint) != other:
+                    _learned_token_fields[endpoint] = other
+                    log.info("endpoint refused a field, sending the other", field=field, instead=other)
+
+    async def _send(self, messages: Sequence[Mapping[str, str]], extra: Mapping[str, Any]) -> Completion:
         number = await self.pacer.acquire()
         headers: Mapping[str, str] | None = None
         try:
@@ -336,7 +396,6 @@ class LLMClient:
                 model=self.model,
                 messages=cast(Any, list(messages)),
                 temperature=self.temperature,
-                max_tokens=self.max_tokens,
                 **extra,
             )
             headers = raw.headers
@@ -421,6 +480,17 @@ def _endpoint_failure(where: str, model: str, exc: Exception) -> EndpointError |
     return None
 
 
+async def _probe(client: openai.AsyncOpenAI, model: str, field: str) -> None:
+    """Ask `model` for one token, bounded by `field`."""
+    limit: dict[str, Any] = {field: 1}
+    await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Answer with the word OK."}],
+        timeout=CHECK_PROBE_TIMEOUT_S,
+        **limit,
+    )
+
+
 async def check_endpoint(
     model: str, *, base_url: str | None = None, api_key: str | None = None, client: openai.AsyncOpenAI | None = None
 ) -> None:
@@ -458,13 +528,15 @@ async def check_endpoint(
         else:
             if any(getattr(m, "id", None) == model for m in page.data):
                 return
+        field = _learned_token_fields.get((str(client.base_url), model)) or max_tokens_field(str(client.base_url))
         try:
-            await client.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": "Answer with the word OK."}],
-                max_tokens=1,
-                timeout=CHECK_PROBE_TIMEOUT_S,
-            )
+            try:
+                await _probe(client, model, field)
+            except openai.APIStatusError as exc:
+                if not refuses_field(exc, field):
+                    raise
+                await _probe(client, model, _other_field(field))
+                _learned_token_fields[(str(client.base_url), model)] = _other_field(field)
         except openai.APITimeoutError:
             return  # reachable (it listed or refused in time) but slow to answer: not a failure
         except openai.APIError as exc:

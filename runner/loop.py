@@ -33,6 +33,7 @@ import structlog
 
 from paradecom import limits, security
 from paradecom.errors import ConfigError, DecompositionError
+from paradecom.logs import get_logger
 from paradecom.security import Security
 from paradecom.v1 import project_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
@@ -53,7 +54,7 @@ from .results import ResultSender
 if TYPE_CHECKING:
     from paradecom.v1.task_service_pb2_grpc import TaskServiceAsyncStub
 
-log = structlog.get_logger("paradecom.runner")
+log = get_logger("paradecom.runner")
 
 T = TypeVar("T")
 
@@ -335,7 +336,7 @@ class DecompositionRunner:
                     end.drained = True
                     return end
                 else:
-                    log.warning("unknown message on the task stream, ignored", event=event)
+                    log.warning("unknown message on the task stream, ignored", kind=event)
             return end
         finally:
             # Cancelling the call is what tells the leader to assign nothing more on this stream.

@@ -291,23 +291,21 @@ def test_server_count_follows_cores_and_memory(monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.slow
 @pytest.mark.local_model
 @pytest.mark.timeout(900)
-def test_embedded_pool_decomposes_with_two_servers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_pool_decomposes_with_two_servers_at_once() -> None:
     """The embedded endpoint with two servers answers two decompositions at once (the pool's
     busy count reaches 2), each in the embedded runners' settings (the small answer profile on a
     grammar) and each a valid decomposition with distinct siblings; and the pool stops cleanly."""
-    from paradecom.runner.decompose import Decomposer, DecompositionSettings
-    from paradecom.runner.llm import LLMClient
+    from paradecom.runner.decompose import Decomposer
     from paradecom.v1 import task_pb2
 
-    for name, value in local_llm.EMBEDDED_RUNNER_ENV.items():
-        monkeypatch.setenv(name, value)
     instance = json.loads(next(DEVAI.glob("02_*.json")).read_text())
 
     async def go() -> None:
         async with local_llm.embedded_server(servers=2) as pool:
-            llm = LLMClient(MODEL_NAME, base_url=pool.base_url)
-            # The settings every embedded run reads from the environment (runner processes too).
-            decomposer = Decomposer(DecompositionSettings.from_environment(MODEL_NAME), llm=llm)
+            # The settings every embedded run is given (its runner processes too).
+            settings = local_llm.embedded_settings(pool.base_url)
+            llm = settings.llm_client()
+            decomposer = Decomposer(settings, llm=llm)
             assignments = []
             for title in (instance["name"], "Build the maze environment"):
                 assignment = task_pb2.TaskAssignment(depth=0, max_depth=2)
