@@ -56,7 +56,7 @@ RATE_LIMIT_LISTENER: ContextVar[Callable[[float | None], None] | None] = Context
 
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_MAX_TOKENS = 2_000
+DEFAULT_MAX_TOKENS = limits.DEFAULT_MAX_TOKENS
 DEFAULT_TEMPERATURE = 0.2
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 20.0
@@ -257,7 +257,7 @@ class LLMClient:
     Settings not given come from $PARADECOM_STRUCTURED_OUTPUT, $PARADECOM_MAX_TOKENS,
     $PARADECOM_LLM_TIMEOUT, $PARADECOM_MAX_SUBTASKS, $PARADECOM_ANSWER_PROFILE and
     $PARADECOM_ENDPOINT_ID when set (how `paradecom run` tunes its runner processes for the
-    embedded model), else the defaults: auto, 2000 tokens, 120 s, and a schema allowing the
+    embedded model), else the defaults: auto, limits.DEFAULT_MAX_TOKENS (2,000) tokens, 120 s, and a schema allowing the
     runner's default --max-subtasks (7) in the `full` answer profile. `max_subtasks` is the
     schema's bound on the number of subtasks; runners pass theirs
     (decompose.DecompositionSettings.llm_client). `endpoint_id` names the endpoint in the answer

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import grpc
 
 from paradecom import limits
-from paradecom.logs import get_logger
 from paradecom.v1 import task_service_pb2
 
 if TYPE_CHECKING:
