@@ -159,7 +159,7 @@ def look(summary):
 
 kwargs = {"runners": 1, "runner_processes": True} if sys.argv[1] == "processes" else {
     "runners": 0 if sys.argv[1] == "0" else "auto"}
-project = ProjectDefinition(name="Recipe site", description="Post and rate recipes.", max_depth=1)
+project = ProjectDefinition(name="Recipe site", description="Post and rate recipes.", max_depth=2)
 tree = parallel_decompose_project(project, cache=False, on_progress=look, **kwargs)
 after = sorted(set(os.environ.items()) ^ set(before.items()))
 print(json.dumps({"tasks": len(list(tree.iter_tasks())), "during": changes, "after": after}))

@@ -187,7 +187,14 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
             runners.append(node)
         status = [*PARADECOM, "status", "--leader", leader, *client_security, "--json"]
         expected = len(runners)
-        wait_for(lambda s=status, n=expected: connected(s) == n, 60, what="every runner connected")  # type: ignore[misc]
+        try:
+            wait_for(lambda s=status, n=expected: connected(s) == n, 60, what="every runner connected")  # type: ignore[misc]
+        except AssertionError as exc:
+            # Say why: a runner that exited, or what `status` printed.
+            for runner in runners:
+                runner.check_alive()
+            last = run_cli(status)
+            raise AssertionError(f"{exc} ({run}): status {last.returncode}: {last.stdout} {last.stderr}") from None
         submitted = run_cli([*PARADECOM, "submit", "--leader", leader, *client_security, str(project)])
         assert submitted.returncode == 0, submitted.stderr
         result = run_cli(
