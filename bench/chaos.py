@@ -47,7 +47,7 @@ from urllib.request import urlopen
 
 import grpc
 
-from paradecom import testing
+from paradecom.devtools import testing
 from paradecom.grpc_options import CHANNEL_OPTIONS
 from paradecom.v1 import project_pb2, project_service_pb2, project_service_pb2_grpc
 
@@ -239,7 +239,7 @@ class Cluster:
 
     def start_fake_llm(self, malformed_rate: float, rate_limit_rate: float) -> None:
         llm = self._start("fake-llm", [
-            sys.executable, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0",
+            sys.executable, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0",
             "--latency", str(self.latency), "--fanout", str(FANOUT), "--atomic-depth", str(MAX_DEPTH + 5),
             "--malformed-rate", str(malformed_rate), "--rate-limit-rate", str(rate_limit_rate),
             "--seed", str(self.seed),

@@ -37,7 +37,7 @@ def start_fake_llm(workdir: Path, name: str, latency: float, fanout: int, atomic
     svc = Service(
         name,
         python_module(
-            "paradecom.fakellm", "--listen", "127.0.0.1:0", "--latency", f"{latency:g}",
+            "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", "--latency", f"{latency:g}",
             "--fanout", str(fanout), "--atomic-depth", str(atomic_depth), "--log-format", "json",
         ),
         cwd=workdir,

@@ -257,7 +257,9 @@ def groups(sizes: Sizes, rows: set[int], auto: tuple[str, ...], llm_rpm: bool) -
 
 
 def start_fake(workdir: Path, flags: tuple[str, ...]) -> Service:
-    svc = Service("fake-llm", python_module("paradecom.fakellm", "--listen", "127.0.0.1:0", *flags), cwd=workdir)
+    svc = Service(
+        "fake-llm", python_module("paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", *flags), cwd=workdir
+    )
     svc.address()
     return svc
 

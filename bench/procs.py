@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from paradecom import testing
+from paradecom.devtools import testing
 
 T = TypeVar("T")
 

@@ -184,7 +184,7 @@ def build_parser(command: str | None = None) -> Parser:
 
     p = sub.add_parser("fake-llm", help="serve the fake OpenAI-compatible LLM (tests, demos, load)")
     if command in (None, "fake-llm"):
-        from paradecom import fakellm
+        from paradecom.devtools import fakellm
 
         fakellm.add_arguments(p)
 
@@ -196,7 +196,7 @@ def build_parser(command: str | None = None) -> Parser:
 
     p = sub.add_parser("eval", help="decompose DevAI instances and score the trees against their requirements")
     if command in (None, "eval"):
-        from paradecom import evaluate
+        from paradecom.devtools import evaluate
 
         evaluate.add_arguments(p)
 
@@ -390,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in _TOOL_COMMANDS else "").parse_args(argv)
     if args.command == "fake-llm":
-        from paradecom import fakellm
+        from paradecom.devtools import fakellm
 
         return fakellm.main_from_args(args)
     if args.command == "eval":
-        from paradecom import evaluate
+        from paradecom.devtools import evaluate
 
         return evaluate.main_from_args(args)
     if args.command == "local-llm":

@@ -9,7 +9,7 @@ description, no keys (a subtask's key is its position) and `depends_on` as earli
 
 Near its end the task's user message has one line that is a JSON object, `{"task_to_decompose":
 "<title on one line>", "task_depth": <depth>}` (TASK_LINE_KEYS): structured data that the fake LLM
-server reads to shape its answer (paradecom/fakellm.py), and an unambiguous statement of the job
+server reads to shape its answer (paradecom/devtools/fakellm.py), and an unambiguous statement of the job
 for a real model.
 
 The leader builds the whole request (`build_request`: messages, answer schema, fan-out bounds,

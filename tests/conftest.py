@@ -30,7 +30,7 @@ def fake_llm(procs: list[Proc]) -> Callable[..., str]:
     """Start fake-llm with extra flags; returns its OpenAI base URL."""
 
     def start(*flags: str) -> str:
-        p = Proc([sys.executable, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0", *flags])
+        p = Proc([sys.executable, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", *flags])
         procs.append(p)
         return f"http://{p.address()}/v1"
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from paradecom.testing import Proc, wait_for, wait_for_async
+from paradecom.devtools.testing import Proc, wait_for, wait_for_async
 from paradecom.v1 import project_service_pb2_grpc, task_service_pb2_grpc
 
 __all__ = ["BIN", "Proc", "Stubs", "free_port", "run_cli", "wait_for", "wait_for_async"]

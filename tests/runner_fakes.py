@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from paradecom.fakellm import parse_messages
+from paradecom.devtools.fakellm import parse_messages
 from paradecom.runner.llm import Completion
 from paradecom.v1 import project_pb2, task_pb2
 

@@ -357,7 +357,7 @@ def test_salvage_still_refuses_what_it_cannot_mend(subtasks: list[dict[str, Any]
 SCRIPTED_LLM = r"""
 import json, sys, time
 from aiohttp import web
-from paradecom.fakellm import decomposition, parse_messages
+from paradecom.devtools.fakellm import decomposition, parse_messages
 
 async def chat(request):
     body = await request.json()

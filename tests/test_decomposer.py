@@ -109,7 +109,7 @@ def test_sequential_fallback_retries_an_unexpected_error_like_a_runner() -> None
 @contextlib.contextmanager
 def fake_llm(*flags: str) -> Iterator[str]:
     """A fake-llm process; yields its base URL."""
-    proc = Proc([sys.executable, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0", *flags])
+    proc = Proc([sys.executable, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", *flags])
     try:
         yield f"http://{proc.address()}/v1"
     finally:

@@ -472,7 +472,9 @@ def test_leader_healthcheck_over_tls_with_the_override_settings(
 @pytest.fixture
 def fake_llm_proc(procs: list[Proc]) -> Iterator[Proc]:
     """fake-llm, for the runner and the local-llm health check to talk to."""
-    p = Proc([PYTHON, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0", "--fanout", "2", "--atomic-depth", "1"])
+    p = Proc(
+        [PYTHON, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", "--fanout", "2", "--atomic-depth", "1"]
+    )
     procs.append(p)
     p.address()
     yield p

@@ -112,7 +112,9 @@ def test_an_endpoint_that_takes_max_tokens_is_never_refused(fake_llm: Callable[.
 
 def test_fake_llm_max_tokens_field_flag_is_documented_and_checked() -> None:
     """fake-llm's --help names the flag and its choices; a value outside them is one line, exit 2."""
-    shown = run_cli([sys.executable, "-m", "paradecom.fakellm", "--help"])
+    shown = run_cli([sys.executable, "-m", "paradecom.devtools.fakellm", "--help"])
     assert "--max-tokens-field" in shown.stdout and "max_completion_tokens" in shown.stdout
-    bad = run_cli([sys.executable, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0", "--max-tokens-field", "x"])
+    bad = run_cli(
+        [sys.executable, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", "--max-tokens-field", "x"]
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

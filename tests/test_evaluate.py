@@ -13,8 +13,7 @@ import pytest
 from conftest import DEVAI
 from helpers import run_cli
 
-from paradecom.errors import ProjectFileError
-from paradecom.evaluate import (
+from paradecom.devtools.evaluate import (
     Requirement,
     content_words,
     dead_roots,
@@ -24,6 +23,7 @@ from paradecom.evaluate import (
     stem,
     waits_on,
 )
+from paradecom.errors import ProjectFileError
 from paradecom.tree import TaskTree, TreeTask
 
 PARADECOM = [sys.executable, "-m", "paradecom.cli"]

@@ -19,10 +19,11 @@ import openai
 import pytest
 from helpers import Proc, run_cli
 
-from paradecom import fakellm, limits
+from paradecom import limits
+from paradecom.devtools import fakellm
 from paradecom.subtasks import SubtaskShape, find_cycle, subtask_errors
 
-FAKE = [sys.executable, "-m", "paradecom.fakellm"]
+FAKE = [sys.executable, "-m", "paradecom.devtools.fakellm"]
 
 StartServer = Callable[..., tuple[Proc, str]]
 
@@ -409,7 +410,7 @@ def test_bad_flags_are_refused_in_one_line(flags: list[str], capsys: pytest.Capt
 
 @pytest.mark.slow
 def test_bad_flags_as_a_process_exit_2_without_traceback() -> None:
-    """The real `python -m paradecom.fakellm` process refuses a bad flag, an unknown flag and an
+    """The real `python -m paradecom.devtools.fakellm` process refuses a bad flag, an unknown flag and an
     address already in use with exit 2, one stderr line, nothing on stdout and no traceback."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

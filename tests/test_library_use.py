@@ -124,7 +124,7 @@ def test_embedded_settings_reach_the_llm_client_and_runner_processes_not_the_env
 FAKE_LLAMA_SERVER = """
 import argparse, os
 from aiohttp import web
-from paradecom import fakellm
+from paradecom.devtools import fakellm
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--host")

@@ -179,7 +179,8 @@ async def start_fake_backend(tmp_path: Path, name: str, latency: float) -> Embed
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "paradecom.fakellm", "--listen", f"127.0.0.1:{port}", "--latency", str(latency),
+            sys.executable, "-m", "paradecom.devtools.fakellm", "--listen", f"127.0.0.1:{port}",
+            "--latency", str(latency),
             stdout=log_file, stderr=log_file,
         )  # fmt: skip
     server = EmbeddedServer(proc, "127.0.0.1", port, log_path)

@@ -142,7 +142,7 @@ def test_runner_cut_off_mid_lease_is_fenced_and_loses_nothing(
     assert address.startswith(LEADER_IP)
     watcher = Proc(ns.exec(ns.a, PY, "-c", WATCHER, address, "280"))
     procs.append(watcher)
-    llm_b = Proc(ns.exec(ns.b, PY, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0", "--latency", "1"))
+    llm_b = Proc(ns.exec(ns.b, PY, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", "--latency", "1"))
     procs.append(llm_b)
     runner_b = Proc(
         ns.exec(ns.b, PY, "-m", "paradecom.runner.main", "--leader", address, "--concurrency", "1",
@@ -158,7 +158,7 @@ def test_runner_cut_off_mid_lease_is_fenced_and_loses_nothing(
     wait_for(lambda: '"task received"' in runner_b.stderr, what="runner B to receive the root task")
 
     assert _ip("-n", ns.b, "link", "set", ns.veth_b, "down").returncode == 0  # cut B off mid-lease
-    llm_a = Proc(ns.exec(ns.a, PY, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0", "--latency", "0.05"))
+    llm_a = Proc(ns.exec(ns.a, PY, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", "--latency", "0.05"))
     procs.append(llm_a)
     runner_a = Proc(
         ns.exec(ns.a, PY, "-m", "paradecom.runner.main", "--leader", address, "--concurrency", "1",

@@ -230,7 +230,7 @@ def test_node_and_python_runners_side_by_side_with_token_and_tls_build_the_pytho
 NEAR_DUPLICATES_LLM = r"""
 import json, time
 from aiohttp import web
-from paradecom.fakellm import decomposition, parse_messages
+from paradecom.devtools.fakellm import decomposition, parse_messages
 
 bodies = []
 

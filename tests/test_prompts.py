@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from runner_fakes import make_assignment
 
-from paradecom.fakellm import parse_messages
+from paradecom.devtools.fakellm import parse_messages
 from paradecom.runner.prompt import REASK_TEMPLATE, build_messages, reask_messages
 
 

@@ -36,7 +36,7 @@ def test_api_key_and_auth_token_appear_in_no_output_and_no_file(
     monkeypatch.setenv("PARADECOM_AUTH_TOKEN", token)
     monkeypatch.setenv("OPENAI_LOG", "debug")
 
-    llm = Proc([sys.executable, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0", "--fanout", "2",
+    llm = Proc([sys.executable, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0", "--fanout", "2",
                 "--malformed-rate", "0.2", "--rate-limit-rate", "0.1", "--error-rate", "0.1", "--seed", "7",
                 "--log-format", "json"])  # fmt: skip
     procs.append(llm)

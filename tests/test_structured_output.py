@@ -404,6 +404,6 @@ def test_runner_rejects_an_unknown_structured_output_mode() -> None:
 
 def test_fake_llm_response_format_support_flag_is_checked() -> None:
     """fake-llm refuses an unknown --response-format-support in one line, exit 2."""
-    result = run_cli([sys.executable, "-m", "paradecom.fakellm", "--listen", "127.0.0.1:0",
+    result = run_cli([sys.executable, "-m", "paradecom.devtools.fakellm", "--listen", "127.0.0.1:0",
                       "--response-format-support", "grammar"], timeout=60)  # fmt: skip
     assert result.returncode == 2 and "--response-format-support" in result.stderr

@@ -780,7 +780,7 @@ def _progress(i: int, n: int, r: Result) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m paradecom.evaluate`: the same as `paradecom eval`."""
+    """`python -m paradecom.devtools.evaluate`: the same as `paradecom eval`."""
     from paradecom.cliargs import Parser
 
     parser = Parser(prog=PROG, description="Decompose DevAI instances and score the trees.")

@@ -7,7 +7,7 @@ budget as OpenAI does (`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requ
 `x-ratelimit-reset-requests`: when the oldest request leaves the window), unless
 `--no-rate-limit-headers`.
 
-    python -m paradecom.fakellm --listen 127.0.0.1:0 --fanout 3 --atomic-depth 2
+    python -m paradecom.devtools.fakellm --listen 127.0.0.1:0 --fanout 3 --atomic-depth 2
 
 Once bound it prints one line, `listening HOST:PORT`, on stdout; logs go to stderr.
 
@@ -159,7 +159,7 @@ _NOUNS = {
 }
 assert len(_NOUNS) >= limits.MAX_SUBTASKS
 
-log = structlog.get_logger("paradecom.fakellm")
+log = structlog.get_logger("paradecom.devtools.fakellm")
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -1035,7 +1035,7 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m paradecom.fakellm`: parse `argv` (default sys.argv[1:]) and serve."""
+    """`python -m paradecom.devtools.fakellm`: parse `argv` (default sys.argv[1:]) and serve."""
     parser = Parser(prog=PROG, description="Fake OpenAI-compatible chat server for tests.")
     add_arguments(parser)
     args = parser.parse_args(argv)
