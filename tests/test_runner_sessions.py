@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -64,6 +65,12 @@ def submit(leader: str, tmp_path: Path, seeds: int) -> str:
     submitted = run_cli([*PARADECOM, "submit", "--leader", leader, str(path)])
     assert submitted.returncode == 0, submitted.stderr
     return submitted.stdout.strip()
+
+
+def llm_in_flight(base_url: str) -> int:
+    """Requests fake-llm is answering now."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=5) as response:
+        return int(json.loads(response.read())["in_flight"])
 
 
 def summary(projects: object, project_id: str) -> project_pb2.ProjectSummary:
@@ -192,6 +199,9 @@ def test_reconnected_runner_keeps_its_leases(
     runner = runner_of_kind(proxy.address, base_url, "flaky-network", 2)
     project_id = submit(leader, tmp_path, seeds=2)
     wait_for(lambda: summary(projects, project_id).leased == 2, what="the runner to hold 2 leases")
+    # Cut once the runner has both tasks (their calls are at fake-llm), not while the assignments are
+    # still on their way: those come back only when their leases expire.
+    wait_for(lambda: llm_in_flight(base_url) == 2, what="both tasks' LLM calls in flight")
     connected = sum("runner connected" in line for line in leader_proc.stderr_lines)
     proxy.cut()
     wait_for(lambda: sum("runner connected" in line for line in leader_proc.stderr_lines) > connected,
