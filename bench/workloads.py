@@ -443,7 +443,7 @@ def _celery_run(
     import redis
     from celery import group
 
-    from paradecom.leader.lifecycle import MAX_SIBLING_TITLES
+    from paradecom.limits import MAX_SIBLING_TITLES
 
     from .celery_app import app, decompose
 

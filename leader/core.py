@@ -26,7 +26,7 @@ from paradecom.v1 import project_pb2, task_pb2
 
 from .consolidate import build_tree, task_node
 from .group_commit import ResultGroups
-from .lifecycle import MAX_SIBLING_TITLES, STATUS, Accepted, LeaseConfig, Result, TaskLifecycle
+from .lifecycle import STATUS, Accepted, LeaseConfig, Result, TaskLifecycle
 from .store import (
     CANCELLED,
     DEAD,
@@ -298,7 +298,7 @@ class DecompositionLeader:
             )
             parent_id = parent.parent_id
         ancestors.reverse()
-        siblings = self._store.children_titles(task.project_id, task.parent_id, MAX_SIBLING_TITLES + 1)
+        siblings = self._store.children_titles(task.project_id, task.parent_id, limits.MAX_SIBLING_TITLES + 1)
         definition = self._context(task.project_id)
         assignment = task_pb2.TaskAssignment(
             lease=task_pb2.Lease(
@@ -314,7 +314,7 @@ class DecompositionLeader:
                 title=task.title, description=task.description, acceptance_criteria=task.acceptance_criteria
             ),
             ancestors=ancestors,
-            sibling_titles=[title for sid, title in siblings if sid != task.id][:MAX_SIBLING_TITLES],
+            sibling_titles=[title for sid, title in siblings if sid != task.id][: limits.MAX_SIBLING_TITLES],
             depth=task.depth,
             max_depth=definition.max_depth,
         )

@@ -62,7 +62,6 @@ STATUS = {
     CANCELLED: project_pb2.TASK_STATUS_CANCELLED,
 }
 
-MAX_SIBLING_TITLES = limits.MAX_SIBLING_TITLES
 MAX_STOP_REASON_CHARS = 200
 BUDGET_TASKS = "task budget reached"
 BUDGET_TOKENS = "token budget reached"

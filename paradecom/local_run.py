@@ -29,7 +29,6 @@ from paradecom.leader.lifecycle import LeaseConfig
 from paradecom.leader.server import LeaderServer, LeaderSettings
 from paradecom.project import ProjectDefinition
 from paradecom.run_settings import RunSettings
-from paradecom.runner.cache import DecompositionCache
 from paradecom.runner.decompose import Decomposer, DecompositionSettings
 from paradecom.runner.llm import ENV_ENDPOINT_ID, ENV_LLM_TIMEOUT, ENV_MAX_TOKENS
 from paradecom.runner.loop import DecompositionRunner
@@ -133,7 +132,7 @@ async def run_locally(
     settings: RunSettings,
     decomposition: DecompositionSettings,
     *,
-    decomposer: Decomposer | None = None,
+    decomposer: Decomposer,
     endpoint_slots: int | None = None,
     default_concurrency: int = limits.DEFAULT_CONCURRENCY,
     on_progress: Callable[[project_pb2.ProjectSummary], None] | None = None,
@@ -141,8 +140,9 @@ async def run_locally(
     """Decompose `project` with a leader and `settings.runners` runners started here; the tree as
     the leader consolidated it. Cancelled, it raises RunInterrupted with the tree so far.
 
-    Runners in this process share `decomposer` (one is made, and closed, when it is None): one HTTP
-    connection pool, one learned structured-output mode, and the calls it started early."""
+    Runners in this process share `decomposer` (the caller closes it): one HTTP connection
+    pool, one learned structured-output mode, and the calls it started early. Runner processes
+    make their own."""
     leader = LeaderServer(
         LeaderSettings(
             listen="127.0.0.1:0",
@@ -160,7 +160,6 @@ async def run_locally(
     address = await leader.start()
     runners = runner_count(settings)
     concurrency = slots_per_runner(settings, runners, default_concurrency)
-    owned: Decomposer | None = None
     workers: list[asyncio.Task[None]] = []
     local: list[DecompositionRunner] = []
     children: list[_Child] = []
@@ -176,10 +175,6 @@ async def run_locally(
                     children.append(child)
                     workers.append(asyncio.create_task(_exited(child), name=child.name))
             else:
-                if decomposer is None:
-                    decomposer = owned = Decomposer(
-                        decomposition, cache=DecompositionCache() if settings.cache else None
-                    )
                 for i in range(runners):
                     runner = DecompositionRunner(
                         address, concurrency=concurrency, decomposer=decomposer, runner_id=f"local-{i + 1}"
@@ -202,8 +197,6 @@ async def run_locally(
                 runner.request_stop()
             await asyncio.gather(*(c.stop(at_once=interrupted) for c in children))
             await asyncio.gather(*workers, return_exceptions=True)
-            if owned is not None:
-                await owned.close()
             await leader.stop(LEADER_STOP_GRACE_S)
 
 

@@ -140,7 +140,7 @@ class RunSettings:
             cap = min(cap, endpoint_slots)
         if self.llm_rpm or self.llm_tpm:
             cap = min(cap, 1)
-        return max(0, min(top_level, cap))
+        return min(top_level, cap)
 
 
 def parse_runners(text: str) -> Runners:

@@ -16,7 +16,7 @@ import contextvars
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -169,10 +169,12 @@ class _EarlyCall:
     """A first LLM call made before its task was leased (Decomposer.start_early). The 429s it
     meets are kept until a decomposition claims it, then counted there like its own."""
 
-    def __init__(self) -> None:
-        self.task: asyncio.Task[Completion] | None = None
+    def __init__(self, call: Coroutine[object, object, Completion]) -> None:
         self._heard: list[float | None] = []
         self._listener: Callable[[float | None], None] | None = None
+        context = contextvars.copy_context()
+        context.run(RATE_LIMIT_LISTENER.set, self.rate_limited)
+        self.task = asyncio.create_task(call, context=context)
 
     def rate_limited(self, retry_after: float | None) -> None:
         if self._listener is None:
@@ -181,7 +183,6 @@ class _EarlyCall:
             self._listener(retry_after)
 
     def claim(self, listener: Callable[[float | None], None] | None) -> asyncio.Task[Completion]:
-        assert self.task is not None
         self._listener = listener or (lambda _: None)
         for retry_after in self._heard:
             self._listener(retry_after)
@@ -226,11 +227,7 @@ class Decomposer:
             key = self._key(messages, schema)
             if key in self._early or (self.cache is not None and self.cache.get(key) is not None):
                 continue
-            early = _EarlyCall()
-            context = contextvars.copy_context()
-            context.run(RATE_LIMIT_LISTENER.set, early.rate_limited)
-            early.task = asyncio.create_task(self.llm.complete(messages, schema), context=context)
-            self._early[key] = early
+            self._early[key] = _EarlyCall(self.llm.complete(messages, schema))
             started += 1
         return started
 
@@ -245,8 +242,6 @@ class Decomposer:
     async def close(self) -> None:
         """Close the LLM client if this Decomposer made it (once); cancel early calls nobody claimed."""
         for early in self._early.values():
-            if early.task is None:
-                continue
             if early.task.done() and not early.task.cancelled():
                 early.task.exception()  # read, so that asyncio does not report it as never retrieved
             early.task.cancel()
