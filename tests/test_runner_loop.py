@@ -69,24 +69,34 @@ class FakeLeader(task_service_pb2_grpc.TaskServiceServicer):
     async def SubmitResult(
         self, request: task_service_pb2.SubmitResultRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> task_service_pb2.SubmitResultResponse:
+        return (await self._accept([request], context))[0]
+
+    async def SubmitResults(
+        self, request: task_service_pb2.SubmitResultsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> task_service_pb2.SubmitResultsResponse:
+        # Results ready together come in one call (runners send SubmitResults then); every leader
+        # since the contract's first release takes it.
+        responses = await self._accept(list(request.results), context)
+        return task_service_pb2.SubmitResultsResponse(
+            outcomes=[task_service_pb2.SubmitResultOutcome(response=r) for r in responses]
+        )
+
+    async def _accept(
+        self, requests: list[task_service_pb2.SubmitResultRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> list[task_service_pb2.SubmitResultResponse]:
+        """One submit call of either kind: `submit_errors` refuse a whole call, as a leader that is
+        restarting would."""
         self.submit_calls += 1
         if self.submit_errors:
             await context.abort(self.submit_errors.pop(0), "not now")
-        self.submits.append(request)
-        return task_service_pb2.SubmitResultResponse(children_queued=len(request.subtasks))
+        self.submits.extend(requests)
+        return [task_service_pb2.SubmitResultResponse(children_queued=len(r.subtasks)) for r in requests]
 
     async def FailTask(
         self, request: task_service_pb2.FailTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> task_service_pb2.FailTaskResponse:
         self.fails.append(request)
         return task_service_pb2.FailTaskResponse(status=project_pb2.TASK_STATUS_QUEUED)
-
-    async def SubmitResults(
-        self, request: task_service_pb2.SubmitResultsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> task_service_pb2.SubmitResultsResponse:
-        # A leader from before SubmitResults, as the base class would answer: the runner then sends
-        # one SubmitResult per result, which is what the tests below count.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
 
     async def ReleaseTask(
         self, request: task_service_pb2.ReleaseTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
