@@ -12,12 +12,7 @@ Public API (docs/architecture.md, "Entry points"):
 from __future__ import annotations
 
 import importlib
-import os
 from typing import TYPE_CHECKING, Any
-
-# gRPC's C core writes its own info lines to stderr (a failed TLS handshake, for one), doubling the
-# one-line errors our commands print. Set before grpc is first imported; a user's setting wins.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 # The one place the version is stated: pyproject.toml reads it from here (a dynamic version).
 __version__ = "0.1.0"

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from paradecom.grpc_options import parse_address
-from paradecom.logs import LOG_FORMATS
-from paradecom.run_settings import Runners, parse_runners
-from paradecom.textsafe import terminal_safe
+# gRPC's C core writes its own info lines to stderr (a failed TLS handshake, for one), doubling the
+# one-line errors our commands print. Set before grpc is first imported, which is why it is here:
+# every command imports this module before anything that imports grpc. Only commands do it;
+# importing the library leaves the process's environment alone. A user's setting wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from paradecom.grpc_options import parse_address  # noqa: E402
+from paradecom.logs import LOG_FORMATS  # noqa: E402
+from paradecom.run_settings import Runners, parse_runners  # noqa: E402
+from paradecom.textsafe import terminal_safe  # noqa: E402
 
 
 class Parser(argparse.ArgumentParser):

@@ -116,12 +116,12 @@ def runner_environment(decomposition: DecompositionSettings) -> dict[str, str]:
 
 
 def _runner_args(address: str, decomposition: DecompositionSettings, concurrency: int, cache: bool) -> list[str]:
-    """Flags that make a runner process send exactly the requests `decomposition` describes."""
+    """Flags that make a runner process call the endpoint as `decomposition` says; the requests
+    themselves (fan-out, re-asks) come from the leader, in every assignment."""
     s = decomposition
     args = [
         "--leader", address, "--concurrency", str(concurrency), "--model", s.model,
-        "--min-subtasks", str(s.min_subtasks), "--max-subtasks", str(s.max_subtasks),
-        "--max-reasks", str(s.max_reasks), "--structured-output", s.structured_output,
+        "--structured-output", s.structured_output,
         "--drain-timeout", "0", "--log-level", "warning",
     ]  # fmt: skip
     return [*args, "--no-cache"] if not cache else args

@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         # A string default goes through `type`, so a bad $PARADECOM_MAX_REASKS is a flag error.
         default=os.environ.get(ENV_MAX_REASKS) or DEFAULT_MAX_REASKS,
         metavar="N",
-        help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT} "
-        f"(default ${ENV_MAX_REASKS}, else {DEFAULT_MAX_REASKS})",
+        help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT}, for an assignment "
+        f"that carries no LLM request (paradecom-leader always sends one) (default ${ENV_MAX_REASKS}, "
+        f"else {DEFAULT_MAX_REASKS})",
     )
     parser.add_argument(
         "--structured-output",
@@ -127,15 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_range(1, limits.MAX_SUBTASKS),
         default=DEFAULT_MIN_SUBTASKS,
         metavar="N",
-        help=f"fewer valid subtasks than this make the task a leaf (default {DEFAULT_MIN_SUBTASKS})",
+        help="fewer valid subtasks than this make the task a leaf, for an assignment that carries no LLM "
+        f"request (paradecom-leader always sends one) (default {DEFAULT_MIN_SUBTASKS})",
     )
     parser.add_argument(
         "--max-subtasks",
         type=int_range(1, limits.MAX_SUBTASKS),
         default=os.environ.get(ENV_MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS,
         metavar="N",
-        help="more subtasks than this is an invalid answer, re-asked; the answer's schema says so too "
-        f"(default ${ENV_MAX_SUBTASKS}, else {DEFAULT_MAX_SUBTASKS})",
+        help="more subtasks than this is an invalid answer, re-asked, for an assignment that carries no LLM "
+        f"request (paradecom-leader always sends one) (default ${ENV_MAX_SUBTASKS}, else {DEFAULT_MAX_SUBTASKS})",
     )
     parser.add_argument(
         "--no-cache",

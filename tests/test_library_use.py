@@ -214,3 +214,17 @@ def test_a_run_on_the_embedded_model_leaves_the_environment_alone(tmp_path: Path
         assert body["max_tokens"] == local_llm.EMBEDDED_MAX_TOKENS
         assert body["response_format"]["type"] == "json_object"
         assert body["messages"][0]["content"] == SMALL_SYSTEM_PROMPT
+
+
+def test_importing_the_library_changes_no_environment_variable() -> None:
+    """Only the commands quiet gRPC core (GRPC_VERBOSITY, paradecom/cliargs.py); a program that
+    imports the library, the leader and the runner keeps its environment as it was."""
+    script = (
+        "import os, paradecom, paradecom.api, paradecom.leader.core, paradecom.runner.loop\n"
+        "from paradecom import parallel_decompose_project\n"
+        "print('GRPC_VERBOSITY' in os.environ)\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name != "GRPC_VERBOSITY"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -109,8 +109,9 @@ class TaskAssignment(_message.Message):
     @_builtins.property
     def llm_request(self) -> Global___LlmRequest:
         """The LLM request that decomposes the task, as the leader wants every runner to make it: send
-        it as given (see LlmRequest). Unset from a leader that predates it; a runner then builds its
-        own prompt from the fields above.
+        it as given (see LlmRequest). paradecom-leader always sets it. Unset (a minimal leader, a test
+        double), a runner builds the request from the fields above with its own fan-out and re-ask
+        settings (paradecom-runner's --min-subtasks, --max-subtasks, --max-reasks).
         """
 
     def __init__(
