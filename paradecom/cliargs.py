@@ -16,6 +16,14 @@ from typing import NoReturn
 # importing the library leaves the process's environment alone. A user's setting wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+# openai imports its optional aiohttp transport whenever aiohttp is installed, and it is (fake-llm and
+# the embedded model's proxy use it): a quarter of a second of every command's start, before its
+# first LLM request can leave (docs/performance.md, "Start-up"), for a transport no command uses
+# (runner/llm.py lets openai make its default httpx client). A None entry makes that one import
+# fail, so openai sets itself up as if aiohttp were absent; aiohttp itself stays importable. Only
+# commands do it, for the same reason as above.
+sys.modules.setdefault("openai._vendor.httpx_aiohttp", None)  # type: ignore[arg-type]
+
 from paradecom.grpc_options import parse_address  # noqa: E402
 from paradecom.logs import LOG_FORMATS  # noqa: E402
 from paradecom.run_settings import Runners, parse_runners  # noqa: E402

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -186,3 +187,21 @@ def test_paradecom_run_asks_the_root_before_the_leader_is_up(fake_llm: Callable[
     bodies = [json.dumps(b, sort_keys=True) for b in get(base_url, "/requests")]
     assert len(set(bodies)) == 4
     assert stats["first_request_unix_ms"] / 1000 < _log_time(result.stderr, "leader serving")
+
+
+def test_a_command_loads_openai_without_its_aiohttp_transport() -> None:
+    """aiohttp is installed (fake-llm, the embedded model's proxy), so openai would import its
+    optional aiohttp transport at every start of a command, a quarter of a second before the first
+    request can leave; the commands (paradecom/cliargs.py) keep it out, while aiohttp itself still
+    imports and the client the runner makes still works."""
+    script = (
+        "import sys\n"
+        "import paradecom.cliargs, paradecom.runner.llm\n"
+        "print('aiohttp' in sys.modules)\n"
+        "import aiohttp, openai\n"
+        "openai.AsyncOpenAI(api_key='k', base_url='http://127.0.0.1:9/v1')\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "ok"]
