@@ -15,10 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from paradecom.errors import ConfigError
+from paradecom.grpc_auth import TokenInterceptor, server_credentials
 from paradecom.grpc_options import SERVER_OPTIONS, parse_address
 from paradecom.logs import get_logger
 from paradecom.runner.prompt import RequestSettings
-from paradecom.security import Security, TokenInterceptor, exposure_error, server_credentials
+from paradecom.security import Security, exposure_error
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,

@@ -16,8 +16,9 @@ import grpc
 
 from paradecom import limits
 from paradecom.errors import LeaderError, LeaderRefusedError, LeaderUnavailableError
+from paradecom.grpc_auth import channel
 from paradecom.project import ProjectDefinition
-from paradecom.security import Security, channel, is_tls_failure
+from paradecom.security import Security, is_tls_failure
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,

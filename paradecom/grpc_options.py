@@ -7,9 +7,12 @@ notice a dead peer within about 30 s.
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
 
 from paradecom import limits
+
+if TYPE_CHECKING:
+    import grpc
 
 KEEPALIVE_TIME_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 10_000
@@ -40,6 +43,9 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
     """An asyncio channel to `address` (HOST:PORT) with ParaDecom's options, no TLS, no token."""
+    # Imported here: the commands read their flags (parse_address) before grpc is needed.
+    import grpc
+
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 

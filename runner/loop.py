@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import structlog
 
-from paradecom import limits, security
+from paradecom import grpc_auth, limits, security
 from paradecom.errors import ConfigError, DecompositionError
 from paradecom.logs import get_logger
 from paradecom.security import Security
@@ -240,7 +240,7 @@ class DecompositionRunner:
         self._slots = asyncio.Semaphore(self.concurrency)
         if self._stop_requested:
             self._stop.set()
-        channel = security.channel(self.leader, self.security)
+        channel = grpc_auth.channel(self.leader, self.security)
         stub: TaskServiceAsyncStub = task_service_pb2_grpc.TaskServiceStub(channel)
         self._results = ResultSender(stub, RPC_DEADLINE_S)
         log.info(

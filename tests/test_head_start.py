@@ -189,19 +189,21 @@ def test_paradecom_run_asks_the_root_before_the_leader_is_up(fake_llm: Callable[
     assert stats["first_request_unix_ms"] / 1000 < _log_time(result.stderr, "leader serving")
 
 
-def test_a_command_loads_openai_without_its_aiohttp_transport() -> None:
-    """aiohttp is installed (fake-llm, the embedded model's proxy), so openai would import its
-    optional aiohttp transport at every start of a command, a quarter of a second before the first
-    request can leave; the commands (paradecom/cliargs.py) keep it out, while aiohttp itself still
-    imports and the client the runner makes still works."""
+def test_what_a_run_loads_before_its_first_request_is_lean() -> None:
+    """Before a run's early calls leave, it loads the CLI, the decomposer and openai, and neither
+    grpc (the leader and the runners load it in a thread meanwhile: paradecom/grpc_auth.py holds
+    what needs it) nor openai's optional aiohttp transport (aiohttp is installed, for fake-llm and
+    the embedded model's proxy; the commands keep openai from importing it: paradecom/cliargs.py).
+    aiohttp itself still imports, and the client the runner makes still works."""
     script = (
         "import sys\n"
-        "import paradecom.cliargs, paradecom.runner.llm\n"
-        "print('aiohttp' in sys.modules)\n"
+        "import paradecom.cli, paradecom.api, paradecom.runner.decompose, paradecom.runner.head_start\n"
+        "import paradecom.runner.cache, paradecom.runner.llm\n"
+        "print('grpc' in sys.modules, 'aiohttp' in sys.modules)\n"
         "import aiohttp, openai\n"
         "openai.AsyncOpenAI(api_key='k', base_url='http://127.0.0.1:9/v1')\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "ok"]
+    assert out.stdout.split() == ["False", "False", "ok"]
