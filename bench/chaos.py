@@ -5,7 +5,7 @@
 It starts fake-llm (latency, a few % malformed answers and 429s), a leader with a short lease
 timeout and enough attempts that chaos alone dead-letters nothing, and `--runners` runner
 processes; submits the DevAI projects (`data/devai/*.json`, max depth 2) with
-`python -m paradecom.cli submit`; then, at seeded random intervals, until `--duration` seconds
+`python -m paradecom.client.cli submit`; then, at seeded random intervals, until `--duration` seconds
 have passed or every project is done:
 
 - kill:    SIGKILL a runner and start a new one (its leases expire and are reassigned);
@@ -388,7 +388,7 @@ class Chaos:
 
     def _submit_process(self, path: Path) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "paradecom.cli", "submit", "--leader", self.cluster.listen, str(path)],
+            [sys.executable, "-m", "paradecom.client.cli", "submit", "--leader", self.cluster.listen, str(path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

@@ -85,7 +85,7 @@ SMOKE = Sizes("smoke", 0.2, 1, 2, 2, 3, 40, 2, ((2, 2),))
 def paradecom_command() -> list[str]:
     """`paradecom` as a user runs it: the venv's console script, else the module."""
     script = Path(sys.executable).with_name("paradecom")
-    return [str(script)] if script.exists() else python_module("paradecom.cli")
+    return [str(script)] if script.exists() else python_module("paradecom.client.cli")
 
 
 def run_accepts(*flags: str) -> bool:

@@ -315,7 +315,7 @@ def sequential(sizes: Sizes, repeat: int, log: Log) -> dict[str, Any]:
                     "OPENAI_API_KEY": "bench",
                     "PARADECOM_CACHE_DIR": str(workdir / "cache"),
                 }
-                cli = python_module("paradecom.cli", "run", str(path), "--no-cache", "--format", "json")
+                cli = python_module("paradecom.client.cli", "run", str(path), "--no-cache", "--format", "json")
                 seq, seq_command = _run_cli(
                     [*cli, "--runners", "0", "--log-level", "warning"], env, workdir, k * latency * 3 + 120
                 )

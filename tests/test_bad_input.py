@@ -12,7 +12,7 @@ from helpers import Proc, Stubs, run_cli
 
 from paradecom.v1 import project_pb2, project_service_pb2, task_pb2, task_service_pb2
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 LEADER = [sys.executable, "-m", "paradecom.leader.main"]
 RUNNER = [sys.executable, "-m", "paradecom.runner.main"]
 

@@ -30,7 +30,7 @@ from paradecom.runner.schema import (
 )
 from paradecom.subtasks import SubtaskShape, find_cycle, subtask_errors
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 def child(key: str, title: str, **fields: Any) -> dict[str, Any]:

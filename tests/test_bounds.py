@@ -21,7 +21,7 @@ from helpers import Proc, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from paradecom import limits
-from paradecom.client import nested_tree
+from paradecom.client.leader_client import nested_tree
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -33,7 +33,7 @@ from paradecom.v1 import (
     task_service_pb2_grpc,
 )
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
 

@@ -24,7 +24,7 @@ from paradecom.leader.scheduler import Scheduler
 from paradecom.leader.store import SqliteStore
 from paradecom.v1 import project_service_pb2
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from paradecom.v1 import (
 )
 
 DEVAI_PROJECT = DEVAI / "01_Image_Classification_ResNet18_Fashion_MNIST_DL.json"
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 def write_project(tmp_path: Path, **fields: object) -> Path:

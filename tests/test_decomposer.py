@@ -82,9 +82,9 @@ def test_decompose_task_passes_llm_errors_on_with_usage() -> None:
 def test_sequential_fallback_retries_an_unexpected_error_like_a_runner() -> None:
     """A surprise (a bug-like exception) in one decomposition is a retryable failure, as in a runner:
     the sequential run retries the task and finishes instead of stopping."""
+    from paradecom.client.sequential import decompose_sequentially
     from paradecom.project import ProjectDefinition
     from paradecom.runner.decompose import Decomposer, DecompositionSettings
-    from paradecom.sequential import decompose_sequentially
 
     class Flaky(FakeChat):
         async def complete(

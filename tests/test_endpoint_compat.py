@@ -47,7 +47,7 @@ def test_run_works_against_an_endpoint_that_refuses_max_tokens(
     path = tmp_path / "project.yaml"
     path.write_text(PROJECT_YAML)
     result = run_cli(
-        [sys.executable, "-m", "paradecom.cli", "run", str(path), *runners, "--model", "o3-like", "--no-cache"],
+        [sys.executable, "-m", "paradecom.client.cli", "run", str(path), *runners, "--model", "o3-like", "--no-cache"],
         env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key"},
     )
     assert result.returncode == 0, result.stderr
@@ -102,7 +102,7 @@ def test_an_endpoint_that_takes_max_tokens_is_never_refused(fake_llm: Callable[.
     path = tmp_path / "project.yaml"
     path.write_text(PROJECT_YAML)
     result = run_cli(
-        [sys.executable, "-m", "paradecom.cli", "run", str(path), "--runners", "0", "--no-cache"],
+        [sys.executable, "-m", "paradecom.client.cli", "run", str(path), "--runners", "0", "--no-cache"],
         env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key"},
     )
     assert result.returncode == 0, result.stderr

@@ -26,7 +26,7 @@ from paradecom.devtools.evaluate import (
 from paradecom.errors import ProjectFileError
 from paradecom.tree import TaskTree, TreeTask
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 # DevAI instance 01's requirements, as in the benchmark file.
 FASHION = [

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from test_fuzz import ACCEPTABLE, CHANNEL_OPTIONS, INT_RANGES, call
 
 from paradecom import limits
-from paradecom.client import nested_tree
+from paradecom.client.leader_client import nested_tree
 from paradecom.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,

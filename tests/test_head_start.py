@@ -19,10 +19,10 @@ from runner_fakes import FakeChat, make_assignment
 from test_local_run import get, project_file
 
 from paradecom import limits
+from paradecom.client.run_settings import RunSettings
 from paradecom.leader.core import DecompositionLeader
 from paradecom.leader.store import SqliteStore
 from paradecom.project import ProjectDefinition, SeedTask
-from paradecom.run_settings import RunSettings
 from paradecom.runner.cache import DecompositionCache
 from paradecom.runner.decompose import Decomposer
 from paradecom.runner.head_start import top_level_requests
@@ -176,7 +176,7 @@ def test_paradecom_run_asks_the_root_before_the_leader_is_up(fake_llm: Callable[
     calls the tree counts (1 + 3), none twice."""
     base_url = fake_llm("--fanout", "3", "--atomic-depth", "2", "--latency", "0.5")
     result = run_cli(
-        [sys.executable, "-m", "paradecom.cli", "run", str(project_file(tmp_path)), "--no-cache",
+        [sys.executable, "-m", "paradecom.client.cli", "run", str(project_file(tmp_path)), "--no-cache",
          "--log-format", "json", "--log-level", "info"],
         env={"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k"},
     )  # fmt: skip
@@ -197,7 +197,7 @@ def test_what_a_run_loads_before_its_first_request_is_lean() -> None:
     aiohttp itself still imports, and the client the runner makes still works."""
     script = (
         "import sys\n"
-        "import paradecom.cli, paradecom.api, paradecom.runner.decompose, paradecom.runner.head_start\n"
+        "import paradecom.client.cli, paradecom.client.api, paradecom.runner.decompose, paradecom.runner.head_start\n"
         "import paradecom.runner.cache, paradecom.runner.llm\n"
         "print('grpc' in sys.modules, 'aiohttp' in sys.modules)\n"
         "import aiohttp, openai\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from paradecom import local_llm
+from paradecom.client import local_llm
 
 SECRET = "sk-paradecom-library-secret-0042"
 
@@ -94,7 +94,7 @@ def test_embedded_settings_reach_the_llm_client_and_runner_processes_not_the_env
     touched."""
     import asyncio
 
-    from paradecom.local_run import runner_environment
+    from paradecom.client.local_run import runner_environment
     from paradecom.runner.schema import decomposition_schema
 
     for name in _ENDPOINT_ENV:
@@ -220,7 +220,7 @@ def test_importing_the_library_changes_no_environment_variable() -> None:
     """Only the commands quiet gRPC core (GRPC_VERBOSITY, paradecom/cliargs.py); a program that
     imports the library, the leader and the runner keeps its environment as it was."""
     script = (
-        "import os, paradecom, paradecom.api, paradecom.leader.core, paradecom.runner.loop\n"
+        "import os, paradecom, paradecom.client.api, paradecom.leader.core, paradecom.runner.loop\n"
         "from paradecom import parallel_decompose_project\n"
         "print('GRPC_VERBOSITY' in os.environ)\n"
     )

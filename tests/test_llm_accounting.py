@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import Proc, run_cli
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 def stats(base_url: str) -> dict:  # type: ignore[type-arg]

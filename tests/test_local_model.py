@@ -18,8 +18,15 @@ import yaml
 from conftest import DEVAI
 from helpers import Proc, run_cli, wait_for_async
 
-from paradecom import local_llm
-from paradecom.local_llm import INSTALL_HINT, MODEL_NAME, EmbeddedModelError, EmbeddedPool, EmbeddedServer, free_port
+from paradecom.client import local_llm
+from paradecom.client.local_llm import (
+    INSTALL_HINT,
+    MODEL_NAME,
+    EmbeddedModelError,
+    EmbeddedPool,
+    EmbeddedServer,
+    free_port,
+)
 from paradecom.subtasks import SubtaskShape, subtask_errors
 
 # Generous: the machine has 2 cores shared with other work; alone the run takes well under 3 min.
@@ -72,7 +79,7 @@ def test_paradecom_run_decomposes_a_devai_project_on_the_embedded_model(
     path.write_text(yaml.safe_dump({"name": instance["name"], "description": instance["query"], "max_depth": 1}))
     started = time.monotonic()
     result = run_cli(
-        [sys.executable, "-m", "paradecom.cli", "run", str(path), "--runners", "1", "--format", "json"],
+        [sys.executable, "-m", "paradecom.client.cli", "run", str(path), "--runners", "1", "--format", "json"],
         timeout=RUN_TIMEOUT_S,
     )
     seconds = time.monotonic() - started
@@ -100,7 +107,7 @@ def test_local_llm_serves_the_embedded_model_and_stops_on_sigterm() -> None:
     under its name, refuses json_schema so that auto settles on json_object, and exits 0 on SIGTERM."""
     from paradecom.runner import llm as llm_module
 
-    proc = Proc([sys.executable, "-m", "paradecom.cli", "local-llm", "--listen", "127.0.0.1:0"])
+    proc = Proc([sys.executable, "-m", "paradecom.client.cli", "local-llm", "--listen", "127.0.0.1:0"])
     try:
         address = proc.address(timeout=300)
         base_url = f"http://{address}/v1"
@@ -139,7 +146,7 @@ def test_without_the_local_extra_the_error_says_what_to_install(
     path = tmp_path / "p.yaml"
     path.write_text("name: P\ndescription: d\n")
     argv = [str(path) if part == "PROJECT" else part for part in command]
-    result = run_cli([sys.executable, "-m", "paradecom.cli", *argv], env=hide_local_extra(tmp_path), timeout=60)
+    result = run_cli([sys.executable, "-m", "paradecom.client.cli", *argv], env=hide_local_extra(tmp_path), timeout=60)
     prog = "paradecom local-llm" if command == ["local-llm"] else "paradecom"
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"{prog}: error: {INSTALL_HINT}"]

@@ -16,7 +16,7 @@ import pytest
 from helpers import Proc, run_cli, wait_for
 from test_orphans import children_of
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 def get(base_url: str, path: str) -> Any:

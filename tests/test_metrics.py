@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paradecom.v1 import project_pb2, project_service_pb2, task_service_pb2
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -113,7 +113,9 @@ def _latest(watcher: Proc, project_id: str) -> dict[str, Any]:
 
 
 def _cli(ns: Namespaces, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ns.exec(ns.a, PY, "-m", "paradecom.cli", *args), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ns.exec(ns.a, PY, "-m", "paradecom.client.cli", *args), capture_output=True, text=True, timeout=120
+    )
 
 
 def _submit(ns: Namespaces, leader: str, path: Path) -> str:

@@ -22,7 +22,7 @@ from test_security import TOKEN, make_ca, make_cert
 
 NODE_RUNNER_DIR = ROOT / "clients" / "node-runner"
 RUNNER_JS = NODE_RUNNER_DIR / "runner.js"
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 def node_command() -> list[str]:

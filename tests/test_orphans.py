@@ -1,5 +1,5 @@
 """A `paradecom run --runner-processes` killed outright (SIGKILL: no cleanup of its own) leaves no
-process behind: its runner processes are killed by the kernel when it dies (paradecom/with_parent.py).
+process behind: its runner processes are killed by the kernel when it dies (paradecom/client/with_parent.py).
 (By default the leader and runners live in the run's own process, so there is nothing to leave.)"""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_children_of_a_killed_run_stop(fake_llm: Callable[..., str], tmp_path: P
         [
             sys.executable,
             "-m",
-            "paradecom.cli",
+            "paradecom.client.cli",
             "run",
             str(project),
             "--runners",

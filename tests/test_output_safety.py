@@ -44,7 +44,7 @@ from paradecom.tree import TaskTree, TreeTask
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 STATUSES = ("done", "dead", "queued", "leased", "cancelled")
 
 # Known-nasty pieces: Markdown block and inline syntax, HTML, GitHub's extensions, Mermaid's
@@ -824,7 +824,7 @@ def test_the_live_display_shows_a_hostile_project_id_escaped() -> None:
     no terminal escape and no rich markup in it is obeyed."""
     from rich.console import Console
 
-    from paradecom.progress import ProgressReporter
+    from paradecom.client.progress import ProgressReporter
     from paradecom.v1 import project_pb2
 
     out = io.StringIO()

@@ -98,7 +98,7 @@ def test_leader_publishes_desired_runners(
     assert value(scrape(metrics), "paradecom_desired_runners") == 0
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"name": "P", "description": "d", "tasks": [{"title": f"T{i}"} for i in range(20)]}))
-    submitted = run_cli([sys.executable, "-m", "paradecom.cli", "submit", "--leader", address, str(path)])
+    submitted = run_cli([sys.executable, "-m", "paradecom.client.cli", "submit", "--leader", address, str(path)])
     assert submitted.returncode == 0, submitted.stderr
     samples = scrape(metrics)
     assert value(samples, "paradecom_desired_slots") == 20
@@ -116,7 +116,10 @@ def test_compose_autoscaler_scales_to_the_gauge(start_leader: Callable[..., tupl
     url = f"http://{leader.metrics_address()}/metrics"
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"name": "P", "description": "d", "tasks": [{"title": f"T{i}"} for i in range(20)]}))
-    assert run_cli([sys.executable, "-m", "paradecom.cli", "submit", "--leader", address, str(path)]).returncode == 0
+    assert (
+        run_cli([sys.executable, "-m", "paradecom.client.cli", "submit", "--leader", address, str(path)]).returncode
+        == 0
+    )
 
     def scale(**env: str) -> str:
         done = run_cli(["bash", str(script)], env={"METRICS_URL": url, "ONCE": "1", "DRY_RUN": "1", **env})

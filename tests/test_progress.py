@@ -16,10 +16,10 @@ import pytest
 from helpers import Proc, run_cli, wait_for
 from rich.console import Console
 
-from paradecom.progress import ProgressReporter
+from paradecom.client.progress import ProgressReporter
 from paradecom.v1 import project_pb2
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 RUNNING, DONE = project_pb2.PROJECT_STATE_RUNNING, project_pb2.PROJECT_STATE_DONE
 
 

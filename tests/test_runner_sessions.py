@@ -31,7 +31,7 @@ from paradecom.v1 import (
     task_service_pb2_grpc,
 )
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 # A lease outlives every wait below; the disconnect grace (half a lease) does too, so a test that
 # passes did not wait for a lease of a dead stream to run out.
 LEASE_S = 60

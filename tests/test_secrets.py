@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import Proc, run_cli
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 def _forms(secret: str) -> list[bytes]:

@@ -20,7 +20,7 @@ from helpers import Proc, run_cli
 from paradecom.security import is_loopback
 from paradecom.v1 import project_service_pb2, project_service_pb2_grpc
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 # gRPC call metadata: (key, value) pairs.
 Metadata = tuple[tuple[str, str], ...]
 

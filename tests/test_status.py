@@ -13,7 +13,7 @@ import pytest
 from helpers import Proc, run_cli, wait_for
 from test_security import TOKEN, make_ca, make_cert
 
-PARADECOM = [sys.executable, "-m", "paradecom.cli"]
+PARADECOM = [sys.executable, "-m", "paradecom.client.cli"]
 
 
 def submit(

@@ -371,7 +371,7 @@ def test_runner_flag_drives_a_whole_project(
 ) -> None:
     """`paradecom-runner --structured-output json_object` against a llama.cpp-like endpoint decomposes
     a project with json_object requests only, none refused."""
-    from paradecom.client import LeaderClient
+    from paradecom.client.leader_client import LeaderClient
     from paradecom.project import ProjectDefinition
     from paradecom.v1 import project_pb2
 

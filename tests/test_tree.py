@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from paradecom import cli
+from paradecom.client import cli
 from paradecom.tree import CSV_COLUMNS, FORMATS, TaskTree, TreeTask
 from paradecom.v1 import project_pb2, project_service_pb2
 

@@ -697,7 +697,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         return fail(PROG, str(exc))
     except OSError as exc:
         return fail(PROG, f"{args.save_trees}: cannot create: {exc.strerror or exc}")
-    from paradecom.run_settings import RunSettings
+    from paradecom.client.run_settings import RunSettings
 
     # Dead tasks are scored (a dead root fails the instance): the tree is taken as it is.
     run_settings = RunSettings(
@@ -711,7 +711,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                 result = _result(inst, saved[inst.path.name], 0.0, args.threshold)
             else:
                 # Imported only now: the cluster and runner modules are slow to import, bad input is not.
-                from paradecom.api import decompose
+                from paradecom.client.api import decompose
 
                 inst.definition.max_depth = args.max_depth
                 started = time.monotonic()

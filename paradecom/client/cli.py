@@ -37,8 +37,8 @@ from paradecom.textsafe import terminal_safe
 from paradecom.v1 import project_pb2
 
 if TYPE_CHECKING:
-    from paradecom.progress import ProgressReporter
-    from paradecom.run_settings import RunSettings
+    from paradecom.client.progress import ProgressReporter
+    from paradecom.client.run_settings import RunSettings
     from paradecom.tree import TaskTree
 
 PROG = "paradecom"
@@ -190,7 +190,7 @@ def build_parser(command: str | None = None) -> Parser:
 
     p = sub.add_parser("local-llm", help="serve the embedded model (SmolLM2-135M) for runners on other machines")
     if command in (None, "local-llm"):
-        from paradecom import local_llm
+        from paradecom.client import local_llm
 
         local_llm.add_arguments(p)
 
@@ -210,7 +210,7 @@ def build_parser(command: str | None = None) -> Parser:
 
 def _progress(args: argparse.Namespace, stream: TextIO) -> ProgressReporter:
     """The live display on a terminal, JSON lines elsewhere or with --json."""
-    from paradecom.progress import ProgressReporter
+    from paradecom.client.progress import ProgressReporter
 
     return ProgressReporter(stream, json_lines=True if args.json else None)
 
@@ -220,7 +220,7 @@ def _security(args: argparse.Namespace) -> Security:
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    from paradecom.client import LeaderClient
+    from paradecom.client.leader_client import LeaderClient
     from paradecom.project import load_project
 
     project = load_project(args.file)
@@ -230,7 +230,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    from paradecom.client import LeaderClient
+    from paradecom.client.leader_client import LeaderClient
 
     # Progress is what `watch` is for, so it goes to stdout (`run` keeps stdout for the tree).
     async with LeaderClient(args.leader, _security(args)) as client:
@@ -240,8 +240,8 @@ async def _watch(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from paradecom.client import LeaderClient
-    from paradecom.status import render_status, status_json
+    from paradecom.client.leader_client import LeaderClient
+    from paradecom.client.status import render_status, status_json
 
     async with LeaderClient(args.leader, _security(args)) as client:
         projects = await client.projects(args.limit)
@@ -251,7 +251,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _result(args: argparse.Namespace) -> int:
-    from paradecom.client import LeaderClient, state_name
+    from paradecom.client.leader_client import LeaderClient, state_name
     from paradecom.tree import TaskTree
 
     async with LeaderClient(args.leader, _security(args)) as client:
@@ -289,7 +289,7 @@ def _isatty(stream: TextIO) -> bool:
 
 def _run_settings(args: argparse.Namespace) -> RunSettings:
     """The flags of `paradecom run` as RunSettings; a combination that makes no sense is ConfigError."""
-    from paradecom.run_settings import AUTO, RunSettings, SettingError
+    from paradecom.client.run_settings import AUTO, RunSettings, SettingError
 
     if args.leader is None and (args.auth_token_file or args.tls_ca or args.tls_cert or args.tls_key):
         raise ConfigError("--auth-token-file and --tls-* are for reaching a leader: use them with --leader")
@@ -337,7 +337,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _run_project(args: argparse.Namespace) -> int:
-    from paradecom.api import decompose
+    from paradecom.client.api import decompose
     from paradecom.project import load_project
 
     settings = _run_settings(args)
@@ -367,7 +367,7 @@ def _embedded_notice(model_name: str) -> None:
 
 
 async def _budget(args: argparse.Namespace) -> int:
-    from paradecom.client import LeaderClient
+    from paradecom.client.leader_client import LeaderClient
 
     async with LeaderClient(args.leader, _security(args)) as client:
         budget = await client.budget(args.rpm, args.tpm)
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return evaluate.main_from_args(args)
     if args.command == "local-llm":
-        from paradecom import local_llm
+        from paradecom.client import local_llm
 
         return local_llm.main_from_args(args)
     configure_logging(args.log_format, args.log_level)

@@ -1,4 +1,4 @@
-"""`python -m paradecom.with_parent PARENT_PID COMMAND...`: run COMMAND, and have the kernel kill it
+"""`python -m paradecom.client.with_parent PARENT_PID COMMAND...`: run COMMAND, and have the kernel kill it
 (SIGKILL) when the process PARENT_PID exits.
 
 `paradecom run` starts a leader, runners and the embedded model's server as child processes and
@@ -24,7 +24,7 @@ _PR_SET_PDEATHSIG = 1
 
 def command(parent_pid: int, argv: list[str]) -> list[str]:
     """The command line that runs `argv` as a child of `parent_pid` that dies with it."""
-    return [sys.executable, "-m", "paradecom.with_parent", str(parent_pid), *argv]
+    return [sys.executable, "-m", "paradecom.client.with_parent", str(parent_pid), *argv]
 
 
 def main() -> None:

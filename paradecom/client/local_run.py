@@ -22,18 +22,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from paradecom import limits, with_parent
-from paradecom.client import LeaderClient
+from paradecom import limits
+from paradecom.client import with_parent
+from paradecom.client.leader_client import LeaderClient
+from paradecom.client.run_settings import RunSettings
+from paradecom.client.sequential import leader_tree
 from paradecom.errors import ParaDecomError, RunInterrupted
 from paradecom.leader.lifecycle import LeaseConfig
 from paradecom.leader.server import LeaderServer, LeaderSettings
 from paradecom.project import ProjectDefinition
-from paradecom.run_settings import RunSettings
 from paradecom.runner.decompose import Decomposer, DecompositionSettings
 from paradecom.runner.llm import ENV_ENDPOINT_ID, ENV_LLM_TIMEOUT, ENV_MAX_TOKENS
 from paradecom.runner.loop import DecompositionRunner
 from paradecom.runner.schema import ENV_ANSWER_PROFILE
-from paradecom.sequential import leader_tree
 from paradecom.tree import TaskTree
 from paradecom.v1 import project_pb2
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from paradecom import with_parent
+from paradecom.client import with_parent
 from paradecom.errors import ConfigError, ParaDecomError
 
 if TYPE_CHECKING:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from paradecom import limits
-from paradecom.concurrency import ConcurrencyMeter
+from paradecom.client.concurrency import ConcurrencyMeter
+from paradecom.client.run_settings import AUTO, Runners, RunSettings
 from paradecom.errors import ParaDecomError, PartialTreeError
 from paradecom.project import ProjectDefinition, load_project
-from paradecom.run_settings import AUTO, Runners, RunSettings
 from paradecom.security import Security
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ async def _here(
         return await _decompose_here(
             definition, settings, decomposition, None, limits.DEFAULT_CONCURRENCY, progress, check=True
         )
-    from paradecom import local_llm
+    from paradecom.client import local_llm
 
     gguf = local_llm.check_embedded_available()
     if on_embedded is not None:
@@ -234,7 +234,7 @@ async def _decompose_here(
             if check:
                 await llm.check_endpoint()
             if settings.sequential:
-                from paradecom.sequential import decompose_sequentially
+                from paradecom.client.sequential import decompose_sequentially
 
                 return await decompose_sequentially(
                     definition, decomposer, max_attempts=settings.max_attempts, on_progress=progress
@@ -242,8 +242,8 @@ async def _decompose_here(
             if head_start:
                 # The leader's and the runners' modules (grpc among them) load in a thread, so that
                 # this loop sends the early calls meanwhile; an import holds none of our state.
-                await asyncio.to_thread(importlib.import_module, "paradecom.local_run")
-            from paradecom.local_run import run_locally
+                await asyncio.to_thread(importlib.import_module, "paradecom.client.local_run")
+            from paradecom.client.local_run import run_locally
 
             return await run_locally(
                 definition,
@@ -265,7 +265,7 @@ async def _on_leader(
 ) -> TaskTree:
     """Submit to the leader at `address` and follow the project to its end. Cancelled, the project
     goes on at the leader (`paradecom watch` follows it); RunInterrupted carries the tree so far."""
-    from paradecom.client import LeaderClient
+    from paradecom.client.leader_client import LeaderClient
     from paradecom.errors import RunInterrupted
     from paradecom.tree import TaskTree
 
