@@ -8,18 +8,19 @@ import os
 import re
 
 from paradecom import limits
-from paradecom.cliargs import Parser, add_logging_flags, address, fail, float_range, int_range
+from paradecom.cliargs import (
+    Parser,
+    add_logging_flags,
+    add_request_flags,
+    address,
+    fail,
+    float_range,
+    int_range,
+    request_bounds,
+)
 from paradecom.errors import ConfigError
 from paradecom.logs import configure_logging
-from paradecom.runner.prompt import (
-    DEFAULT_MAX_REASKS,
-    DEFAULT_MAX_SUBTASKS,
-    DEFAULT_MIN_SUBTASKS,
-    ENV_MAX_REASKS,
-    ENV_MAX_SUBTASKS,
-    MAX_REASKS_LIMIT,
-    RequestSettings,
-)
+from paradecom.runner.prompt import RequestSettings
 from paradecom.runner.schema import ANSWER_PROFILES, ENV_ANSWER_PROFILE
 from paradecom.security import add_security_flags, security_from_args
 
@@ -113,30 +114,7 @@ def build_parser() -> Parser:
         "`metrics HOST:PORT` on stderr says which); default: none",
     )
     # The LlmRequest every assignment carries (task.proto): every runner asks the same.
-    parser.add_argument(
-        "--min-subtasks",
-        type=int_range(1, limits.MAX_SUBTASKS),
-        default=None,
-        metavar="N",
-        help=f"fewer valid subtasks than this make a task a leaf (default {DEFAULT_MIN_SUBTASKS}, "
-        "or --max-subtasks if smaller)",
-    )
-    parser.add_argument(
-        "--max-subtasks",
-        type=int_range(1, limits.MAX_SUBTASKS),
-        default=os.environ.get(ENV_MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS,
-        metavar="N",
-        help=f"more subtasks than this is an invalid answer, re-asked; the answer's schema says so too "
-        f"(default ${ENV_MAX_SUBTASKS}, else {DEFAULT_MAX_SUBTASKS})",
-    )
-    parser.add_argument(
-        "--max-reasks",
-        type=int_range(0, MAX_REASKS_LIMIT),
-        default=os.environ.get(ENV_MAX_REASKS) or DEFAULT_MAX_REASKS,
-        metavar="N",
-        help=f"times runners send a bad answer back with its errors, 0..{MAX_REASKS_LIMIT} "
-        f"(default ${ENV_MAX_REASKS}, else {DEFAULT_MAX_REASKS})",
-    )
+    add_request_flags(parser)
     parser.add_argument(
         "--answer-profile",
         type=_answer_profile,
@@ -160,10 +138,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    min_subtasks = min(DEFAULT_MIN_SUBTASKS, args.max_subtasks) if args.min_subtasks is None else args.min_subtasks
-    if min_subtasks > args.max_subtasks:
-        parser.error(f"--min-subtasks {min_subtasks} is more than --max-subtasks {args.max_subtasks}")
-    request = RequestSettings(min_subtasks, args.max_subtasks, args.max_reasks, args.answer_profile)
+    request = RequestSettings(*request_bounds(parser, args), args.answer_profile)
     configure_logging(args.log_format, args.log_level)
     lease = LeaseConfig(
         lease_timeout_s=args.lease_timeout,

@@ -24,6 +24,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 # commands do it, for the same reason as above.
 sys.modules.setdefault("openai._vendor.httpx_aiohttp", None)  # type: ignore[arg-type]
 
+from paradecom import limits  # noqa: E402
 from paradecom.client.run_settings import Runners, parse_runners  # noqa: E402
 from paradecom.grpc_options import parse_address  # noqa: E402
 from paradecom.logs import LOG_FORMATS  # noqa: E402
@@ -102,3 +103,56 @@ def fail(prog: str, message: str) -> int:
     may quote a file's or a leader's text: control characters in it are shown escaped."""
     print(f"{prog}: error: {terminal_safe(message, reversible=False)}", file=sys.stderr)
     return 2
+
+
+def add_request_flags(parser: argparse.ArgumentParser, *, scope: str = "") -> None:
+    """--min-subtasks, --max-subtasks and --max-reasks: the fan-out and re-ask settings of an LLM
+    request (runner/prompt.py `RequestSettings`), defined once for the leader, which sends them in
+    every assignment, and the runner, which uses them for an assignment that carries no request.
+    `scope` ends each help text's first part (the runner's says when they apply). Read them back
+    with `request_bounds`."""
+    from paradecom.runner.prompt import (
+        DEFAULT_MAX_REASKS,
+        DEFAULT_MAX_SUBTASKS,
+        DEFAULT_MIN_SUBTASKS,
+        ENV_MAX_REASKS,
+        ENV_MAX_SUBTASKS,
+        MAX_REASKS_LIMIT,
+    )
+
+    parser.add_argument(
+        "--min-subtasks",
+        type=int_range(1, limits.MAX_SUBTASKS),
+        default=None,
+        metavar="N",
+        help=f"fewer valid subtasks than this make a task a leaf{scope} (default {DEFAULT_MIN_SUBTASKS}, "
+        "or --max-subtasks if smaller)",
+    )
+    parser.add_argument(
+        "--max-subtasks",
+        type=int_range(1, limits.MAX_SUBTASKS),
+        # A string default goes through `type`, so a bad environment value is a flag error.
+        default=os.environ.get(ENV_MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS,
+        metavar="N",
+        help=f"more subtasks than this is an invalid answer, re-asked; the answer's schema says so too{scope} "
+        f"(default ${ENV_MAX_SUBTASKS}, else {DEFAULT_MAX_SUBTASKS})",
+    )
+    parser.add_argument(
+        "--max-reasks",
+        type=int_range(0, MAX_REASKS_LIMIT),
+        default=os.environ.get(ENV_MAX_REASKS) or DEFAULT_MAX_REASKS,
+        metavar="N",
+        help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT}{scope} "
+        f"(default ${ENV_MAX_REASKS}, else {DEFAULT_MAX_REASKS})",
+    )
+
+
+def request_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, int, int]:
+    """(min_subtasks, max_subtasks, max_reasks) from the flags of `add_request_flags`; a minimum
+    above the maximum is a flag error."""
+    from paradecom.runner.prompt import DEFAULT_MIN_SUBTASKS
+
+    low = min(DEFAULT_MIN_SUBTASKS, args.max_subtasks) if args.min_subtasks is None else args.min_subtasks
+    if low > args.max_subtasks:
+        parser.error(f"--min-subtasks {low} is more than --max-subtasks {args.max_subtasks}")
+    return low, args.max_subtasks, args.max_reasks

@@ -63,19 +63,11 @@ def _non_empty(limit: int) -> Callable[[str], str]:
 def build_parser() -> argparse.ArgumentParser:
     """The runner's flags; every range is checked while parsing."""
     from paradecom import limits
-    from paradecom.cliargs import Parser, add_logging_flags, address, float_range, int_range
+    from paradecom.cliargs import Parser, add_logging_flags, add_request_flags, address, float_range, int_range
     from paradecom.security import add_security_flags
 
     from .decompose import DEFAULT_MODEL
     from .llm import ENV_STRUCTURED_OUTPUT
-    from .prompt import (
-        DEFAULT_MAX_REASKS,
-        DEFAULT_MAX_SUBTASKS,
-        DEFAULT_MIN_SUBTASKS,
-        ENV_MAX_REASKS,
-        ENV_MAX_SUBTASKS,
-        MAX_REASKS_LIMIT,
-    )
 
     parser = Parser(
         prog=PROG,
@@ -105,16 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="stable id of this runner (default hostname-pid-random)",
     )
     parser.add_argument(
-        "--max-reasks",
-        type=int_range(0, MAX_REASKS_LIMIT),
-        # A string default goes through `type`, so a bad $PARADECOM_MAX_REASKS is a flag error.
-        default=os.environ.get(ENV_MAX_REASKS) or DEFAULT_MAX_REASKS,
-        metavar="N",
-        help=f"times a bad answer is sent back with its errors, 0..{MAX_REASKS_LIMIT}, for an assignment "
-        f"that carries no LLM request (paradecom-leader always sends one) (default ${ENV_MAX_REASKS}, "
-        f"else {DEFAULT_MAX_REASKS})",
-    )
-    parser.add_argument(
         "--structured-output",
         type=_structured_output,
         default=os.environ.get(ENV_STRUCTURED_OUTPUT) or "auto",
@@ -123,21 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(llama-cpp-python's server), prompt (no response_format), or auto: the first of those the "
         f"endpoint accepts, learned on the first call (default ${ENV_STRUCTURED_OUTPUT}, else auto)",
     )
-    parser.add_argument(
-        "--min-subtasks",
-        type=int_range(1, limits.MAX_SUBTASKS),
-        default=DEFAULT_MIN_SUBTASKS,
-        metavar="N",
-        help="fewer valid subtasks than this make the task a leaf, for an assignment that carries no LLM "
-        f"request (paradecom-leader always sends one) (default {DEFAULT_MIN_SUBTASKS})",
-    )
-    parser.add_argument(
-        "--max-subtasks",
-        type=int_range(1, limits.MAX_SUBTASKS),
-        default=os.environ.get(ENV_MAX_SUBTASKS) or DEFAULT_MAX_SUBTASKS,
-        metavar="N",
-        help="more subtasks than this is an invalid answer, re-asked, for an assignment that carries no LLM "
-        f"request (paradecom-leader always sends one) (default ${ENV_MAX_SUBTASKS}, else {DEFAULT_MAX_SUBTASKS})",
+    add_request_flags(
+        parser, scope=", for an assignment that carries no LLM request (paradecom-leader always sends one)"
     )
     parser.add_argument(
         "--no-cache",
@@ -232,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None, early: EarlyStop) -> int:
     import asyncio
 
+    from paradecom.cliargs import request_bounds
     from paradecom.errors import ConfigError
     from paradecom.logs import configure_logging
     from paradecom.security import exposure_error, security_from_args
@@ -243,8 +213,7 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.min_subtasks > args.max_subtasks:
-        parser.error(f"--min-subtasks {args.min_subtasks} is more than --max-subtasks {args.max_subtasks}")
+    min_subtasks, max_subtasks, max_reasks = request_bounds(parser, args)
     configure_logging(args.log_format, args.log_level)
     try:
         credentials = security_from_args(args, server=False)
@@ -261,9 +230,9 @@ def _main(argv: list[str] | None, early: EarlyStop) -> int:
         settings = DecompositionSettings.from_environment(args.model)
         settings = DecompositionSettings(
             model=args.model,
-            min_subtasks=args.min_subtasks,
-            max_subtasks=args.max_subtasks,
-            max_reasks=args.max_reasks,
+            min_subtasks=min_subtasks,
+            max_subtasks=max_subtasks,
+            max_reasks=max_reasks,
             structured_output=args.structured_output,
             max_tokens=settings.max_tokens,
             llm_timeout_s=settings.llm_timeout_s,
